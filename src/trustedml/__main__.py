@@ -1,0 +1,3 @@
+from trustedml.cli import main
+
+main()

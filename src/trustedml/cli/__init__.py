@@ -1,0 +1,24 @@
+"""The `trustedml` command line: parses, calls the library, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import click
+
+from trustedml import __version__
+from trustedml.cli.jobs import run_command, submit_command
+from trustedml.cli.keys import keys_group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="trustedml")
+def cli() -> None:
+    """trusted-ml: confidential PySpark analytics and ML in trusted execution environments."""
+
+
+cli.add_command(keys_group)
+cli.add_command(submit_command)
+cli.add_command(run_command)
+
+
+def main() -> None:
+    cli(prog_name="trustedml")

@@ -1,0 +1,19 @@
+"""Key directories: TLS material, Spark secrets and the enclave key, sealed at rest."""
+
+from trustedml.hazmat.sealing import ScryptParams
+from trustedml.keys._directory import (
+    KeyDirectory,
+    KeyManifest,
+    SealedSecrets,
+    SecretName,
+    init_key_directory,
+)
+
+__all__ = [
+    "KeyDirectory",
+    "KeyManifest",
+    "ScryptParams",
+    "SealedSecrets",
+    "SecretName",
+    "init_key_directory",
+]

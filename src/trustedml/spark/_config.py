@@ -1,0 +1,300 @@
+"""The one place where Spark's security settings are decided."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Protocol
+
+from trustedml._secret import Secret
+from trustedml.errors import SparkConfigError
+from trustedml.keys import KeyDirectory
+
+# Environment variables that carry secrets to the Spark JVM. Spark reads the auth
+# secret from _SPARK_AUTH_SECRET ahead of spark.authenticate.secret; the SSL
+# passwords are referenced from the properties as ${env:NAME}, which Spark
+# substitutes at use, so no secret value is ever a property, an argument or a file.
+ENV_AUTH_SECRET = "_SPARK_AUTH_SECRET"
+ENV_KEYSTORE_PASSWORD = "TRUSTEDML_SSL_KEYSTORE_PASSWORD"
+ENV_TRUSTSTORE_PASSWORD = "TRUSTEDML_SSL_TRUSTSTORE_PASSWORD"
+# Spark's own variables for RPC TLS, which executors also read.
+ENV_RPC_KEYSTORE_PASSWORD = "_SPARK_SSL_RPC_KEY_STORE_PASSWORD"
+ENV_RPC_KEY_PASSWORD = "_SPARK_SSL_RPC_KEY_PASSWORD"
+ENV_RPC_TRUSTSTORE_PASSWORD = "_SPARK_SSL_RPC_TRUST_STORE_PASSWORD"
+
+REDACTION_REGEX = "(?i)secret|password|passphrase|token|access[.]?key|credential|private[.]?key"
+_SECRET_LOOKING = re.compile(REDACTION_REGEX)
+_LOCAL_MASTER = re.compile(r"^local(\[(\*|[1-9][0-9]*)(,[1-9][0-9]*)?\])?$")
+_STANDALONE_MASTER = re.compile(r"^spark://[^\s/:]+:[0-9]{1,5}(,[^\s/:]+:[0-9]{1,5})*$")
+_LOG_LEVELS = ("ALL", "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF")
+
+
+class DeployMode(StrEnum):
+    """Where the Spark job runs."""
+
+    LOCAL = "local"
+    STANDALONE = "standalone"
+
+
+def _check_master(mode: DeployMode, master: str) -> None:
+    pattern = _LOCAL_MASTER if mode is DeployMode.LOCAL else _STANDALONE_MASTER
+    if not pattern.match(master):
+        expected = (
+            "local, local[N] or local[*]" if mode is DeployMode.LOCAL else ("spark://HOST:PORT")
+        )
+        raise SparkConfigError(f"master for {mode} mode: expected {expected}, got {master!r}")
+
+
+def mode_for_master(master: str) -> DeployMode:
+    """The deployment mode a master URL implies."""
+    if _LOCAL_MASTER.match(master):
+        return DeployMode.LOCAL
+    if _STANDALONE_MASTER.match(master):
+        return DeployMode.STANDALONE
+    raise SparkConfigError(
+        f"master: expected local[N] or spark://HOST:PORT, got {master!r} "
+        "(Kubernetes is not supported yet)"
+    )
+
+
+def _check_extra(extra: Mapping[str, str]) -> None:
+    for key, value in extra.items():
+        if not key.startswith("spark.") and not key.startswith("parquet."):
+            raise SparkConfigError(f"--conf {key}: expected a key starting with 'spark.'")
+        if _SECRET_LOOKING.search(key):
+            # A value given here would sit in argv or a file in plaintext.
+            raise SparkConfigError(
+                f"--conf {key}: secrets may not be passed as Spark properties; "
+                "trusted-ml supplies them from the key directory"
+            )
+        if not isinstance(value, str):
+            raise SparkConfigError(f"--conf {key}: expected a string value, got {value!r}")
+
+
+class SparkSettings(Protocol):
+    """What a launcher needs from a Spark configuration."""
+
+    @property
+    def master(self) -> str: ...
+
+    @property
+    def secure(self) -> bool: ...
+
+    def conf(self) -> dict[str, str]:
+        """Non-secret Spark properties (safe to write to a file or log)."""
+        ...
+
+    def environment(self) -> dict[str, str]:
+        """Variables for the Spark child process, secrets included."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Common:
+    master: str = "local[2]"
+    python: str = field(default_factory=lambda: sys.executable)
+    local_ip: str = "127.0.0.1"
+    log_level: str = "WARN"
+    ui: bool = True
+    local_dir: Path | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def _validate_common(self) -> None:
+        if self.log_level.upper() not in _LOG_LEVELS:
+            raise SparkConfigError(
+                f"log level: expected one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        if not self.python:
+            raise SparkConfigError("python: expected an interpreter path, got ''")
+        _check_extra(self.extra)
+        object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+
+    def _common_conf(self) -> dict[str, str]:
+        conf = {
+            "spark.master": self.master,
+            "spark.driver.host": self.local_ip,
+            "spark.driver.bindAddress": self.local_ip,
+            "spark.pyspark.python": self.python,
+            "spark.pyspark.driver.python": self.python,
+            "spark.executorEnv.PYSPARK_PYTHON": self.python,
+            "spark.executorEnv.SPARK_LOCAL_IP": self.local_ip,
+            "spark.log.level": self.log_level.upper(),
+            "spark.ui.enabled": "true" if self.ui else "false",
+            "spark.ui.showConsoleProgress": "false",
+        }
+        if self.local_dir is not None:
+            conf["spark.local.dir"] = str(self.local_dir)
+        return conf
+
+    def _common_env(self) -> dict[str, str]:
+        return {
+            "SPARK_LOCAL_IP": self.local_ip,
+            "PYSPARK_PYTHON": self.python,
+            "PYSPARK_DRIVER_PYTHON": self.python,
+        }
+
+
+@dataclass(frozen=True)
+class PlainSparkConfig(_Common):
+    """Spark with no protection at all: for baselines only."""
+
+    secure: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self._validate_common()
+        mode_for_master(self.master)
+
+    def conf(self) -> dict[str, str]:
+        conf = self._common_conf()
+        conf.update(self.extra)
+        return conf
+
+    def environment(self) -> dict[str, str]:
+        return self._common_env()
+
+
+@dataclass(frozen=True)
+class SecureSparkConfig(_Common):
+    """Spark with every protection on, built from a key directory.
+
+    Authenticated RPC (auth engine v2), AES-GCM RPC encryption, AES-256 encryption
+    of shuffle and spill files, TLS for the web UIs (and optionally for RPC), Python
+    workers over Unix domain sockets, secret redaction, and in standalone mode the
+    unauthenticated REST submission port closed.
+    """
+
+    mode: DeployMode = DeployMode.LOCAL
+    keystore: Path = Path()
+    truststore: Path = Path()
+    auth_secret: Secret = field(default_factory=lambda: Secret(b""), repr=False)
+    keystore_password: Secret = field(default_factory=lambda: Secret(b""), repr=False)
+    truststore_password: Secret = field(default_factory=lambda: Secret(b""), repr=False)
+    rpc_tls: bool = False
+    secure: bool = field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        self._validate_common()
+        object.__setattr__(self, "mode", DeployMode(self.mode))
+        _check_master(self.mode, self.master)
+        for name in ("keystore", "truststore"):
+            path = getattr(self, name)
+            if not Path(path).is_file():
+                raise SparkConfigError(f"{name}: expected an existing file, got {str(path)!r}")
+        for name in ("auth_secret", "keystore_password", "truststore_password"):
+            if len(getattr(self, name)) < 16:
+                raise SparkConfigError(f"{name}: expected at least 16 bytes of secret")
+        protected = set(self._security_conf()) & set(self.extra)
+        if protected:
+            raise SparkConfigError(
+                f"--conf {', '.join(sorted(protected))}: managed by the secure configuration; "
+                "use --insecure for plain Spark"
+            )
+
+    @classmethod
+    def from_key_directory(
+        cls,
+        keys: KeyDirectory,
+        passphrase: Secret,
+        *,
+        master: str = "local[2]",
+        mode: DeployMode | None = None,
+        **options: object,
+    ) -> SecureSparkConfig:
+        """Unseal ``keys`` with ``passphrase`` and build the configuration for ``master``."""
+        opened = keys.unseal(passphrase)
+        return cls(
+            master=master,
+            mode=mode or mode_for_master(master),
+            keystore=keys.keystore,
+            truststore=keys.truststore,
+            auth_secret=opened.spark_auth_secret,
+            keystore_password=opened.keystore_password,
+            truststore_password=opened.truststore_password,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def _security_conf(self) -> dict[str, str]:
+        conf = {
+            "spark.authenticate": "true",
+            "spark.network.crypto.enabled": "true",
+            # The default AES/CTR is unauthenticated (CVE-2025-55039).
+            "spark.network.crypto.cipher": "AES/GCM/NoPadding",
+            "spark.network.crypto.authEngineVersion": "2",
+            "spark.network.crypto.saslFallback": "false",
+            "spark.authenticate.enableSaslEncryption": "false",
+            "spark.io.encryption.enabled": "true",
+            "spark.io.encryption.keySizeBits": "256",
+            "spark.ssl.enabled": "true",
+            "spark.ssl.protocol": "TLSv1.3",
+            "spark.ssl.keyStore": str(self.keystore),
+            "spark.ssl.keyStoreType": "PKCS12",
+            "spark.ssl.keyStorePassword": "${env:" + ENV_KEYSTORE_PASSWORD + "}",
+            "spark.ssl.keyPassword": "${env:" + ENV_KEYSTORE_PASSWORD + "}",
+            "spark.ssl.trustStore": str(self.truststore),
+            "spark.ssl.trustStoreType": "PKCS12",
+            "spark.ssl.trustStorePassword": "${env:" + ENV_TRUSTSTORE_PASSWORD + "}",
+            "spark.ssl.rpc.enabled": "true" if self.rpc_tls else "false",
+            "spark.redaction.regex": REDACTION_REGEX,
+            # Without it, rows sent to Python workers cross loopback TCP in plaintext.
+            "spark.python.unix.domain.socket.enabled": "true",
+            "spark.ui.killEnabled": "false",
+        }
+        if self.mode is DeployMode.STANDALONE:
+            # Spark insists the property exists in standalone mode, but reads the
+            # value from _SPARK_AUTH_SECRET first; this placeholder is never used.
+            conf["spark.authenticate.secret"] = "${env:" + ENV_AUTH_SECRET + "}"
+            # With auth on, the REST port still accepts unauthenticated submissions.
+            conf["spark.master.rest.enabled"] = "false"
+        return conf
+
+    def conf(self) -> dict[str, str]:
+        conf = self._common_conf()
+        conf.update(self.extra)
+        conf.update(self._security_conf())
+        return conf
+
+    def environment(self) -> dict[str, str]:
+        env = self._common_env()
+        env[ENV_KEYSTORE_PASSWORD] = self.keystore_password.reveal_text()
+        env[ENV_TRUSTSTORE_PASSWORD] = self.truststore_password.reveal_text()
+        if self.mode is DeployMode.STANDALONE:
+            # In local mode Spark makes a fresh per-application secret instead.
+            env[ENV_AUTH_SECRET] = self.auth_secret.reveal_text()
+        if self.rpc_tls:
+            env[ENV_RPC_KEYSTORE_PASSWORD] = self.keystore_password.reveal_text()
+            env[ENV_RPC_KEY_PASSWORD] = self.keystore_password.reveal_text()
+            env[ENV_RPC_TRUSTSTORE_PASSWORD] = self.truststore_password.reveal_text()
+        return env
+
+
+def properties_text(conf: Mapping[str, str]) -> str:
+    """Render properties in the Java .properties syntax spark-submit reads."""
+    lines = ["# written by trusted-ml; holds no secret values"]
+    for key in sorted(conf):
+        lines.append(f"{_escape(key, True)}={_escape(conf[key], False)}")
+    return "\n".join(lines) + "\n"
+
+
+def _escape(text: str, is_key: bool) -> str:
+    out = []
+    for i, ch in enumerate(text):
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch in "=:#!" or (ch == " " and (is_key or i == 0)):
+            out.append("\\" + ch)
+        elif ord(ch) > 126 or ord(ch) < 32:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
