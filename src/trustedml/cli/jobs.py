@@ -120,8 +120,16 @@ def build_settings(
     mode = mode_for_master(master)
     keys = KeyDirectory(keys_dir)
     passphrase = get_passphrase(passphrase_file, prompt)
-    return SecureSparkConfig.from_key_directory(
-        keys, passphrase, master=master, mode=mode, rpc_tls=rpc_tls, **common
+    opened = keys.unseal(passphrase)
+    return SecureSparkConfig(
+        **common,
+        mode=mode,
+        keystore=keys.keystore,
+        truststore=keys.truststore,
+        auth_secret=opened.spark_auth_secret,
+        keystore_password=opened.keystore_password,
+        truststore_password=opened.truststore_password,
+        rpc_tls=rpc_tls,
     )
 
 

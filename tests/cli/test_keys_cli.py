@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSPHRASE, cli_env, run_cli, write_passphrase_file
+from tests.keys.test_directory import snapshot
+from trustedml import KeyDirectory, Secret
+
+
+@pytest.fixture(scope="module")
+def initialised(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A key directory made by the real CLI (default scrypt cost) and its passphrase file."""
+    root = tmp_path_factory.mktemp("cli")
+    pp = write_passphrase_file(root / "pp")
+    result = run_cli(["keys", "init", str(root / "keys"), "--passphrase-file", str(pp)])
+    assert result.returncode == 0, result.stderr
+    assert "created key directory" in result.stderr
+    return root / "keys", pp
+
+
+def test_init_then_show(initialised: tuple[Path, Path]) -> None:
+    keys_dir, _ = initialised
+    result = run_cli(["keys", "show", str(keys_dir)])
+    assert result.returncode == 0, result.stderr
+    keys = KeyDirectory(keys_dir)
+    assert keys.manifest.enclave_mrsigner[:40] in result.stdout.replace("\n", "").replace(
+        "│", ""
+    ).replace(" ", "")
+    assert "scrypt(log2_n=17, r=8, p=1)" in result.stdout
+
+
+def test_show_json_and_check_never_print_secrets(initialised: tuple[Path, Path]) -> None:
+    keys_dir, pp = initialised
+    result = run_cli(
+        ["keys", "show", str(keys_dir), "--json", "--check", "--passphrase-file", str(pp)]
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["fingerprints"]["enclave_mrsigner"] == doc["manifest"]["enclave_mrsigner"]
+    assert "vault unsealed" in doc["checks"]
+    opened = KeyDirectory(keys_dir).unseal(Secret(PASSPHRASE))
+    for name in opened:
+        value = opened[name].reveal_text()
+        assert value[:24] not in result.stdout + result.stderr
+
+
+def test_wrong_passphrase_exits_1_with_one_line_and_changes_nothing(
+    initialised: tuple[Path, Path], tmp_path: Path
+) -> None:
+    keys_dir, _ = initialised
+    bad = write_passphrase_file(tmp_path / "bad", "definitely wrong")
+    new = write_passphrase_file(tmp_path / "new", "a new passphrase")
+    before = snapshot(keys_dir)
+    for args in (
+        ["keys", "show", str(keys_dir), "--check", "--passphrase-file", str(bad)],
+        ["keys", "passwd", str(keys_dir), "--passphrase-file", str(bad),
+         "--new-passphrase-file", str(new)],
+    ):  # fmt: skip
+        result = run_cli(args)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "wrong passphrase" in lines[0]
+        assert "secrets.sealed" in lines[0]
+        assert "Traceback" not in result.stderr
+    assert snapshot(keys_dir) == before
+
+
+def test_init_refuses_existing_directory(initialised: tuple[Path, Path]) -> None:
+    keys_dir, pp = initialised
+    before = snapshot(keys_dir)
+    result = run_cli(["keys", "init", str(keys_dir), "--passphrase-file", str(pp)])
+    assert result.returncode == 1
+    assert "already exists" in result.stderr and "--force" in result.stderr
+    assert snapshot(keys_dir) == before
+
+
+def test_missing_passphrase_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli(["keys", "init", str(tmp_path / "k")])
+    assert result.returncode == 2
+    assert "--passphrase-file" in result.stderr
+    assert not (tmp_path / "k").exists()
+
+
+def test_passphrase_file_from_environment(tmp_path: Path) -> None:
+    pp = write_passphrase_file(tmp_path / "pp")
+    result = run_cli(
+        ["keys", "init", str(tmp_path / "k")],
+        env=cli_env(TRUSTEDML_PASSPHRASE_FILE=str(pp)),
+    )
+    assert result.returncode == 0, result.stderr
+    KeyDirectory(tmp_path / "k").unseal(Secret(PASSPHRASE))
+
+
+def test_world_readable_passphrase_file_is_refused(tmp_path: Path) -> None:
+    pp = write_passphrase_file(tmp_path / "pp")
+    pp.chmod(0o644)
+    result = run_cli(["keys", "init", str(tmp_path / "k"), "--passphrase-file", str(pp)])
+    assert result.returncode == 2
+    assert "permissions too open" in result.stderr
+
+
+def test_passphrase_from_stdin_and_passwd(initialised: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    keys_dir = tmp_path / "keys"
+    shutil.copytree(initialised[0], keys_dir)
+    new = write_passphrase_file(tmp_path / "new", "the next passphrase")
+    result = subprocess.run(
+        [sys.executable, "-m", "trustedml", "keys", "passwd", str(keys_dir),
+         "--passphrase-file", "-", "--new-passphrase-file", str(new)],
+        input=PASSPHRASE + "\n", capture_output=True, text=True, timeout=60, check=False,
+        env=cli_env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    KeyDirectory(keys_dir).unseal(Secret("the next passphrase"))
+
+
+def test_show_on_a_non_key_directory(tmp_path: Path) -> None:
+    result = run_cli(["keys", "show", str(tmp_path)])
+    assert result.returncode == 1
+    assert "is not a key directory" in result.stderr

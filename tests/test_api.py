@@ -1,0 +1,76 @@
+import ast
+from pathlib import Path
+
+import trustedml
+
+SRC = Path(trustedml.__file__).resolve().parent
+
+# Changing the public API is a decision: update this list in the same commit.
+PUBLIC_API = [
+    "ConfigError",
+    "DeployMode",
+    "IntegrityError",
+    "KeyDirectory",
+    "KeyDirectoryError",
+    "KeyDirectoryExistsError",
+    "KeyManifest",
+    "LaunchError",
+    "NoTee",
+    "PlainSparkConfig",
+    "ScryptParams",
+    "SealedSecrets",
+    "Secret",
+    "SecureSparkConfig",
+    "SparkConfigError",
+    "SparkSettings",
+    "TeeBackend",
+    "TrustedMLError",
+    "UnsealError",
+    "__version__",
+    "get_backend",
+    "init_key_directory",
+    "run",
+    "submit",
+]
+
+
+def test_public_api_is_locked() -> None:
+    assert sorted(trustedml.__all__) == PUBLIC_API
+    for name in trustedml.__all__:
+        assert hasattr(trustedml, name), name
+
+
+def test_package_is_typed() -> None:
+    assert (SRC / "py.typed").is_file()
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_library_never_imports_the_cli() -> None:
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] == "cli" or rel.name == "__main__.py":
+            continue
+        if any(
+            name == "trustedml.cli" or name.startswith("trustedml.cli.") for name in _imports(path)
+        ):
+            offenders.append(str(rel))
+    assert offenders == []
+
+
+def test_hazmat_depends_on_no_higher_layer() -> None:
+    allowed = ("trustedml.hazmat", "trustedml.errors", "trustedml._secret")
+    for path in (SRC / "hazmat").rglob("*.py"):
+        for name in _imports(path):
+            if name.startswith("trustedml"):
+                assert name.startswith(allowed), f"{path.name} imports {name}"
