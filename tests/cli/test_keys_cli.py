@@ -74,7 +74,8 @@ def test_init_refuses_existing_directory(initialised: tuple[Path, Path]) -> None
     before = snapshot(keys_dir)
     result = run_cli(["keys", "init", str(keys_dir), "--passphrase-file", str(pp)])
     assert result.returncode == 1
-    assert "already exists" in result.stderr and "--force" in result.stderr
+    assert "already exists" in result.stderr
+    assert "--force" in result.stderr
     assert snapshot(keys_dir) == before
 
 

@@ -56,7 +56,7 @@ def test_truncation_is_refused(cut: int) -> None:
 def test_hostile_cost_in_header_is_refused_before_deriving() -> None:
     blob = bytearray(sealing.seal(b"payload", PW, CHEAP))
     blob[9] = 40  # log2_n = 40 would ask for terabytes
-    with pytest.raises(UnsealError, match="log2_n must be in 10..22, got 40"):
+    with pytest.raises(UnsealError, match=r"log2_n must be in 10..22, got 40"):
         sealing.unseal(bytes(blob), PW)
 
 

@@ -200,7 +200,7 @@ def test_short_passphrase_is_refused(tmp_path: Path) -> None:
 
 def test_open_permissions_are_refused(keys: KeyDirectory) -> None:
     (keys.path / "secrets.sealed").chmod(0o644)
-    with pytest.raises(KeyDirectoryError, match="permissions too open.*got 0644"):
+    with pytest.raises(KeyDirectoryError, match=r"permissions too open.*got 0644"):
         keys.unseal(Secret(PASSPHRASE))
 
 

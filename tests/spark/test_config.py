@@ -80,7 +80,7 @@ def test_common_environment(session_keys: KeyDirectory) -> None:
 
 
 def test_security_settings_cannot_be_overridden(session_keys: KeyDirectory) -> None:
-    with pytest.raises(SparkConfigError, match="spark.network.crypto.cipher: managed by"):
+    with pytest.raises(SparkConfigError, match=r"spark.network.crypto.cipher: managed by"):
         secure(session_keys, extra={"spark.network.crypto.cipher": "AES/CTR/NoPadding"})
 
 
@@ -98,7 +98,7 @@ def test_secret_properties_are_refused_everywhere(session_keys: KeyDirectory, ke
 def test_user_conf_is_kept(session_keys: KeyDirectory) -> None:
     conf = secure(session_keys, extra={"spark.sql.shuffle.partitions": "7"}).conf()
     assert conf["spark.sql.shuffle.partitions"] == "7"
-    with pytest.raises(SparkConfigError, match="expected a key starting with 'spark.'"):
+    with pytest.raises(SparkConfigError, match=r"expected a key starting with 'spark.'"):
         secure(session_keys, extra={"sql.shuffle.partitions": "7"})
 
 
@@ -125,7 +125,7 @@ def test_mode_for_master() -> None:
 
 
 def test_bad_log_level(session_keys: KeyDirectory) -> None:
-    with pytest.raises(SparkConfigError, match="expected one of ALL, .*got 'LOUD'"):
+    with pytest.raises(SparkConfigError, match=r"expected one of ALL, .*got 'LOUD'"):
         secure(session_keys, log_level="LOUD")
 
 

@@ -119,10 +119,12 @@ def _fetch_ui_certificate(ui_url: str, ca: Path) -> dict[str, str]:
     assert ui_url.startswith("https://127.0.0.1:"), ui_url
     port = int(ui_url.rsplit(":", 1)[1])
     ctx = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            cert = tls.getpeercert()
-            version = tls.version()
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        cert = tls.getpeercert()
+        version = tls.version()
     subject = dict(item[0] for item in cert["subject"])  # type: ignore[index]
     return {"version": str(version), "subject_cn": str(subject["commonName"])}
 
