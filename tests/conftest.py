@@ -44,6 +44,15 @@ def session_passphrase_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_passphrase_file(tmp_path_factory.mktemp("pp") / "passphrase")
 
 
+_WORKDIR: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cli_workdir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Spark drops spark-warehouse/ and metastore files into its working directory.
+    _WORKDIR.append(tmp_path_factory.mktemp("cwd"))
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTEDML_")}
     env.update(extra)
@@ -64,6 +73,6 @@ def run_cli(
         text=True,
         timeout=timeout,
         env=env or cli_env(),
-        cwd=cwd or ROOT,
+        cwd=cwd or (_WORKDIR[0] if _WORKDIR else ROOT),
         check=False,
     )

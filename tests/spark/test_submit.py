@@ -156,12 +156,15 @@ def test_shuffle_files_are_encrypted_only_in_secure_mode(
         assert "INSECURE" in result.stderr
 
 
-def test_exit_code_is_the_apps(session_keys: KeyDirectory, session_passphrase_file: Path) -> None:
+def test_py_files_and_exit_code(session_keys: KeyDirectory, session_passphrase_file: Path) -> None:
     result = run_cli(
         ["submit", "--keys", str(session_keys.path), "--passphrase-file",
-         str(session_passphrase_file), "--no-ui", str(APPS / "exit_code.py"), "3"]
+         str(session_passphrase_file), "--no-ui",
+         "--py-files", str(APPS / "lib" / "shipped_helper.py"),
+         str(APPS / "exit_code.py"), "3"]
     )  # fmt: skip
     assert result.returncode == 3, result.stderr[-3000:]
+    assert "tripled sum: 135" in result.stdout
 
 
 def test_native_run_gets_the_secure_configuration(

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 from trustedml._fs import write_private
 from trustedml.errors import ConfigError, LaunchError
@@ -94,10 +95,16 @@ def submit_argv(
     return [*argv, str(app), *args]
 
 
-def _run_child(argv: list[str], env: dict[str, str], cwd: Path | None) -> int:
+def _run_child(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path | None,
+    stdout: IO[Any] | None,
+    stderr: IO[Any] | None,
+) -> int:
     _check_java(env)
     try:
-        proc = subprocess.Popen(argv, env=env, cwd=cwd)
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=stdout, stderr=stderr)
     except OSError as exc:
         raise LaunchError(f"cannot start {argv[0]}: {exc.strerror}") from exc
     try:
@@ -127,11 +134,14 @@ def submit(
     py_files: Sequence[str | os.PathLike[str]] = (),
     tee: TeeBackend | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    stdout: IO[Any] | None = None,
+    stderr: IO[Any] | None = None,
 ) -> int:
     """Run a PySpark application with ``spark-submit`` under ``settings``.
 
-    The driver's output goes to this process's stdout/stderr. Secrets reach Spark
-    only through the child's environment. Returns the application's exit code.
+    The driver's output goes to ``stdout``/``stderr`` (open files; default: this
+    process's). Secrets reach Spark only through the child's environment. Returns
+    the application's exit code.
     """
     app_path = Path(app).resolve()
     files = [Path(p).resolve() for p in py_files]
@@ -142,7 +152,7 @@ def submit(
         env["SPARK_CONF_DIR"] = str(confs)
         props = confs / "spark.properties"
         argv = backend.wrap(submit_argv(app_path, args, props, files), env)
-        return _run_child(argv, env, Path(cwd) if cwd else None)
+        return _run_child(argv, env, Path(cwd) if cwd else None, stdout, stderr)
 
 
 def run(
@@ -151,6 +161,8 @@ def run(
     settings: SparkSettings,
     tee: TeeBackend | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    stdout: IO[Any] | None = None,
+    stderr: IO[Any] | None = None,
 ) -> int:
     """Run a native command (``python script.py``) whose Spark sessions, if any,
     start under ``settings``. Returns the command's exit code."""
@@ -166,4 +178,5 @@ def run(
         props = confs / "spark.properties"
         # pyspark's gateway launcher reads this when a session is created.
         env["PYSPARK_SUBMIT_ARGS"] = f"--properties-file {shlex.quote(str(props))} pyspark-shell"
-        return _run_child(backend.wrap(argv, env), env, Path(cwd) if cwd else None)
+        argv = backend.wrap(argv, env)
+        return _run_child(argv, env, Path(cwd) if cwd else None, stdout, stderr)

@@ -1,0 +1,1 @@
+"""Benchmarks for trusted-ml: run with ``python -m bench NAME``."""
