@@ -7,7 +7,10 @@ __all__ = [
     "IntegrityError",
     "KeyDirectoryError",
     "KeyDirectoryExistsError",
+    "KeyNotFoundError",
+    "KeyStoreError",
     "LaunchError",
+    "NotEncryptedError",
     "SparkConfigError",
     "TrustedMLError",
     "UnsealError",
@@ -27,6 +30,18 @@ class ConfigError(TrustedMLError, ValueError):
 
 class IntegrityError(TrustedMLError):
     """Authenticated data failed to verify: tampered, truncated or wrong key."""
+
+
+class NotEncryptedError(IntegrityError):
+    """The input is not a trusted-ml encrypted file."""
+
+
+class KeyStoreError(TrustedMLError):
+    """A key store could not create, find or unwrap a key."""
+
+
+class KeyNotFoundError(KeyStoreError, IntegrityError):
+    """No key-encryption key with the requested id: this store cannot open the data."""
 
 
 class KeyDirectoryError(TrustedMLError):

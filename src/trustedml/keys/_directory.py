@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -417,6 +418,18 @@ class KeyDirectory:
         vault = self.file(self.manifest.sealed_file)
         params = kdf or sealing.read_params(vault.read_bytes(), str(vault))
         write_private(vault, sealing.seal(opened.encode(), new, params))
+
+    def add_secret(self, passphrase: Secret, name: str, value: Secret) -> None:
+        """Add one entry to the sealed vault (and the manifest's list of entries)."""
+        opened = self.unseal(passphrase)
+        if name in opened:
+            raise KeyDirectoryError(f"sealed vault already has an entry {name!r}")
+        vault = self.file(self.manifest.sealed_file)
+        params = sealing.read_params(vault.read_bytes(), str(vault))
+        updated = SealedSecrets({**opened, name: value})
+        write_private(vault, sealing.seal(updated.encode(), passphrase, params))
+        self.manifest = dataclasses.replace(self.manifest, sealed_entries=tuple(sorted(updated)))
+        write_private(self.path / MANIFEST_NAME, self.manifest.to_toml())
 
     def fingerprints(self) -> dict[str, str]:
         """SHA-256 fingerprints of the public material, and the enclave MRSIGNER."""

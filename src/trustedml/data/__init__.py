@@ -1,0 +1,28 @@
+"""Encrypted data at rest: the trusted-ml file format, streams and key stores."""
+
+from trustedml.data._files import (
+    SUFFIX,
+    FileResult,
+    decrypt_file,
+    decrypt_path,
+    encrypt_file,
+    encrypt_path,
+)
+from trustedml.data._keystore import DataKey, KeyRing, KeyStore, LocalKeyStore
+from trustedml.data._streams import DecryptingReader, EncryptingWriter, open_encrypted
+
+__all__ = [
+    "SUFFIX",
+    "DataKey",
+    "DecryptingReader",
+    "EncryptingWriter",
+    "FileResult",
+    "KeyRing",
+    "KeyStore",
+    "LocalKeyStore",
+    "decrypt_file",
+    "decrypt_path",
+    "encrypt_file",
+    "encrypt_path",
+    "open_encrypted",
+]
