@@ -5,14 +5,30 @@ The stable public API is what ``__all__`` lists; modules whose names start with 
 underscore, and :mod:`trustedml.hazmat`, are not part of it.
 """
 
+from trustedml._progress import Progress
 from trustedml._secret import Secret
 from trustedml._version import __version__
+from trustedml.data import (
+    DataKey,
+    FileResult,
+    KeyRing,
+    KeyStore,
+    LocalKeyStore,
+    decrypt_file,
+    decrypt_path,
+    encrypt_file,
+    encrypt_path,
+    open_encrypted,
+)
 from trustedml.errors import (
     ConfigError,
     IntegrityError,
     KeyDirectoryError,
     KeyDirectoryExistsError,
+    KeyNotFoundError,
+    KeyStoreError,
     LaunchError,
+    NotEncryptedError,
     SparkConfigError,
     TrustedMLError,
     UnsealError,
@@ -36,15 +52,24 @@ from trustedml.tee import NoTee, TeeBackend, get_backend
 
 __all__ = [
     "ConfigError",
+    "DataKey",
     "DeployMode",
+    "FileResult",
     "IntegrityError",
     "KeyDirectory",
     "KeyDirectoryError",
     "KeyDirectoryExistsError",
     "KeyManifest",
+    "KeyNotFoundError",
+    "KeyRing",
+    "KeyStore",
+    "KeyStoreError",
     "LaunchError",
+    "LocalKeyStore",
     "NoTee",
+    "NotEncryptedError",
     "PlainSparkConfig",
+    "Progress",
     "ScryptParams",
     "SealedSecrets",
     "Secret",
@@ -55,8 +80,13 @@ __all__ = [
     "TrustedMLError",
     "UnsealError",
     "__version__",
+    "decrypt_file",
+    "decrypt_path",
+    "encrypt_file",
+    "encrypt_path",
     "get_backend",
     "init_key_directory",
+    "open_encrypted",
     "run",
     "submit",
 ]

@@ -166,6 +166,9 @@ class SealedSecrets(Mapping[str, Secret]):
         except KeyError:
             raise KeyDirectoryError(f"sealed vault has no entry {name!r}") from None
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 
