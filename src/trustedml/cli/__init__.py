@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from trustedml import __version__
+from trustedml.cli.data import decrypt_command, encrypt_command
 from trustedml.cli.jobs import run_command, submit_command
 from trustedml.cli.keys import keys_group
 
@@ -18,6 +19,8 @@ def cli() -> None:
 cli.add_command(keys_group)
 cli.add_command(submit_command)
 cli.add_command(run_command)
+cli.add_command(encrypt_command)
+cli.add_command(decrypt_command)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from trustedml import KeyDirectory, init_key_directory
+from trustedml import KeyDirectory, LocalKeyStore, init_key_directory
 from trustedml.cli._common import (
     err_console,
     get_passphrase,
@@ -89,6 +89,29 @@ def keys_passwd(
     new = get_passphrase(new_passphrase_file, prompt, confirm=True, what="new passphrase")
     keys.change_passphrase(old, new)
     err_console.print(f"passphrase changed for {keys.path}")
+
+
+@keys_group.command("new-kek")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("key_id")
+@passphrase_options
+@handle_errors
+def keys_new_kek(directory: Path, key_id: str, passphrase_file: Path | None, prompt: bool) -> None:
+    """Create the key-encryption key KEY_ID, sealed in DIRECTORY."""
+    store = LocalKeyStore(KeyDirectory(directory), get_passphrase(passphrase_file, prompt))
+    store.create_kek(key_id)
+    err_console.print(f"created key-encryption key {key_id!r} in {directory}")
+
+
+@keys_group.command("list-keks")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@passphrase_options
+@handle_errors
+def keys_list_keks(directory: Path, passphrase_file: Path | None, prompt: bool) -> None:
+    """List the key-encryption keys sealed in DIRECTORY (ids only)."""
+    store = LocalKeyStore(KeyDirectory(directory), get_passphrase(passphrase_file, prompt))
+    for key_id in store.key_ids():
+        click.echo(key_id)
 
 
 def _print_manifest(keys: KeyDirectory, *, as_json: bool, checks: list[str] | None = None) -> None:
