@@ -127,3 +127,14 @@ def test_directory_with_one_bad_file_writes_nothing(tmp_path: Path) -> None:
         decrypt_path(tmp_path / "enc", tmp_path / "dec", keystore=RING)
     assert not (tmp_path / "dec").exists()
     _no_leftovers(tmp_path, {"ds", "enc"})
+
+
+VECTORS = Path(__file__).parent / "vectors"
+
+
+def test_known_answer_vector(tmp_path: Path) -> None:
+    ring = KeyRing({"kek-1": b"\x11" * 32})
+    out = decrypt_file(VECTORS / "format-v1.tml", tmp_path / "out", keystore=ring)
+    assert out.target.read_bytes() == (VECTORS / "format-v1.txt").read_bytes()
+    assert out.chunks == 3
+    assert out.key_id == "kek-1"
