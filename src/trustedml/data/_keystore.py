@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hmac
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -63,6 +64,15 @@ class KeyRing:
 
     def __repr__(self) -> str:
         return f"KeyRing(key_ids={sorted(self._keks)})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KeyRing):
+            return NotImplemented
+        return self._keks.keys() == other._keks.keys() and all(
+            hmac.compare_digest(v, other._keks[k]) for k, v in self._keks.items()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
     def key_ids(self) -> list[str]:
         return sorted(self._keks)

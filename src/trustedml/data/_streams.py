@@ -48,6 +48,9 @@ class EncryptingWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
+    def tell(self) -> int:
+        return self.plaintext_bytes
+
     def write(self, data: Any) -> int:
         if self.closed:
             raise ValueError("write to a closed EncryptingWriter")

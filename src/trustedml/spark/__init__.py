@@ -7,6 +7,14 @@ from trustedml.spark._config import (
     SparkSettings,
     mode_for_master,
 )
+from trustedml.spark._encrypted import (
+    read_encrypted,
+    read_encrypted_pandas,
+    register,
+    write_encrypted,
+    write_encrypted_pandas,
+)
+from trustedml.spark._session import start_session
 from trustedml.spark._submit import run, spark_home, submit
 
 __all__ = [
@@ -15,7 +23,13 @@ __all__ = [
     "SecureSparkConfig",
     "SparkSettings",
     "mode_for_master",
+    "read_encrypted",
+    "read_encrypted_pandas",
+    "register",
     "run",
     "spark_home",
+    "start_session",
     "submit",
+    "write_encrypted",
+    "write_encrypted_pandas",
 ]

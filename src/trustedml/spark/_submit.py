@@ -79,11 +79,17 @@ def conf_dir(settings: SparkSettings) -> Iterator[Path]:
     """A private temporary SPARK_CONF_DIR: the (non-secret) properties and a log4j2
     configuration at the chosen level, so that even start-up lines obey it."""
     with tempfile.TemporaryDirectory(prefix="trustedml-") as tmp:
-        conf = settings.conf()
-        level = conf.get("spark.log.level", "WARN").lower()
-        write_private(Path(tmp) / "log4j2.properties", _LOG4J2.format(level=level).encode())
-        write_private(Path(tmp) / "spark.properties", properties_text(conf).encode("utf-8"))
+        write_conf_dir(settings, Path(tmp))
         yield Path(tmp)
+
+
+def write_conf_dir(settings: SparkSettings, directory: Path) -> Path:
+    """Write ``spark.properties`` and ``log4j2.properties`` into ``directory``."""
+    conf = settings.conf()
+    level = conf.get("spark.log.level", "WARN").lower()
+    write_private(directory / "log4j2.properties", _LOG4J2.format(level=level).encode())
+    write_private(directory / "spark.properties", properties_text(conf).encode("utf-8"))
+    return directory / "spark.properties"
 
 
 def submit_argv(

@@ -1,0 +1,279 @@
+"""The ``trustedml`` Python data source: Spark reads and writes trusted-ml files.
+
+Reading yields text lines (``value`` column, split along chunk boundaries with
+every line read exactly once), whole-file records, or Parquet rows. CSV and JSON
+go through :func:`read_encrypted`, which hands the decrypted lines to Spark's own
+parsers so every ``spark.read.csv``/``json`` option behaves as usual.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyspark.sql.datasource import (
+    DataSource,
+    DataSourceArrowWriter,
+    DataSourceReader,
+    InputPartition,
+    WriterCommitMessage,
+)
+from pyspark.sql.types import StringType, StructField, StructType
+
+from trustedml.data._files import SUFFIX
+from trustedml.data._keystore import KeyRing
+from trustedml.data._streams import DecryptingReader, EncryptingWriter
+from trustedml.errors import ConfigError
+from trustedml.spark._records import split_csv_records, split_lines
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+NAME = "trustedml"
+READ_MODES = ("text", "wholetext", "csvrecords", "parquet")
+WRITE_FORMATS = ("text", "parquet")
+DEFAULT_SPLIT_BYTES = 32 << 20
+BATCH_ROWS = 8192
+
+
+def list_files(path: str) -> list[str]:
+    """Encrypted files under ``path`` (a file, or a directory searched recursively;
+    names starting with '.' or '_' are skipped as Spark does)."""
+    root = Path(path)
+    if root.is_file():
+        return [str(root)]
+    if not root.is_dir():
+        raise ConfigError(f"{path}: no such file or directory")
+    files = sorted(
+        str(p)
+        for p in root.rglob("*")
+        if p.is_file()
+        and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise ConfigError(f"{path}: no files to read")
+    return files
+
+
+@dataclass(frozen=True)
+class _Split(InputPartition):
+    path: str
+    first: int
+    stop: int
+
+
+class _Reader(DataSourceReader):
+    def __init__(self, ring: KeyRing, options: dict[str, str], schema: StructType) -> None:
+        self._ring = ring
+        self._mode = options.get("mode", "text")
+        self._files = list_files(options["path"])
+        self._split_bytes = int(options.get("splitbytes", DEFAULT_SPLIT_BYTES))
+        self._quote = options.get("quote", '"').encode()
+        self._escape = options.get("escape", "\\").encode()
+        self._schema = schema
+
+    def partitions(self) -> Sequence[InputPartition]:
+        splits: list[InputPartition] = []
+        for path in self._files:
+            with open(path, "rb") as raw:
+                reader = DecryptingReader(raw, self._ring, name=path)
+                count, chunk = reader.layout.count, reader.layout.chunk_size
+            if self._mode != "text":
+                splits.append(_Split(path, 0, count))
+                continue
+            per = max(1, self._split_bytes // chunk)
+            splits.extend(_Split(path, i, min(i + per, count)) for i in range(0, count, per))
+        return splits
+
+    def read(self, partition: InputPartition) -> Iterator[Any]:
+        assert isinstance(partition, _Split)
+        import pyarrow as pa
+
+        with open(partition.path, "rb") as raw:
+            reader = DecryptingReader(raw, self._ring, name=partition.path)
+            if self._mode == "parquet":
+                yield from _parquet_batches(reader, self._schema)
+                return
+            if self._mode == "text":
+                records: Iterator[bytes] = split_lines(
+                    reader.chunk,
+                    reader.layout.count,
+                    reader.layout.chunk_size,
+                    partition.first,
+                    partition.stop,
+                )
+            else:
+                data = reader.readall()
+                records = (
+                    iter([data])
+                    if self._mode == "wholetext"
+                    else split_csv_records(data, self._quote, self._escape)
+                )
+            batch: list[str] = []
+            for record in records:
+                batch.append(record.decode("utf-8", errors="replace"))
+                if len(batch) >= BATCH_ROWS:
+                    yield pa.RecordBatch.from_arrays([pa.array(batch, pa.string())], ["value"])
+                    batch = []
+            if batch:
+                yield pa.RecordBatch.from_arrays([pa.array(batch, pa.string())], ["value"])
+
+
+def _parquet_batches(reader: DecryptingReader, schema: StructType) -> Iterator[pa.RecordBatch]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(reader)
+    names = [f.name for f in schema.fields]
+    yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=names)
+
+
+def parquet_schema(ring: KeyRing, path: str) -> StructType:
+    import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    with open(path, "rb") as raw:
+        schema = pq.ParquetFile(DecryptingReader(raw, ring, name=path)).schema_arrow
+    result: StructType = from_arrow_schema(schema)
+    return result
+
+
+class _CommitMessage(WriterCommitMessage):
+    def __init__(self, files: list[str]) -> None:
+        self.files = files
+
+
+class _Writer(DataSourceArrowWriter):
+    def __init__(
+        self, ring: KeyRing, options: dict[str, str], schema: StructType, overwrite: bool
+    ) -> None:
+        self._ring = ring
+        self._path = options["path"]
+        self._format = options.get("format", "text")
+        if self._format not in WRITE_FORMATS:
+            raise ConfigError(
+                f"format: expected one of {', '.join(WRITE_FORMATS)}, got {self._format!r}"
+            )
+        self._key_id = options.get("keyid") or options.get("key_id") or ""
+        if not self._key_id:
+            raise ConfigError("writing encrypted data needs option keyId")
+        self._ext = options.get("extension", self._format)
+        self._header = options.get("headerline")
+        self._overwrite = overwrite
+        self._log2 = int(options.get("log2chunksize", 20))
+        if self._format == "text" and (
+            len(schema.fields) != 1 or not isinstance(schema.fields[0].dataType, StringType)
+        ):
+            raise ConfigError(
+                f"format text: expected one string column, got {schema.simpleString()}"
+            )
+        Path(self._path).mkdir(parents=True, exist_ok=True)
+
+    def write(self, iterator: Iterator[pa.RecordBatch]) -> _CommitMessage:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        part = ctx.partitionId() if ctx is not None else 0
+        name = f"part-{part:05d}-{uuid.uuid4().hex[:12]}.{self._ext}{SUFFIX}"
+        final = Path(self._path) / name
+        tmp = Path(self._path) / f".{name}.part"
+        try:
+            with open(tmp, "wb") as raw:
+                os.fchmod(raw.fileno(), 0o600)
+                writer = EncryptingWriter(
+                    raw, self._ring.generate_data_key(self._key_id), log2_chunk=self._log2
+                )
+                if self._format == "parquet":
+                    _write_parquet(writer, iterator)
+                else:
+                    _write_text(writer, iterator, self._header)
+                writer.close()
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return _CommitMessage([str(final)])
+
+    def commit(self, messages: list[WriterCommitMessage | None]) -> None:
+        written = {f for m in messages if isinstance(m, _CommitMessage) for f in m.files}
+        if self._overwrite:
+            for old in Path(self._path).glob(f"part-*{SUFFIX}"):
+                if str(old) not in written:
+                    old.unlink()
+        (Path(self._path) / "_SUCCESS").touch()
+
+    def abort(self, messages: list[WriterCommitMessage | None]) -> None:
+        for m in messages:
+            if isinstance(m, _CommitMessage):
+                for f in m.files:
+                    Path(f).unlink(missing_ok=True)
+
+
+def _write_text(
+    writer: EncryptingWriter, batches: Iterator[pa.RecordBatch], header: str | None
+) -> None:
+    buf = io.BytesIO()
+    if header:
+        buf.write(header.encode("utf-8") + b"\n")
+    for batch in batches:
+        for value in batch.column(0).to_pylist():
+            # Spark's text writer writes nothing for a null row but the newline.
+            if value is not None:
+                buf.write(value.encode("utf-8"))
+            buf.write(b"\n")
+        if buf.tell() >= 1 << 20:
+            writer.write(buf.getbuffer())
+            buf = io.BytesIO()
+    writer.write(buf.getbuffer())
+
+
+def _write_parquet(writer: EncryptingWriter, batches: Iterator[pa.RecordBatch]) -> None:
+    import pyarrow.parquet as pq
+
+    out: pq.ParquetWriter | None = None
+    try:
+        for batch in batches:
+            if out is None:
+                out = pq.ParquetWriter(writer, batch.schema)
+            out.write_batch(batch)
+    finally:
+        if out is not None:
+            out.close()
+
+
+def _lower(options: Any) -> dict[str, str]:
+    # Spark hands options over case-insensitively; look them up in lower case.
+    return {str(k).lower(): str(v) for k, v in dict(options).items()}
+
+
+class TrustedMLDataSource(DataSource):
+    """Registered per session by :func:`register`, with the session's key ring."""
+
+    _keyring: KeyRing | None = None
+
+    @classmethod
+    def name(cls) -> str:
+        return NAME
+
+    def _ring(self) -> KeyRing:
+        if self._keyring is None:
+            raise ConfigError("the trustedml data source was not registered with keys")
+        return self._keyring
+
+    def schema(self) -> StructType | str:
+        mode = self.options.get("mode", "text")
+        if mode not in READ_MODES:
+            raise ConfigError(f"mode: expected one of {', '.join(READ_MODES)}, got {mode!r}")
+        if mode == "parquet":
+            return parquet_schema(self._ring(), list_files(self.options["path"])[0])
+        return StructType([StructField("value", StringType(), True)])
+
+    def reader(self, schema: StructType) -> DataSourceReader:
+        return _Reader(self._ring(), _lower(self.options), schema)
+
+    def writer(self, schema: StructType, overwrite: bool) -> DataSourceArrowWriter:
+        return _Writer(self._ring(), _lower(self.options), schema, overwrite)
