@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +23,7 @@ def test_every_line_read_exactly_once_whatever_the_splits(
     n = len(chunks)
     bounds = [0, *sorted(c for c in cuts if c < n), n]
     got: list[bytes] = []
-    for first, stop in zip(bounds, bounds[1:], strict=False):
+    for first, stop in itertools.pairwise(bounds):
         got += split_lines(chunks.__getitem__, n, chunk, first, stop)
     expected = data.split(b"\n")
     if expected[-1] == b"":
