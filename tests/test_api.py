@@ -9,7 +9,9 @@ SRC = Path(trustedml.__file__).resolve().parent
 PUBLIC_API = [
     "ConfigError",
     "DataKey",
+    "DecryptingReader",
     "DeployMode",
+    "EncryptingWriter",
     "FileResult",
     "IntegrityError",
     "KeyDirectory",
@@ -43,8 +45,13 @@ PUBLIC_API = [
     "get_backend",
     "init_key_directory",
     "open_encrypted",
+    "read_encrypted",
+    "read_encrypted_pandas",
     "run",
+    "start_session",
     "submit",
+    "write_encrypted",
+    "write_encrypted_pandas",
 ]
 
 

@@ -10,6 +10,8 @@ from trustedml._secret import Secret
 from trustedml._version import __version__
 from trustedml.data import (
     DataKey,
+    DecryptingReader,
+    EncryptingWriter,
     FileResult,
     KeyRing,
     KeyStore,
@@ -45,15 +47,22 @@ from trustedml.spark import (
     PlainSparkConfig,
     SecureSparkConfig,
     SparkSettings,
+    read_encrypted,
+    read_encrypted_pandas,
     run,
+    start_session,
     submit,
+    write_encrypted,
+    write_encrypted_pandas,
 )
 from trustedml.tee import NoTee, TeeBackend, get_backend
 
 __all__ = [
     "ConfigError",
     "DataKey",
+    "DecryptingReader",
     "DeployMode",
+    "EncryptingWriter",
     "FileResult",
     "IntegrityError",
     "KeyDirectory",
@@ -87,6 +96,11 @@ __all__ = [
     "get_backend",
     "init_key_directory",
     "open_encrypted",
+    "read_encrypted",
+    "read_encrypted_pandas",
     "run",
+    "start_session",
     "submit",
+    "write_encrypted",
+    "write_encrypted_pandas",
 ]

@@ -175,8 +175,8 @@ def test_write_checks_arguments_first(tmp_path: Path, ring: KeyRing, marker: str
 
 def test_environment_carries_the_keks_and_conf_does_not(ring: KeyRing, tmp_path: Path) -> None:
     env = spark_pme.pme_environment(ring)
-    assert list(env) == ["TRUSTEDML_PME_KEYRING"]
-    entries = dict(item.split(":", 1) for item in env["TRUSTEDML_PME_KEYRING"].split(","))
+    assert list(env) == ["TRUSTEDML_KEYRING"]
+    entries = dict(item.split(":", 1) for item in env["TRUSTEDML_KEYRING"].split(","))
     assert {k: base64.b64decode(v) for k, v in entries.items()} == {
         k: ring._kek(k) for k in ring.key_ids()
     }

@@ -154,3 +154,21 @@ def test_properties_escaping() -> None:
     assert "spark.a=x\\=y\\:z \\#\\!" in text
     assert "spark.b=line\\nbreak" in text
     assert "spark.c=\\ lead" in text
+
+
+def test_job_keyring_enables_parquet_encryption_through_the_environment(
+    session_keys: KeyDirectory,
+) -> None:
+    from trustedml import KeyRing
+
+    ring = KeyRing({"pii": b"\x33" * 32})
+    cfg = secure(session_keys, keyring=ring, extra={"spark.jars": "/opt/extra.jar"})
+    conf, env = cfg.conf(), cfg.environment()
+    assert conf["spark.hadoop.parquet.encryption.kms.client.class"].endswith("TrustedMLKmsClient")
+    jars = conf["spark.jars"].split(",")
+    assert jars[1] == "/opt/extra.jar"
+    assert Path(jars[0]).is_file()
+    assert KeyRing.parse(Secret(env["TRUSTEDML_KEYRING"])) == ring
+    text = _config.properties_text(conf) + repr(cfg)
+    assert ring.export().reveal_text().split(":", 1)[1] not in text
+    assert "keyring" in _config.REDACTION_REGEX

@@ -218,3 +218,35 @@ def test_unknown_tee_backend() -> None:
     result = run_cli(["submit", "--insecure", "--tee", "sgx", str(APPS / "exit_code.py"), "0"])
     assert result.returncode == 2
     assert "--tee: expected one of none, got 'sgx'" in result.stderr
+
+
+def test_job_reads_and_writes_encrypted_data_with_its_keks(
+    session_keys: KeyDirectory, session_passphrase_file: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from trustedml import LocalKeyStore, decrypt_path, encrypt_file
+
+    keys = tmp_path / "keys"
+    shutil.copytree(session_keys.path, keys)
+    store = LocalKeyStore(KeyDirectory(keys), Secret(PASSPHRASE))
+    store.create_kek("taxi")
+    src = tmp_path / "taxi.csv"
+    src.write_text("timestamp,value\n" + "".join(
+        f"2014-07-0{1 + i // 48} {i % 24:02d}:{(i % 2) * 30:02d}:00,{i}\n" for i in range(96 * 2)
+    ))  # fmt: skip
+    encrypt_file(src, tmp_path / "taxi.csv.tml", key_id="taxi", keystore=store)
+    result = run_cli(
+        ["submit", "--keys", str(keys), "--passphrase-file", str(session_passphrase_file),
+         "--kek", "taxi", "--no-ui", str(APPS / "encrypted_job.py"),
+         str(tmp_path / "taxi.csv.tml"), str(tmp_path / "out"), "taxi"]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rows: 192 days: 4" in result.stdout
+    kek = store.keyring().export().reveal_text()
+    assert kek.split(":", 1)[1] not in result.stdout + result.stderr
+    decrypt_path(tmp_path / "out", tmp_path / "plain", keystore=store)
+    (csv,) = (tmp_path / "plain").glob("*.csv")
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "day,sum(value)"
+    assert sorted(lines[1:])[0] == f"2014-07-01,{sum(range(48))}"

@@ -9,6 +9,7 @@ import click
 
 from trustedml import (
     KeyDirectory,
+    LocalKeyStore,
     PlainSparkConfig,
     SecureSparkConfig,
     SparkSettings,
@@ -63,6 +64,14 @@ def spark_options(func: F) -> F:
         ),
         click.option("--log-level", default="WARN", show_default=True, help="Spark log level."),
         click.option("--rpc-tls", is_flag=True, help="Use TLS for Spark RPC instead of AES-GCM."),
+        click.option(
+            "--kek",
+            "keks",
+            multiple=True,
+            metavar="ID",
+            help="Give the job this key-encryption key from --keys (repeatable); the job "
+            "reads it with trustedml.runtime.job_keyring() and Spark's Parquet encryption uses it.",
+        ),
         click.option("--no-ui", is_flag=True, help="Do not start the Spark web UI."),
         click.option(
             "--local-dir",
@@ -96,6 +105,7 @@ def build_settings(
     rpc_tls: bool,
     no_ui: bool,
     local_dir: Path | None,
+    keks: tuple[str, ...],
     passphrase_file: Path | None,
     prompt: bool,
 ) -> SparkSettings:
@@ -107,23 +117,30 @@ def build_settings(
         "local_dir": local_dir.resolve() if local_dir else None,
         "extra": _parse_confs(confs),
     }
+    keys = KeyDirectory(keys_dir) if keys_dir is not None else None
+    needs_keys = bool(keks) or not insecure
+    if needs_keys and keys is None:
+        what = "--kek" if insecure else "secure mode"
+        raise click.UsageError(
+            f"{what} needs a key directory: --keys DIR or {ENV_KEYS} "
+            "(create one with `trustedml keys init DIR`), or --insecure for plain Spark"
+        )
+    passphrase = get_passphrase(passphrase_file, prompt) if needs_keys else None
+    if keks:
+        assert keys is not None
+        assert passphrase is not None
+        common["keyring"] = LocalKeyStore(keys, passphrase).keyring(keks)
     if insecure:
         if rpc_tls:
             raise click.UsageError("--rpc-tls and --insecure contradict each other")
         err_console.print(INSECURE_BANNER)
         return PlainSparkConfig(**common)
-    if keys_dir is None:
-        raise click.UsageError(
-            f"secure mode needs a key directory: --keys DIR or {ENV_KEYS} "
-            "(create one with `trustedml keys init DIR`), or --insecure for plain Spark"
-        )
-    mode = mode_for_master(master)
-    keys = KeyDirectory(keys_dir)
-    passphrase = get_passphrase(passphrase_file, prompt)
+    assert keys is not None
+    assert passphrase is not None
     opened = keys.unseal(passphrase)
     return SecureSparkConfig(
         **common,
-        mode=mode,
+        mode=mode_for_master(master),
         keystore=keys.keystore,
         truststore=keys.truststore,
         auth_secret=opened.spark_auth_secret,

@@ -9,6 +9,7 @@ from trustedml.data._files import (
     encrypt_path,
 )
 from trustedml.data._keystore import DataKey, KeyRing, KeyStore, LocalKeyStore
+from trustedml.data._pme import read_encrypted_parquet, write_encrypted_parquet
 from trustedml.data._streams import DecryptingReader, EncryptingWriter, open_encrypted
 
 __all__ = [
@@ -25,4 +26,6 @@ __all__ = [
     "encrypt_file",
     "encrypt_path",
     "open_encrypted",
+    "read_encrypted_parquet",
+    "write_encrypted_parquet",
 ]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import os
 import re
@@ -99,6 +101,30 @@ class KeyRing:
 
     def subset(self, key_ids: Iterable[str]) -> KeyRing:
         return KeyRing({k: self._kek(k) for k in key_ids})
+
+    def export(self) -> Secret:
+        """``id:base64,id:base64``: how a job's KEKs reach the Spark JVM (Parquet KMS
+        client) and the job's Python processes, through their environment only."""
+        return Secret(
+            ",".join(
+                f"{k}:{base64.b64encode(v).decode('ascii')}" for k, v in sorted(self._keks.items())
+            )
+        )
+
+    @classmethod
+    def parse(cls, text: Secret) -> KeyRing:
+        """The inverse of :meth:`export`."""
+        keks: dict[str, bytes] = {}
+        for item in filter(None, text.reveal_text().split(",")):
+            key_id, sep, b64 = item.partition(":")
+            try:
+                if not sep:
+                    raise ValueError
+                keks[key_id] = base64.b64decode(b64, validate=True)
+            except (ValueError, binascii.Error):
+                # Never echo the text: it holds keys.
+                raise KeyStoreError("malformed key ring text (expected id:base64,...)") from None
+        return cls(keks)
 
 
 class LocalKeyStore:

@@ -12,8 +12,10 @@ from types import MappingProxyType
 from typing import Protocol
 
 from trustedml._secret import Secret
+from trustedml.data._keystore import KeyRing
 from trustedml.errors import SparkConfigError
 from trustedml.keys import KeyDirectory
+from trustedml.runtime import ENV_KEYRING
 
 # Environment variables that carry secrets to the Spark JVM. Spark reads the auth
 # secret from _SPARK_AUTH_SECRET ahead of spark.authenticate.secret; the SSL
@@ -27,7 +29,9 @@ ENV_RPC_KEYSTORE_PASSWORD = "_SPARK_SSL_RPC_KEY_STORE_PASSWORD"
 ENV_RPC_KEY_PASSWORD = "_SPARK_SSL_RPC_KEY_PASSWORD"
 ENV_RPC_TRUSTSTORE_PASSWORD = "_SPARK_SSL_RPC_TRUST_STORE_PASSWORD"
 
-REDACTION_REGEX = "(?i)secret|password|passphrase|token|access[.]?key|credential|private[.]?key"
+REDACTION_REGEX = (
+    "(?i)secret|password|passphrase|token|access[.]?key|credential|private[.]?key|keyring"
+)
 _SECRET_LOOKING = re.compile(REDACTION_REGEX)
 _LOCAL_MASTER = re.compile(r"^local(\[(\*|[1-9][0-9]*)(,[1-9][0-9]*)?\])?$")
 _STANDALONE_MASTER = re.compile(r"^spark://[^\s/:]+:[0-9]{1,5}(,[^\s/:]+:[0-9]{1,5})*$")
@@ -103,6 +107,8 @@ class _Common:
     ui: bool = True
     local_dir: Path | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    keyring: KeyRing | None = field(default=None, repr=False)
+    pme_jar: Path | None = None
 
     def _validate_common(self) -> None:
         if self.log_level.upper() not in _LOG_LEVELS:
@@ -113,6 +119,10 @@ class _Common:
             raise SparkConfigError("python: expected an interpreter path, got ''")
         _check_extra(self.extra)
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+        if self.keyring is not None and self.pme_jar is None:
+            from trustedml.spark._pme import kms_client_jar
+
+            object.__setattr__(self, "pme_jar", kms_client_jar())
 
     def _common_conf(self) -> dict[str, str]:
         conf = {
@@ -131,12 +141,26 @@ class _Common:
             conf["spark.local.dir"] = str(self.local_dir)
         return conf
 
+    def _with_extra(self, conf: dict[str, str]) -> dict[str, str]:
+        conf.update(self.extra)
+        if self.pme_jar is not None:
+            from trustedml.spark._pme import pme_conf
+
+            pme = pme_conf(self.pme_jar)
+            if "spark.jars" in self.extra:
+                pme["spark.jars"] += "," + self.extra["spark.jars"]
+            conf.update(pme)
+        return conf
+
     def _common_env(self) -> dict[str, str]:
-        return {
+        env = {
             "SPARK_LOCAL_IP": self.local_ip,
             "PYSPARK_PYTHON": self.python,
             "PYSPARK_DRIVER_PYTHON": self.python,
         }
+        if self.keyring is not None:
+            env[ENV_KEYRING] = self.keyring.export().reveal_text()
+        return env
 
 
 @dataclass(frozen=True)
@@ -150,9 +174,7 @@ class PlainSparkConfig(_Common):
         mode_for_master(self.master)
 
     def conf(self) -> dict[str, str]:
-        conf = self._common_conf()
-        conf.update(self.extra)
-        return conf
+        return self._with_extra(self._common_conf())
 
     def environment(self) -> dict[str, str]:
         return self._common_env()
@@ -253,8 +275,7 @@ class SecureSparkConfig(_Common):
         return conf
 
     def conf(self) -> dict[str, str]:
-        conf = self._common_conf()
-        conf.update(self.extra)
+        conf = self._with_extra(self._common_conf())
         conf.update(self._security_conf())
         return conf
 

@@ -29,7 +29,6 @@ Reading needs no options: the key ids are recorded in each file.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import importlib.metadata
 import os
@@ -41,11 +40,12 @@ from pathlib import Path
 
 from trustedml.data._keystore import KeyRing
 from trustedml.errors import LaunchError
+from trustedml.runtime import ENV_KEYRING
 from trustedml.spark._submit import spark_home
 
 __all__ = ["ENV_PME_KEYRING", "KMS_CLIENT_CLASS", "kms_client_jar", "pme_conf", "pme_environment"]
 
-ENV_PME_KEYRING = "TRUSTEDML_PME_KEYRING"
+ENV_PME_KEYRING = ENV_KEYRING
 KMS_CLIENT_CLASS = "org.trustedml.parquet.TrustedMLKmsClient"
 CRYPTO_FACTORY_CLASS = "org.apache.parquet.crypto.keytools.PropertiesDrivenCryptoFactory"
 JAVA_SOURCE = Path(__file__).resolve().parent / "java" / "TrustedMLKmsClient.java"
@@ -163,9 +163,4 @@ def pme_conf(jar: Path) -> dict[str, str]:
 def pme_environment(keyring: KeyRing) -> dict[str, str]:
     """The variable giving ``keyring``'s KEKs to the KMS client: secret, so for a
     child process's environment only (never a property, argument or file)."""
-    # KeyRing has no public way to reveal its KEKs; this is the one place that must.
-    keks = keyring._keks
-    value = ",".join(
-        f"{key_id}:{base64.b64encode(keks[key_id]).decode('ascii')}" for key_id in keyring.key_ids()
-    )
-    return {ENV_PME_KEYRING: value}
+    return {ENV_PME_KEYRING: keyring.export().reveal_text()}

@@ -23,7 +23,7 @@ import org.apache.parquet.crypto.keytools.KmsClient;
  */
 public final class TrustedMLKmsClient implements KmsClient {
   // Read from the environment, not the Hadoop conf: conf values reach logs and the UI.
-  static final String ENV = "TRUSTEDML_PME_KEYRING";
+  static final String ENV = "TRUSTEDML_KEYRING";
   private static final byte VERSION = 1;
   private static final int NONCE = 12;
   private static final int TAG_BITS = 128;
