@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	# The Parquet KMS client is compiled once against the installed pyspark's jars.
+	$(PY) -c 'from trustedml.spark._pme import kms_client_jar; kms_client_jar()'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -33,6 +35,7 @@ test: lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) -m bench spark_overhead
+	$(PY) -m bench encrypted_io
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bench/results
