@@ -46,11 +46,13 @@ PUBLIC_API = [
     "init_key_directory",
     "open_encrypted",
     "read_encrypted",
+    "read_encrypted_bytes",
     "read_encrypted_pandas",
     "run",
     "start_session",
     "submit",
     "write_encrypted",
+    "write_encrypted_bytes",
     "write_encrypted_pandas",
 ]
 

@@ -21,6 +21,8 @@ from trustedml.data import (
     encrypt_file,
     encrypt_path,
     open_encrypted,
+    read_encrypted_bytes,
+    write_encrypted_bytes,
 )
 from trustedml.errors import (
     ConfigError,
@@ -97,10 +99,12 @@ __all__ = [
     "init_key_directory",
     "open_encrypted",
     "read_encrypted",
+    "read_encrypted_bytes",
     "read_encrypted_pandas",
     "run",
     "start_session",
     "submit",
     "write_encrypted",
+    "write_encrypted_bytes",
     "write_encrypted_pandas",
 ]

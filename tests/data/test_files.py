@@ -138,3 +138,14 @@ def test_known_answer_vector(tmp_path: Path) -> None:
     assert out.target.read_bytes() == (VECTORS / "format-v1.txt").read_bytes()
     assert out.chunks == 3
     assert out.key_id == "kek-1"
+
+
+def test_bytes_round_trip_and_wrong_key(tmp_path: Path) -> None:
+    from trustedml import read_encrypted_bytes, write_encrypted_bytes
+
+    model = os.urandom(70_000)
+    res = write_encrypted_bytes(model, tmp_path / "m.pt.tml", key_id="k", keystore=RING)
+    assert res.plaintext_bytes == len(model)
+    assert read_encrypted_bytes(res.target, keystore=RING) == model
+    with pytest.raises(IntegrityError, match="cannot unwrap"):
+        read_encrypted_bytes(res.target, keystore=OTHER)

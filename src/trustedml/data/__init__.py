@@ -7,6 +7,8 @@ from trustedml.data._files import (
     decrypt_path,
     encrypt_file,
     encrypt_path,
+    read_encrypted_bytes,
+    write_encrypted_bytes,
 )
 from trustedml.data._keystore import DataKey, KeyRing, KeyStore, LocalKeyStore
 from trustedml.data._pme import read_encrypted_parquet, write_encrypted_parquet
@@ -26,6 +28,8 @@ __all__ = [
     "encrypt_file",
     "encrypt_path",
     "open_encrypted",
+    "read_encrypted_bytes",
     "read_encrypted_parquet",
+    "write_encrypted_bytes",
     "write_encrypted_parquet",
 ]

@@ -171,8 +171,9 @@ def decrypt_path(
     files = [f for f in _walk(src) if f.name.endswith(SUFFIX)]
     if not files:
         raise ConfigError(f"{src}: no {SUFFIX} files to decrypt")
-    staging = Path(tempfile.mkdtemp(dir=dst.parent if dst.parent.exists() else None,
-                                    prefix=f".{dst.name}.decrypt-"))  # fmt: skip
+    # Staged beside the target, so the final renames stay on one filesystem.
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.decrypt-"))
     try:
         results = []
         for f in files:
@@ -189,3 +190,31 @@ def decrypt_path(
         return final
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_encrypted_bytes(
+    data: bytes,
+    target: str | os.PathLike[str],
+    *,
+    key_id: str,
+    keystore: KeyStore,
+    log2_chunk: int = framing.DEFAULT_LOG2_CHUNK,
+) -> FileResult:
+    """Encrypt in-memory ``data`` (a model, a result) into ``target``, atomically."""
+    dst = Path(target)
+    check_key_id(key_id)
+    data_key = keystore.generate_data_key(key_id)
+    with _atomic_output(dst) as tmp, tmp.open("wb") as fout:
+        writer = EncryptingWriter(fout, data_key, log2_chunk=log2_chunk)
+        writer.write(data)
+        writer.close()
+        os.fsync(fout.fileno())
+    return FileResult(
+        Path("<memory>"), dst, writer.plaintext_bytes, writer.bytes_written, writer.chunks, key_id
+    )
+
+
+def read_encrypted_bytes(source: str | os.PathLike[str], *, keystore: KeyStore) -> bytes:
+    """Decrypt a whole file into memory; raises IntegrityError on any mismatch."""
+    with Path(source).open("rb") as fin:
+        return DecryptingReader(fin, keystore, name=str(source)).readall()
