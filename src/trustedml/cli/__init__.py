@@ -8,6 +8,7 @@ from trustedml import __version__
 from trustedml.cli.data import decrypt_command, encrypt_command
 from trustedml.cli.jobs import run_command, submit_command
 from trustedml.cli.keys import keys_group
+from trustedml.cli.ml import example_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,6 +22,7 @@ cli.add_command(submit_command)
 cli.add_command(run_command)
 cli.add_command(encrypt_command)
 cli.add_command(decrypt_command)
+cli.add_command(example_command)
 
 
 def main() -> None:

@@ -1,0 +1,59 @@
+"""Inputs and models of a workload: plaintext paths like the origin's, or encrypted
+copies (``*.tml``) opened with the job's keys (``trustedml submit --kek ID``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trustedml.data._files import SUFFIX, read_encrypted_bytes, write_encrypted_bytes
+from trustedml.errors import ConfigError
+from trustedml.runtime import job_keyring
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+def is_encrypted(path: str | os.PathLike[str]) -> bool:
+    return os.fspath(path).endswith(SUFFIX)
+
+
+def read_input_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an input file, decrypted with the job's keys when it is ``.tml``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: expected an existing input file")
+    if is_encrypted(p):
+        return read_encrypted_bytes(p, keystore=job_keyring())
+    return p.read_bytes()
+
+
+def read_table(spark: SparkSession, path: str | os.PathLike[str], fmt: str = "csv",
+               **options: Any) -> DataFrame:  # fmt: skip
+    """A DataFrame from a plaintext or encrypted (``.tml`` or a directory of them) path."""
+    from trustedml.spark._encrypted import read_encrypted
+
+    p = Path(path)
+    encrypted = is_encrypted(p) or (p.is_dir() and any(p.rglob(f"*{SUFFIX}")))
+    if encrypted:
+        return read_encrypted(spark, p, fmt, keystore=job_keyring(), **options)
+    reader = spark.read.options(**{k: v for k, v in options.items() if k != "schema"})
+    if "schema" in options:
+        reader = reader.schema(options["schema"])
+    return reader.format(fmt).load(str(p))
+
+
+def save_model(data: bytes, path: str | os.PathLike[str], key_id: str) -> Path:
+    """Write a serialized model encrypted under the job's KEK ``key_id``. Models are
+    never written in plaintext."""
+    target = Path(path)
+    if not is_encrypted(target):
+        target = target.with_name(target.name + SUFFIX)
+    write_encrypted_bytes(data, target, key_id=key_id, keystore=job_keyring())
+    return target
+
+
+def load_model(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an encrypted model; a wrong key raises IntegrityError."""
+    return read_encrypted_bytes(path, keystore=job_keyring())
