@@ -99,6 +99,26 @@ def test_parquet_file_encrypted_at_rest(spark: Any, tmp_path: Path) -> None:
     assert df.groupBy().sum("twice").first()[0] == 2 * sum(range(5000))
 
 
+def test_parquet_with_arrow_only_types(spark: Any, tmp_path: Path) -> None:
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "name": pa.array(["a", "b"], pa.large_string()),
+            "n": pa.array([1, 2], pa.int16()),
+            "at": pa.array([dt.datetime(2001, 1, 1), dt.datetime(2001, 1, 2)], pa.timestamp("ms")),
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    enc = _encrypt(tmp_path / "t.parquet", tmp_path / "t.parquet.tml")
+    df = read_encrypted(spark, enc, "parquet", keystore=RING)
+    plain = spark.read.parquet(str(tmp_path / "t.parquet"))
+    assert _sorted_rows(df) == _sorted_rows(plain)
+
+
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet", "text"])
 def test_write_then_read_returns_the_same_dataframe(spark: Any, tmp_path: Path, fmt: str) -> None:
     if fmt == "text":

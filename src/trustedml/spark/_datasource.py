@@ -126,10 +126,14 @@ class _Reader(DataSourceReader):
 
 def _parquet_batches(reader: DecryptingReader, schema: StructType) -> Iterator[pa.RecordBatch]:
     import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import to_arrow_schema
 
     parquet = pq.ParquetFile(reader)
     names = [f.name for f in schema.fields]
-    yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=names)
+    # Spark wants its own Arrow types (string, not large_string; its timestamp unit).
+    target = to_arrow_schema(schema)
+    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=names):
+        yield batch if batch.schema.equals(target) else batch.cast(target)
 
 
 def parquet_schema(ring: KeyRing, path: str) -> StructType:
