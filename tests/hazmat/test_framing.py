@@ -210,3 +210,14 @@ def test_header_parser_fuzz(data: bytes) -> None:
     # Only IntegrityError (NotEncryptedError is one) may escape the parser.
     with contextlib.suppress(IntegrityError):
         Header.parse(framing.MAGIC + data)
+
+
+def test_writer_copies_mutable_input_it_keeps() -> None:
+    data = bytearray(os.urandom(CHUNK))
+    original = bytes(data)
+    buf = io.BytesIO()
+    writer = EncryptingWriter(buf, RING.generate_data_key("k1"), log2_chunk=LOG2)
+    writer.write(data)
+    data[:] = b"\x00" * CHUNK  # the caller reuses its buffer before close()
+    writer.close()
+    assert decrypt(buf.getvalue()) == original

@@ -36,6 +36,7 @@ class EncryptingWriter(io.RawIOBase):
         self._cipher = ChunkCipher(data_key.plaintext.reveal(), self.header)
         self._chunk = self.header.chunk_size
         self._buf = bytearray()
+        self._held: memoryview | None = None
         self._index = 0
         self.plaintext_bytes = 0
         self.bytes_written = 0
@@ -55,25 +56,48 @@ class EncryptingWriter(io.RawIOBase):
         if self.closed:
             raise ValueError("write to a closed EncryptingWriter")
         view = memoryview(data).cast("B")
-        self._buf += view
-        self.plaintext_bytes += len(view)
-        # Keep a full chunk back until more data proves it is not the final one.
-        if len(self._buf) > self._chunk:
-            full = (len(self._buf) - 1) // self._chunk
-            with memoryview(self._buf) as mv:
-                for i in range(full):
-                    with mv[i * self._chunk : (i + 1) * self._chunk] as part:
-                        self._emit(self._cipher.seal(self._index, part, final=False))
-                    self._index += 1
-            del self._buf[: full * self._chunk]
-        return len(view)
+        size = len(view)
+        if not size:
+            return 0
+        self.plaintext_bytes += size
+        chunk = self._chunk
+        if self._held is not None:
+            # More data follows the held-back chunk: it is not the last.
+            self._seal(self._held, final=False)
+            self._held = None
+        if self._buf:
+            take = min(chunk - len(self._buf), size)
+            self._buf += view[:take]
+            view = view[take:]
+            if not view:
+                return size
+            self._seal(memoryview(self._buf), final=False)
+            self._buf.clear()
+        # Whole chunks straight from the caller's buffer (no copy), holding back the
+        # last full one until more data proves it is not final.
+        while len(view) > chunk:
+            self._seal(view[:chunk], final=False)
+            view = view[chunk:]
+        if len(view) == chunk and isinstance(data, bytes):
+            self._held = view  # immutable: safe to keep without copying
+        else:
+            self._buf += view
+        return size
+
+    def _seal(self, plaintext: memoryview, final: bool) -> None:
+        with plaintext:
+            self._emit(self._cipher.seal(self._index, plaintext, final=final))
+        self._index += 1
 
     def close(self) -> None:
         if self.closed:
             return
         try:
-            self._emit(self._cipher.seal(self._index, bytes(self._buf), final=True))
-            self._index += 1
+            if self._held is not None:
+                self._seal(self._held, final=True)
+                self._held = None
+            else:
+                self._seal(memoryview(self._buf), final=True)
             self._buf.clear()
             self._raw.flush()
         finally:
