@@ -210,3 +210,16 @@ def test_flights_3m_csv_matches_plaintext(spark: Any, tmp_path: Path) -> None:
     aggs = ["count(*)", "sum(delay)", "sum(distance)", "count(DISTINCT origin)"]
     assert secret.selectExpr(*aggs).first() == plain.selectExpr(*aggs).first()
     assert plain.count() == 3_000_000
+
+
+def test_empty_partitions_and_row_group_splits(spark: Any, tmp_path: Path) -> None:
+    df = (
+        spark.range(0, 300_000, numPartitions=3)
+        .selectExpr("id", "id % 7 AS k")
+        .filter("id < 150000")
+    )
+    out = tmp_path / "p"
+    write_encrypted(df, out, "parquet", "ds", keystore=RING)  # the third partition is empty
+    back = read_encrypted(spark, out, "parquet", keystore=RING, splitBytes=1)
+    assert back.count() == 150_000
+    assert back.rdd.getNumPartitions() >= 2

@@ -29,7 +29,7 @@ from trustedml.data._files import SUFFIX
 from trustedml.data._keystore import KeyRing
 from trustedml.data._streams import DecryptingReader, EncryptingWriter
 from trustedml.errors import ConfigError
-from trustedml.spark._records import split_csv_records, split_lines
+from trustedml.spark._records import split_csv_records, split_region
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -83,11 +83,30 @@ class _Reader(DataSourceReader):
             with open(path, "rb") as raw:
                 reader = DecryptingReader(raw, self._ring, name=path)
                 count, chunk = reader.layout.count, reader.layout.chunk_size
+                if self._mode == "parquet":
+                    splits.extend(self._row_group_splits(path, reader))
+                    continue
             if self._mode != "text":
                 splits.append(_Split(path, 0, count))
                 continue
             per = max(1, self._split_bytes // chunk)
             splits.extend(_Split(path, i, min(i + per, count)) for i in range(0, count, per))
+        return splits
+
+    def _row_group_splits(self, path: str, reader: DecryptingReader) -> list[InputPartition]:
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(reader).metadata
+        # Consecutive row groups up to splitBytes make one partition, like Spark's own.
+        splits: list[InputPartition] = []
+        first, size = 0, 0
+        for i in range(meta.num_row_groups):
+            size += meta.row_group(i).total_byte_size
+            if size >= self._split_bytes:
+                splits.append(_Split(path, first, i + 1))
+                first, size = i + 1, 0
+        if first < meta.num_row_groups or not splits:
+            splits.append(_Split(path, first, meta.num_row_groups))
         return splits
 
     def read(self, partition: InputPartition) -> Iterator[Any]:
@@ -97,23 +116,25 @@ class _Reader(DataSourceReader):
         with open(partition.path, "rb") as raw:
             reader = DecryptingReader(raw, self._ring, name=partition.path)
             if self._mode == "parquet":
-                yield from _parquet_batches(reader, self._schema)
+                groups = list(range(partition.first, partition.stop))
+                yield from _parquet_batches(reader, self._schema, groups)
                 return
             if self._mode == "text":
-                records: Iterator[bytes] = split_lines(
+                region = split_region(
                     reader.chunk,
                     reader.layout.count,
                     reader.layout.chunk_size,
                     partition.first,
                     partition.stop,
                 )
-            else:
-                data = reader.readall()
-                records = (
-                    iter([data])
-                    if self._mode == "wholetext"
-                    else split_csv_records(data, self._quote, self._escape)
-                )
+                yield from _line_batches(region)
+                return
+            data = reader.readall()
+            records: Iterator[bytes] = (
+                iter([data])
+                if self._mode == "wholetext"
+                else split_csv_records(data, self._quote, self._escape)
+            )
             batch: list[str] = []
             for record in records:
                 batch.append(record.decode("utf-8", errors="replace"))
@@ -124,7 +145,31 @@ class _Reader(DataSourceReader):
                 yield pa.RecordBatch.from_arrays([pa.array(batch, pa.string())], ["value"])
 
 
-def _parquet_batches(reader: DecryptingReader, schema: StructType) -> Iterator[pa.RecordBatch]:
+def _line_batches(region: bytes) -> Iterator[pa.RecordBatch]:
+    """Cut a region of newline-terminated lines into Arrow string batches in bulk."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not region:
+        return
+    body = region[:-1] if region.endswith(b"\n") else region
+    pieces = pc.list_flatten(pc.split_pattern(pa.array([body], pa.binary()), "\n"))
+    pieces = pc.replace_substring_regex(pieces, "\r$", "")
+    try:
+        lines = pieces.cast(pa.string())
+    except pa.ArrowInvalid:
+        # Invalid UTF-8: decode line by line with replacement, as Spark's text reader does.
+        lines = pa.array(
+            [v.decode("utf-8", errors="replace") for v in pieces.to_pylist()], pa.string()
+        )
+    for offset in range(0, len(lines), BATCH_ROWS * 8):
+        chunk = lines.slice(offset, BATCH_ROWS * 8)
+        yield pa.RecordBatch.from_arrays([chunk], ["value"])
+
+
+def _parquet_batches(
+    reader: DecryptingReader, schema: StructType, row_groups: list[int]
+) -> Iterator[pa.RecordBatch]:
     import pyarrow.parquet as pq
     from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -132,7 +177,9 @@ def _parquet_batches(reader: DecryptingReader, schema: StructType) -> Iterator[p
     names = [f.name for f in schema.fields]
     # Spark wants its own Arrow types (string, not large_string; its timestamp unit).
     target = to_arrow_schema(schema)
-    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=names):
+    if not row_groups:
+        return
+    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=names, row_groups=row_groups):
         yield batch if batch.schema.equals(target) else batch.cast(target)
 
 
@@ -168,6 +215,7 @@ class _Writer(DataSourceArrowWriter):
         self._ext = options.get("extension", self._format)
         self._header = options.get("headerline")
         self._overwrite = overwrite
+        self._schema = schema
         self._log2 = int(options.get("log2chunksize", 20))
         if self._format == "text" and (
             len(schema.fields) != 1 or not isinstance(schema.fields[0].dataType, StringType)
@@ -192,7 +240,7 @@ class _Writer(DataSourceArrowWriter):
                     raw, self._ring.generate_data_key(self._key_id), log2_chunk=self._log2
                 )
                 if self._format == "parquet":
-                    _write_parquet(writer, iterator)
+                    _write_parquet(writer, iterator, self._schema)
                 else:
                     _write_text(writer, iterator, self._header)
                 writer.close()
@@ -235,15 +283,39 @@ def _write_text(
     writer.write(buf.getbuffer())
 
 
-def _write_parquet(writer: EncryptingWriter, batches: Iterator[pa.RecordBatch]) -> None:
+def _write_parquet(
+    writer: EncryptingWriter, batches: Iterator[pa.RecordBatch], schema: StructType
+) -> None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     out: pq.ParquetWriter | None = None
+    pending: list[pa.RecordBatch] = []
+    pending_bytes = 0
+
+    def flush() -> None:
+        nonlocal out, pending_bytes
+        if not pending:
+            return
+        if out is None:
+            out = pq.ParquetWriter(writer, pending[0].schema)
+        # One row group per ~64 MiB rather than one per small Arrow batch.
+        out.write_table(pa.Table.from_batches(pending))
+        pending.clear()
+        pending_bytes = 0
+
     try:
         for batch in batches:
-            if out is None:
-                out = pq.ParquetWriter(writer, batch.schema)
-            out.write_batch(batch)
+            pending.append(batch)
+            pending_bytes += batch.nbytes
+            if pending_bytes >= 64 << 20:
+                flush()
+        flush()
+        if out is None:
+            # An empty partition still yields a valid Parquet file with the schema.
+            from pyspark.sql.pandas.types import to_arrow_schema
+
+            out = pq.ParquetWriter(writer, to_arrow_schema(schema))
     finally:
         if out is not None:
             out.close()
