@@ -221,3 +221,12 @@ def test_writer_copies_mutable_input_it_keeps() -> None:
     data[:] = b"\x00" * CHUNK  # the caller reuses its buffer before close()
     writer.close()
     assert decrypt(buf.getvalue()) == original
+
+
+def test_reader_over_bytes_in_memory() -> None:
+    data = os.urandom(3 * CHUNK + 9)
+    reader = DecryptingReader.from_bytes(encrypt(data), RING)
+    assert reader.read() == data
+    reader.seek(CHUNK - 2)
+    assert reader.read(4) == data[CHUNK - 2 : CHUNK + 2]
+    reader.close()

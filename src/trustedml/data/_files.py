@@ -216,5 +216,6 @@ def write_encrypted_bytes(
 
 def read_encrypted_bytes(source: str | os.PathLike[str], *, keystore: KeyStore) -> bytes:
     """Decrypt a whole file into memory; raises IntegrityError on any mismatch."""
-    with Path(source).open("rb") as fin:
-        return DecryptingReader(fin, keystore, name=str(source)).readall()
+    data = Path(source).read_bytes()
+    with DecryptingReader.from_bytes(data, keystore, name=str(source)) as reader:
+        return reader.readall()

@@ -137,6 +137,16 @@ class DecryptingReader(io.RawIOBase):
         self._cipher = ChunkCipher(key.reveal(), self.header)
         self._pos = 0
         self._cached: tuple[int, bytes] | None = None
+        self._view: memoryview | None = None
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, keystore: KeyStore, *, name: str = "input"
+    ) -> DecryptingReader:
+        """A reader over ciphertext already in memory; chunks decrypt without copies."""
+        reader = cls(io.BytesIO(data), keystore, name=name)
+        reader._view = memoryview(data)
+        return reader
 
     @property
     def size(self) -> int:
@@ -166,9 +176,14 @@ class DecryptingReader(io.RawIOBase):
         layout = self.layout
         if not 0 <= index < layout.count:
             raise IndexError(f"chunk {index} outside 0..{layout.count - 1}")
-        self._raw.seek(layout.offset(index))
         want = layout.stored_size(index)
-        stored = self._raw.read(want)
+        stored: bytes | memoryview
+        if self._view is not None:
+            # In-memory ciphertext: decrypt straight from it, no copy.
+            stored = self._view[layout.offset(index) : layout.offset(index) + want]
+        else:
+            self._raw.seek(layout.offset(index))
+            stored = self._raw.read(want)
         if len(stored) != want:
             raise IntegrityError(f"{self.name}: chunk {index} is short (file changed while read)")
         plain = self._cipher.open(index, stored, index == layout.count - 1, self.name, layout.count)
@@ -209,6 +224,9 @@ class DecryptingReader(io.RawIOBase):
         if self.closed:
             return
         self._cached = None
+        if self._view is not None:
+            self._view.release()
+            self._view = None
         if self._close_raw:
             self._raw.close()
         super().close()
