@@ -1,0 +1,117 @@
+"""What the tabular workloads (XGBoost on Spark, pandas-on-Spark prep) share: default
+dataset paths, deterministic splits, and encrypted booster output."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trustedml.errors import KeyStoreError
+from trustedml.ml._io import save_model
+from trustedml.runtime import job_keyring
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+# <repo>/../shared/datasets: this file is <repo>/src/trustedml/ml/_tabular.py.
+DATASETS = Path(__file__).resolve().parents[3].parent / "shared" / "datasets"
+
+SEED = 42
+
+
+def default_dataset(name: str) -> Path:
+    """The shared copy of dataset ``name``; users pass their own with ``--file-path``."""
+    return DATASETS / name
+
+
+def spark_session(app_name: str) -> SparkSession:
+    """The job's session (``trustedml submit`` configures everything else)."""
+    from pyspark.sql import SparkSession
+
+    return SparkSession.builder.appName(app_name).getOrCreate()
+
+
+def xgboost_parser(
+    prog: str, description: str, dataset: str, *, max_depth: int, n_estimators: int,
+    learning_rate: float,
+) -> argparse.ArgumentParser:  # fmt: skip
+    """The options both XGBoost workloads take, with the defaults each was tuned with."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--file-path", type=Path, default=default_dataset(dataset),
+        help="CSV input, plaintext or encrypted (.tml) with the job's keys",
+    )  # fmt: skip
+    parser.add_argument("--num-workers", type=_positive_int, default=2)
+    parser.add_argument("--max-depth", type=_positive_int, default=max_depth)
+    parser.add_argument("--n-estimators", type=_positive_int, default=n_estimators)
+    parser.add_argument("--learning-rate", type=float, default=learning_rate)
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument(
+        "--model-out", type=Path, default=None,
+        help="save the booster (XGBoost JSON) here, encrypted; .tml is appended",
+    )  # fmt: skip
+    parser.add_argument("--model-key-id", default="models", help="KEK that wraps the model")
+    parser.add_argument("--show", type=int, default=20, help="prediction rows to print")
+    return parser
+
+
+def require_key(parser: argparse.ArgumentParser, option: str, key_id: str) -> None:
+    """Stop with a usage error, before any Spark work, when the job was not given the
+    KEK ``key_id`` that ``option`` needs to encrypt its output."""
+    try:
+        key_ids = job_keyring().key_ids()
+    except KeyStoreError as exc:
+        parser.error(f"{option}: {exc}")
+    if key_id not in key_ids:
+        parser.error(
+            f"{option} {key_id!r}: this job has no such key "
+            f"(it has {', '.join(key_ids) or 'none'}; start it with --kek {key_id})"
+        )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def stratified_split(
+    df: DataFrame, label_col: str, test_fraction: float, seed: int
+) -> tuple[DataFrame, DataFrame]:
+    """Split ``df`` into (train, test) class by class with ``randomSplit``, so both keep
+    the class balance of ``df``."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    label = F.col(f"`{label_col}`")
+    values = sorted(
+        row[0] for row in df.where(label.isNotNull()).select(label).distinct().collect()
+    )
+    parts = [
+        df.where(label == value).randomSplit([1 - test_fraction, test_fraction], seed=seed)
+        for value in values
+    ]
+    train = reduce(lambda a, b: a.unionByName(b), (p[0] for p in parts))
+    test = reduce(lambda a, b: a.unionByName(b), (p[1] for p in parts))
+    return train, test
+
+
+def assemble(df: DataFrame, feature_cols: Sequence[str], label_col: str) -> DataFrame:
+    """``features`` (a vector of ``feature_cols``) and a double ``label``, plus the inputs."""
+    from pyspark.ml.feature import VectorAssembler
+    from pyspark.sql import functions as F
+
+    labelled = df.withColumn("label", F.col(f"`{label_col}`").cast("double"))
+    assembler = VectorAssembler(inputCols=list(feature_cols), outputCol="features")
+    return assembler.transform(labelled)
+
+
+def save_booster(model: Any, path: str | os.PathLike[str], key_id: str) -> Path:
+    """Save the booster of a fitted ``xgboost.spark`` model as XGBoost JSON, encrypted."""
+    raw = model.get_booster().save_raw("json")
+    return save_model(bytes(raw), path, key_id)
