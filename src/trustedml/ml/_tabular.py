@@ -35,24 +35,33 @@ def spark_session(app_name: str) -> SparkSession:
 
 
 def xgboost_parser(
-    prog: str, description: str, dataset: str, *, max_depth: int, n_estimators: int,
+    prog: str,
+    description: str,
+    dataset: str,
+    *,
+    max_depth: int,
+    n_estimators: int,
     learning_rate: float,
-) -> argparse.ArgumentParser:  # fmt: skip
+) -> argparse.ArgumentParser:
     """The options both XGBoost workloads take, with the defaults each was tuned with."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(
-        "--file-path", type=Path, default=default_dataset(dataset),
+        "--file-path",
+        type=Path,
+        default=default_dataset(dataset),
         help="CSV input, plaintext or encrypted (.tml) with the job's keys",
-    )  # fmt: skip
+    )
     parser.add_argument("--num-workers", type=_positive_int, default=2)
     parser.add_argument("--max-depth", type=_positive_int, default=max_depth)
     parser.add_argument("--n-estimators", type=_positive_int, default=n_estimators)
     parser.add_argument("--learning-rate", type=float, default=learning_rate)
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument(
-        "--model-out", type=Path, default=None,
+        "--model-out",
+        type=Path,
+        default=None,
         help="save the booster (XGBoost JSON) here, encrypted; .tml is appended",
-    )  # fmt: skip
+    )
     parser.add_argument("--model-key-id", default="models", help="KEK that wraps the model")
     parser.add_argument("--show", type=int, default=20, help="prediction rows to print")
     return parser

@@ -40,13 +40,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="nyc-taxi-prep", description="pandas-on-Spark feature prep of NYC taxi demand"
     )
     parser.add_argument(
-        "--file-path", type=Path, default=default_dataset("nyc_taxi.csv"),
+        "--file-path",
+        type=Path,
+        default=default_dataset("nyc_taxi.csv"),
         help="CSV input with header timestamp,value; plaintext or encrypted (.tml)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--output", type=Path, default=None,
+        "--output",
+        type=Path,
+        default=None,
         help="directory for the prepared rows: CSV with header, encrypted",
-    )  # fmt: skip
+    )
     parser.add_argument("--key-id", default="data", help="KEK that wraps the output")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --output directory"
@@ -106,10 +110,15 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.output is not None:
             write_encrypted_pandas(
-                busy, args.output, "csv", args.key_id, keystore=job_keyring(),
-                mode="overwrite" if args.overwrite else "errorifexists", header=True,
+                busy,
+                args.output,
+                "csv",
+                args.key_id,
+                keystore=job_keyring(),
+                mode="overwrite" if args.overwrite else "errorifexists",
+                header=True,
                 timestampFormat=TIMESTAMP_FORMAT,
-            )  # fmt: skip
+            )
             print(f"output written encrypted (key {args.key_id}): {args.output}")
     except TrustedMLError as exc:
         # Missing keys and bad paths caught on the driver are the user's to fix: say so plainly.

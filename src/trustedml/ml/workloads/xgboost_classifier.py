@@ -33,12 +33,15 @@ SCHEMA = ", ".join(f"{name} DOUBLE" for name in (*FEATURES, OUTCOME))
 def main(argv: list[str] | None = None) -> int:
     """Train, evaluate and optionally save the classifier; the exit status."""
     parser = xgboost_parser(
-        "xgboost-classifier", "XGBoost classifier on Pima Indians Diabetes",
+        "xgboost-classifier",
+        "XGBoost classifier on Pima Indians Diabetes",
         "pima-indians-diabetes.data.csv",
         # Chosen by 5-fold cross-validation on the training split, never on the held-out
         # rows: on 650 noisy rows, shallow trees with strong shrinkage generalise best.
-        max_depth=3, n_estimators=100, learning_rate=0.05,
-    )  # fmt: skip
+        max_depth=3,
+        n_estimators=100,
+        learning_rate=0.05,
+    )
     args = parser.parse_args(argv)
     if not args.file_path.exists():
         parser.error(f"--file-path {args.file_path}: no such file or directory")

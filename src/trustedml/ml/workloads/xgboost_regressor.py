@@ -26,11 +26,15 @@ from trustedml.ml._tabular import (
 def main(argv: list[str] | None = None) -> int:
     """Train, evaluate and optionally save the regressor; the exit status."""
     parser = xgboost_parser(
-        "xgboost-regressor", "XGBoost regressor on Boston Housing", "boston_housing.csv",
+        "xgboost-regressor",
+        "XGBoost regressor on Boston Housing",
+        "boston_housing.csv",
         # Chosen by 5-fold cross-validation on the training split, never on the held-out
         # rows: shallow trees with shrinkage suit 400 training rows.
-        max_depth=3, n_estimators=200, learning_rate=0.1,
-    )  # fmt: skip
+        max_depth=3,
+        n_estimators=200,
+        learning_rate=0.1,
+    )
     args = parser.parse_args(argv)
     if not args.file_path.exists():
         parser.error(f"--file-path {args.file_path}: no such file or directory")
