@@ -151,7 +151,7 @@ def main(argv: Sequence[str]) -> int:
             "plain s",
             "ratio",
             "goals met",
-        ),  # fmt: skip
+        ),
         [
             (
                 r["workload"],
