@@ -1,0 +1,154 @@
+"""LeNet-5 on MNIST, trained by TorchDistributor (2 CPU processes, gloo, DDP).
+
+trustedml example --keys K --kek models [--kek data] lenet --data-path DIR
+    [--max-epoch 2] [--batch-size 128] [--train-limit N] [--model-out PATH]
+trustedml example --keys K --kek models lenet --evaluate-only PATH.tml --data-path DIR
+
+DIR holds the four MNIST IDX files, plaintext, gzip or encrypted (``*.tml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from pathlib import Path
+
+from trustedml.errors import ConfigError, TrustedMLError
+from trustedml.runtime import job_keyring
+
+
+def _default_data_path() -> Path | None:
+    # <repo>/src/trustedml/ml/workloads/lenet.py -> <repo>/../shared/datasets/mnist
+    candidate = Path(__file__).resolve().parents[4].parent / "shared" / "datasets" / "mnist"
+    return candidate if candidate.is_dir() else None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lenet", description="Train or evaluate LeNet-5 on MNIST with TorchDistributor."
+    )
+    parser.add_argument(
+        "--data-path",
+        type=Path,
+        default=_default_data_path(),
+        help="directory of the MNIST IDX files (default: ../shared/datasets/mnist)",
+    )
+    parser.add_argument("--max-epoch", type=int, default=2)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=128,
+        help="total batch size, split over the 2 processes (default 128)",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=0.006,
+        help="peak of Adam's one-cycle schedule (default 0.006)",
+    )
+    parser.add_argument(
+        "--train-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on the first N training images only",
+    )
+    parser.add_argument(
+        "--model-out",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="save the trained model encrypted to PATH.tml",
+    )
+    parser.add_argument(
+        "--model-key-id",
+        default="models",
+        help="KEK the model is encrypted under (default: models)",
+    )
+    parser.add_argument(
+        "--evaluate-only",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="evaluate an encrypted model on the test images, no training",
+    )
+    parser.add_argument("--seed", type=int, default=42)
+    return parser
+
+
+def _evaluate(args: argparse.Namespace, data_dir: Path) -> int:
+    from trustedml.ml._lenet import accuracy_line, evaluate_saved_model
+
+    correct, count = evaluate_saved_model(args.evaluate_only, str(data_dir))
+    print(accuracy_line(correct, count), flush=True)
+    return 0
+
+
+def _train(args: argparse.Namespace, data_dir: Path) -> int:
+    from pyspark.sql import SparkSession
+
+    from trustedml.ml._lenet import TrainConfig, check_inputs, run_distributed, train_lenet
+    from trustedml.ml._mnist import idx_path
+
+    config = TrainConfig(
+        data_dir=str(data_dir),
+        max_epoch=args.max_epoch,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        train_limit=args.train_limit,
+        model_out=str(args.model_out.resolve()) if args.model_out else None,
+        model_key_id=args.model_key_id,
+        seed=args.seed,
+    )
+    config.check()
+    # Fail here, in one line, rather than in both training processes.
+    check_inputs(
+        *(idx_path(data_dir, s, k) for s in ("train", "test") for k in ("images", "labels"))
+    )
+    if args.model_out is not None:
+        if not args.model_out.resolve().parent.is_dir():
+            raise ConfigError(f"--model-out {args.model_out}: its directory does not exist")
+        if args.model_key_id not in job_keyring().key_ids():
+            raise ConfigError(
+                f"--model-key-id {args.model_key_id}: this job has no such key "
+                f"(start it with --kek {args.model_key_id})"
+            )
+
+    started = time.monotonic()
+    spark = SparkSession.builder.appName("trustedml-lenet").getOrCreate()
+    try:
+        result = run_distributed(train_lenet, config)
+    finally:
+        spark.stop()
+    if result.model_path is not None:
+        print(f"Model saved to {result.model_path}", flush=True)
+    print(f"Training took {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the workload with command-line arguments ``argv``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    # The training processes' lines reach stdout through this process: keep them
+    # flowing to a pipe or log file as they come, not at exit.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
+    try:
+        if args.data_path is None:
+            raise ConfigError("--data-path: expected the MNIST directory (no default found)")
+        data_dir = args.data_path.resolve()
+        if args.evaluate_only is not None:
+            return _evaluate(args, data_dir)
+        return _train(args, data_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except TrustedMLError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
