@@ -61,7 +61,8 @@ def print_table(
         table.add_column(column, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*(str(cell) for cell in row))
-    (console or Console()).print(table)
+    # Wide enough that tables stay whole when stdout is a file or a pipe.
+    (console or Console(width=160)).print(table)
 
 
 def write_results(
