@@ -10,13 +10,11 @@ DIR holds the four MNIST IDX files, plaintext, gzip or encrypted (``*.tml``).
 from __future__ import annotations
 
 import argparse
-import io
 import sys
-import time
 from pathlib import Path
 
-from trustedml.errors import ConfigError, TrustedMLError
-from trustedml.runtime import job_keyring
+from trustedml.errors import ConfigError
+from trustedml.ml._driver import check_model_out, run_main, train_on_spark
 
 
 def _default_data_path() -> Path | None:
@@ -87,9 +85,7 @@ def _evaluate(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def _train(args: argparse.Namespace, data_dir: Path) -> int:
-    from pyspark.sql import SparkSession
-
-    from trustedml.ml._lenet import TrainConfig, check_inputs, run_distributed, train_lenet
+    from trustedml.ml._lenet import TrainConfig, check_inputs, train_lenet
     from trustedml.ml._mnist import idx_path
 
     config = TrainConfig(
@@ -107,47 +103,23 @@ def _train(args: argparse.Namespace, data_dir: Path) -> int:
     check_inputs(
         *(idx_path(data_dir, s, k) for s in ("train", "test") for k in ("images", "labels"))
     )
-    if args.model_out is not None:
-        if not args.model_out.resolve().parent.is_dir():
-            raise ConfigError(f"--model-out {args.model_out}: its directory does not exist")
-        if args.model_key_id not in job_keyring().key_ids():
-            raise ConfigError(
-                f"--model-key-id {args.model_key_id}: this job has no such key "
-                f"(start it with --kek {args.model_key_id})"
-            )
-
-    started = time.monotonic()
-    spark = SparkSession.builder.appName("trustedml-lenet").getOrCreate()
-    try:
-        result = run_distributed(train_lenet, config)
-    finally:
-        spark.stop()
-    if result.model_path is not None:
-        print(f"Model saved to {result.model_path}", flush=True)
-    print(f"Training took {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
-    return 0
+    check_model_out(args.model_out, args.model_key_id)
+    return train_on_spark("trustedml-lenet", train_lenet, config)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the workload with command-line arguments ``argv``; returns the exit code."""
     args = _parser().parse_args(argv)
-    # The training processes' lines reach stdout through this process: keep them
-    # flowing to a pipe or log file as they come, not at exit.
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(line_buffering=True)
-    try:
+
+    def body() -> int:
         if args.data_path is None:
             raise ConfigError("--data-path: expected the MNIST directory (no default found)")
         data_dir = args.data_path.resolve()
         if args.evaluate_only is not None:
             return _evaluate(args, data_dir)
         return _train(args, data_dir)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except TrustedMLError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ FILE is the reviews CSV (columns category, text), plaintext, bz2 or encrypted
 from __future__ import annotations
 
 import argparse
-import io
 import sys
-import time
 from pathlib import Path
 
-from trustedml.errors import ConfigError, TrustedMLError
-from trustedml.runtime import job_keyring
+from trustedml.errors import ConfigError
+from trustedml.ml._driver import check_model_out, run_main, train_on_spark
 
 
 def _default_file_path() -> Path | None:
@@ -94,9 +92,7 @@ def _evaluate(args: argparse.Namespace, file_path: Path) -> int:
 
 
 def _train(args: argparse.Namespace, file_path: Path) -> int:
-    from pyspark.sql import SparkSession
-
-    from trustedml.ml._lenet import check_inputs, run_distributed
+    from trustedml.ml._lenet import check_inputs
     from trustedml.ml._text import TextTrainConfig, train_text
 
     config = TextTrainConfig(
@@ -114,35 +110,15 @@ def _train(args: argparse.Namespace, file_path: Path) -> int:
     config.check()
     # Fail here, in one line, rather than in both training processes.
     check_inputs(file_path)
-    if args.model_out is not None:
-        if not args.model_out.resolve().parent.is_dir():
-            raise ConfigError(f"--model-out {args.model_out}: its directory does not exist")
-        if args.model_key_id not in job_keyring().key_ids():
-            raise ConfigError(
-                f"--model-key-id {args.model_key_id}: this job has no such key "
-                f"(start it with --kek {args.model_key_id})"
-            )
-
-    started = time.monotonic()
-    spark = SparkSession.builder.appName("trustedml-text-classification").getOrCreate()
-    try:
-        result = run_distributed(train_text, config)
-    finally:
-        spark.stop()
-    if result.model_path is not None:
-        print(f"Model saved to {result.model_path}", flush=True)
-    print(f"Training took {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
-    return 0
+    check_model_out(args.model_out, args.model_key_id)
+    return train_on_spark("trustedml-text-classification", train_text, config)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the workload with command-line arguments ``argv``; returns the exit code."""
     args = _parser().parse_args(argv)
-    # The training processes' lines reach stdout through this process: keep them
-    # flowing to a pipe or log file as they come, not at exit.
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(line_buffering=True)
-    try:
+
+    def body() -> int:
         if args.file_path is None:
             raise ConfigError("--file-path: expected the reviews CSV (no default found)")
         file_path = args.file_path.resolve()
@@ -151,12 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.evaluate_only is not None:
             return _evaluate(args, file_path)
         return _train(args, file_path)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except TrustedMLError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

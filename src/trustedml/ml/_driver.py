@@ -1,0 +1,68 @@
+"""What the TorchDistributor workloads share on the driver side: checks before Spark
+starts, the training run itself, and mapping errors to exit codes."""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from trustedml.errors import ConfigError, TrustedMLError
+from trustedml.runtime import job_keyring
+
+
+class _Result(Protocol):
+    @property
+    def model_path(self) -> str | None: ...
+
+
+R = TypeVar("R", bound=_Result)
+
+
+def check_model_out(model_out: Path | None, key_id: str) -> None:
+    """Fail before training, in one line, when the model could not be saved."""
+    if model_out is None:
+        return
+    if not model_out.resolve().parent.is_dir():
+        raise ConfigError(f"--model-out {model_out}: its directory does not exist")
+    if key_id not in job_keyring().key_ids():
+        raise ConfigError(
+            f"--model-key-id {key_id}: this job has no such key (start it with --kek {key_id})"
+        )
+
+
+def train_on_spark(app_name: str, train_fn: Callable[..., R], *args: Any) -> int:
+    """Start Spark, run ``train_fn`` in the TorchDistributor processes, report."""
+    from pyspark.sql import SparkSession
+
+    from trustedml.ml._lenet import run_distributed
+
+    started = time.monotonic()
+    spark = SparkSession.builder.appName(app_name).getOrCreate()
+    try:
+        result = run_distributed(train_fn, *args)
+    finally:
+        spark.stop()
+    if result.model_path is not None:
+        print(f"Model saved to {result.model_path}", flush=True)
+    print(f"Training took {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+    return 0
+
+
+def run_main(body: Callable[[], int]) -> int:
+    """Run a workload's body: usage errors exit 2, other trusted-ml errors 1, one line each."""
+    # The training processes' lines reach stdout through this process: keep them
+    # flowing to a pipe or log file as they come, not at exit.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
+    try:
+        return body()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except TrustedMLError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
