@@ -166,9 +166,9 @@ def process_group() -> Iterator[tuple[int, int]]:
         # Neither rank tears its connections down while the other still uses them.
         dist.barrier()
     finally:
-        # DDP's reducer holds the group from inside reference cycles; left to the
-        # interpreter's exit, gloo's teardown can abort ("terminate called without
-        # an active exception", seen once under TorchDistributor).
+        # A DDP model can sit in reference cycles that hold the group: collect them
+        # while the interpreter is fully alive, as gloo's teardown at exit aborted
+        # once under TorchDistributor ("terminate called without an active exception").
         gc.collect()
         dist.destroy_process_group()
 
@@ -206,7 +206,7 @@ def check_inputs(*paths: str | os.PathLike[str]) -> None:
 
 def run_distributed(train_fn: Callable[..., R], *args: Any) -> R:
     """Run ``train_fn(*args)`` in ``NUM_PROCESSES`` local CPU processes with
-    TorchDistributor; return rank 0's result."""
+    TorchDistributor; return their (identical) result."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
     # torchrun would otherwise warn that it set it; each process sets 1 thread anyway.
