@@ -124,3 +124,22 @@ def save_booster(model: Any, path: str | os.PathLike[str], key_id: str) -> Path:
     """Save the booster of a fitted ``xgboost.spark`` model as XGBoost JSON, encrypted."""
     raw = model.get_booster().save_raw("json")
     return save_model(bytes(raw), path, key_id)
+
+
+def xgboost_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The estimator settings both XGBoost workloads share."""
+    return {
+        "features_col": "features",
+        "label_col": "label",
+        "num_workers": args.num_workers,
+        # xgboost.spark shuffles only when the partition count differs from
+        # num_workers, and its barrier stage refuses a lineage with a union in it
+        # (as a stratified split has): always shuffle into num_workers partitions.
+        "force_repartition": True,
+        "max_depth": args.max_depth,
+        "n_estimators": args.n_estimators,
+        "learning_rate": args.learning_rate,
+        "random_state": args.seed,
+        # Per-round training metrics on stdout would drown the table and the metrics.
+        "verbose": False,
+    }

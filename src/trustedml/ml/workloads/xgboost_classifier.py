@@ -21,6 +21,7 @@ from trustedml.ml._tabular import (
     save_booster,
     spark_session,
     stratified_split,
+    xgboost_params,
     xgboost_parser,
 )
 
@@ -58,21 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = read_table(spark, args.file_path, "csv", header=False, schema=SCHEMA)
         train, test = stratified_split(table, OUTCOME, 0.2, args.seed)
-        classifier = SparkXGBClassifier(
-            features_col="features",
-            label_col="label",
-            num_workers=args.num_workers,
-            # xgboost.spark shuffles only when the partition count differs from
-            # num_workers, and its barrier stage refuses a lineage with a union in it
-            # (as a stratified split has): always shuffle into num_workers partitions.
-            force_repartition=True,
-            max_depth=args.max_depth,
-            n_estimators=args.n_estimators,
-            learning_rate=args.learning_rate,
-            random_state=args.seed,
-            # Per-round training loss on stdout would drown the table and the metrics.
-            verbose=False,
-        )
+        classifier = SparkXGBClassifier(**xgboost_params(args))
         model = classifier.fit(assemble(train, FEATURES, OUTCOME))
         # Scored once: the table and both metrics would each rerun the Python UDF.
         predictions = model.transform(assemble(test, FEATURES, OUTCOME)).cache()

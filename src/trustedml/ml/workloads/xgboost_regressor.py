@@ -19,6 +19,7 @@ from trustedml.ml._tabular import (
     require_key,
     save_booster,
     spark_session,
+    xgboost_params,
     xgboost_parser,
 )
 
@@ -49,21 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         table = read_table(spark, args.file_path, "csv", header=True, inferSchema=True)
         *feature_cols, label_col = table.columns
         train, test = table.randomSplit([0.8, 0.2], seed=args.seed)
-        regressor = SparkXGBRegressor(
-            features_col="features",
-            label_col="label",
-            num_workers=args.num_workers,
-            # xgboost.spark shuffles only when the partition count differs from
-            # num_workers, and its barrier stage refuses a lineage with a union in it
-            # (as a stratified split has): always shuffle into num_workers partitions.
-            force_repartition=True,
-            max_depth=args.max_depth,
-            n_estimators=args.n_estimators,
-            learning_rate=args.learning_rate,
-            random_state=args.seed,
-            # Per-round training RMSE on stdout would drown the table and the metric.
-            verbose=False,
-        )
+        regressor = SparkXGBRegressor(**xgboost_params(args))
         model = regressor.fit(assemble(train, feature_cols, label_col))
         # Scored once: the table and the metric would each rerun the Python UDF.
         predictions = model.transform(assemble(test, feature_cols, label_col)).cache()
