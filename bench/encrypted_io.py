@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
-from bench._report import print_table, write_results
+from bench._report import positive_int, print_table, write_results
 from trustedml import (
     DecryptingReader,
     EncryptingWriter,
@@ -102,19 +102,12 @@ class SparkOutcome:
     failures: dict[str, str] = field(default_factory=dict)  # format -> why it was dropped
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m bench {NAME}", description=__doc__)
-    parser.add_argument("--rounds", type=_positive_int, default=3, help="default: %(default)s")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="default: %(default)s")
     parser.add_argument(
         "--size-mb",
-        type=_positive_int,
+        type=positive_int,
         default=256,
         help="MiB of random data for the file part (default: %(default)s)",
     )

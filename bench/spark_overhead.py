@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench._report import print_table, write_results
+from bench._report import positive_int, print_table, write_results
 from trustedml import (
     PlainSparkConfig,
     Secret,
@@ -45,16 +45,9 @@ class Run:
     check: str
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m bench {NAME}", description=__doc__)
-    parser.add_argument("--rounds", type=_positive_int, default=3, help="default: %(default)s")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="default: %(default)s")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="default: %(default)s")
     parser.add_argument("--master", default="local[2]", help="default: %(default)s")
     return parser

@@ -97,6 +97,21 @@ def channels_last(model: LeNet5) -> LeNet5:
     return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload,no-any-return]
 
 
+def check_training_options(
+    max_epoch: int, batch_size: int, learning_rate: float, num_processes: int
+) -> None:
+    """The option checks every TorchDistributor workload shares."""
+    if max_epoch < 1:
+        raise ConfigError(f"--max-epoch: expected at least 1, got {max_epoch}")
+    if batch_size < num_processes or batch_size % num_processes:
+        raise ConfigError(
+            f"--batch-size: expected a multiple of the {num_processes} training "
+            f"processes, got {batch_size}"
+        )
+    if not learning_rate > 0:
+        raise ConfigError(f"--learning-rate: expected > 0, got {learning_rate}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """What the training processes get: paths and small parameters, never data."""
@@ -112,15 +127,7 @@ class TrainConfig:
 
     def check(self, num_processes: int = NUM_PROCESSES) -> None:
         """Raise ConfigError on a value training would choke on later."""
-        if self.max_epoch < 1:
-            raise ConfigError(f"--max-epoch: expected at least 1, got {self.max_epoch}")
-        if self.batch_size < num_processes or self.batch_size % num_processes:
-            raise ConfigError(
-                f"--batch-size: expected a multiple of the {num_processes} training "
-                f"processes, got {self.batch_size}"
-            )
-        if not self.learning_rate > 0:
-            raise ConfigError(f"--learning-rate: expected > 0, got {self.learning_rate}")
+        check_training_options(self.max_epoch, self.batch_size, self.learning_rate, num_processes)
         if self.train_limit is not None and self.train_limit < num_processes:
             raise ConfigError(
                 f"--train-limit: expected at least {num_processes} images, got {self.train_limit}"

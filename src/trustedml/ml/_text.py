@@ -30,6 +30,7 @@ from trustedml.errors import ConfigError, IntegrityError
 from trustedml.ml._io import read_input_bytes, save_model
 from trustedml.ml._lenet import (
     NUM_PROCESSES,
+    check_training_options,
     open_model,
     process_group,
     report_worker_errors,
@@ -220,15 +221,7 @@ class TextTrainConfig:
 
     def check(self, num_processes: int = NUM_PROCESSES) -> None:
         """Raise ConfigError on a value training would choke on later."""
-        if self.max_epoch < 1:
-            raise ConfigError(f"--max-epoch: expected at least 1, got {self.max_epoch}")
-        if self.batch_size < num_processes or self.batch_size % num_processes:
-            raise ConfigError(
-                f"--batch-size: expected a multiple of the {num_processes} training "
-                f"processes, got {self.batch_size}"
-            )
-        if not self.learning_rate > 0:
-            raise ConfigError(f"--learning-rate: expected > 0, got {self.learning_rate}")
+        check_training_options(self.max_epoch, self.batch_size, self.learning_rate, num_processes)
         if self.vocab_size < 1 or self.embed_dim < 1:
             raise ConfigError(
                 f"--vocab-size and --embed-dim: expected >= 1, got {self.vocab_size} "
