@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= spark,ml,test
+EXTRAS ?= spark,ml,server,test
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit bench clean venv

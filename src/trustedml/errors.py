@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 __all__ = [
+    "AttestationError",
+    "CertificateChainError",
+    "CollateralError",
+    "CollateralExpiredError",
+    "EvidenceBindingError",
+    "EvidenceFormatError",
+    "EvidenceProviderError",
+    "EvidenceSignatureError",
+    "PolicyError",
+    "TcbLevelNotFoundError",
+    "UnsupportedEvidenceError",
     "ConfigError",
     "IntegrityError",
     "KeyDirectoryError",
@@ -62,3 +73,47 @@ class SparkConfigError(ConfigError):
 
 class LaunchError(TrustedMLError):
     """A job could not be started (missing Spark, Java, TEE backend...)."""
+
+
+class AttestationError(TrustedMLError):
+    """Evidence could not be parsed, verified or produced."""
+
+
+class EvidenceFormatError(AttestationError, ValueError):
+    """Evidence bytes are malformed; the message names the field."""
+
+
+class UnsupportedEvidenceError(EvidenceFormatError):
+    """Evidence of a version, type or algorithm this verifier does not handle."""
+
+
+class EvidenceSignatureError(AttestationError):
+    """A signature over evidence (quote, QE report, SNP report, sim evidence) is invalid."""
+
+
+class EvidenceBindingError(AttestationError):
+    """Two pieces of evidence that must be bound together are not (e.g. QE report_data)."""
+
+
+class CertificateChainError(AttestationError):
+    """A certificate does not chain to the pinned vendor root, is expired or revoked."""
+
+
+class CollateralError(AttestationError):
+    """Verification collateral (TCB info, QE identity, CRLs, VCEK) is missing or invalid."""
+
+
+class CollateralExpiredError(CollateralError):
+    """Collateral is not valid at the verification time (expired or not yet valid)."""
+
+
+class TcbLevelNotFoundError(AttestationError):
+    """No TCB level of the platform's TCB info matches the evidence."""
+
+
+class PolicyError(AttestationError, ConfigError):
+    """An appraisal policy is invalid (says expected vs got)."""
+
+
+class EvidenceProviderError(AttestationError):
+    """A TEE could not produce evidence (device missing, race, wrong provider)."""

@@ -1,0 +1,96 @@
+"""One entry point for every evidence type: detect it, pick the verifier."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from datetime import datetime
+
+from trustedml.attestation._model import EvidenceType, Verifier, VerifiedEvidence
+from trustedml.errors import AttestationError, UnsupportedEvidenceError
+
+SIM_MAGIC = b"TMLSIM01"
+_TEE_TYPE_SGX = 0x00000000
+_TEE_TYPE_TDX = 0x00000081
+_SNP_REPORT_SIZE = 0x4A0
+
+
+def detect_evidence_type(evidence: bytes) -> EvidenceType:
+    """Tell what kind of evidence ``evidence`` is from its first bytes.
+
+    Intel quotes start with a 16-bit version (3-5) and a non-zero 16-bit attestation
+    key type, then a 32-bit TEE type; an SEV-SNP report starts with a 32-bit version
+    whose upper half is zero, so the two never collide.
+    """
+    data = bytes(evidence)
+    if data.startswith(SIM_MAGIC):
+        return EvidenceType.SIM
+    if len(data) < 8:
+        raise UnsupportedEvidenceError(
+            f"evidence: expected at least 8 bytes to tell its type, got {len(data)}"
+        )
+    version, key_type, tee_type = struct.unpack_from("<HHI", data)
+    if version in (3, 4, 5) and key_type != 0:
+        if tee_type == _TEE_TYPE_SGX:
+            return EvidenceType.SGX
+        if tee_type == _TEE_TYPE_TDX:
+            return EvidenceType.TDX
+        raise UnsupportedEvidenceError(
+            f"Intel quote tee_type: expected 0x0 (SGX) or 0x81 (TDX), got {tee_type:#x}"
+        )
+    if key_type == 0 and version >= 2 and len(data) >= _SNP_REPORT_SIZE:
+        return EvidenceType.SNP
+    raise UnsupportedEvidenceError(
+        "evidence: not an Intel SGX/TDX quote, an SEV-SNP report or trusted-ml sim evidence "
+        f"(first bytes {data[:8].hex()})"
+    )
+
+
+def get_verifier(
+    evidence_type: EvidenceType,
+    *,
+    sim_keys: Sequence[bytes] = (),
+    intel_root_ca_der: bytes | None = None,
+    amd_ark_pems: dict[str, bytes] | None = None,
+) -> Verifier:
+    """The verifier for ``evidence_type`` with the given trust anchors (vendor roots
+    pinned in the package by default; sim keys must always be given)."""
+    # Imported here: each verifier pulls in its own parsing and vendor roots.
+    if evidence_type in (EvidenceType.SGX, EvidenceType.TDX):
+        from trustedml.attestation._intel import IntelVerifier
+
+        return IntelVerifier(evidence_type, root_ca_der=intel_root_ca_der)
+    if evidence_type is EvidenceType.SNP:
+        from trustedml.attestation._amd import SnpVerifier
+
+        return SnpVerifier(ark_pems=amd_ark_pems)
+    from trustedml.attestation._sim import SimVerifier
+
+    return SimVerifier(trusted_public_keys=list(sim_keys))
+
+
+def verify_evidence(
+    evidence: bytes,
+    *,
+    collateral: bytes | None = None,
+    at: datetime,
+    sim_keys: Sequence[bytes] = (),
+    intel_root_ca_der: bytes | None = None,
+    amd_ark_pems: dict[str, bytes] | None = None,
+) -> VerifiedEvidence:
+    """Verify evidence of any supported type as of ``at`` (a timezone-aware time).
+
+    ``collateral`` is the Intel collateral JSON for SGX/TDX quotes, or the VCEK/VLEK
+    certificate (PEM, DER or a certificate table) for SEV-SNP. Raises an
+    :class:`~trustedml.errors.AttestationError` subclass naming what failed.
+    """
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise AttestationError("verification time: expected a timezone-aware datetime, got naive")
+    kind = detect_evidence_type(evidence)
+    verifier = get_verifier(
+        kind,
+        sim_keys=sim_keys,
+        intel_root_ca_der=intel_root_ca_der,
+        amd_ark_pems=amd_ark_pems,
+    )
+    return verifier.verify(bytes(evidence), collateral=collateral, at=at)
