@@ -12,16 +12,36 @@ from trustedml.attestation._model import (
     VerifiedEvidence,
     Verifier,
 )
-from trustedml.attestation._verify import detect_evidence_type, get_verifier, verify_evidence
+from trustedml.attestation._policy import Appraisal, Identity, Policy
+from trustedml.attestation._providers import ConfigfsTsmProvider, GramineProvider, get_provider
+from trustedml.attestation._sim import SimKey, SimProvider, SimVerifier
+from trustedml.attestation._verify import (
+    describe_evidence,
+    detect_evidence_type,
+    get_verifier,
+    parse_evidence,
+    verify_evidence,
+)
 
 __all__ = [
+    "Appraisal",
     "Claims",
+    "ConfigfsTsmProvider",
     "EvidenceProvider",
     "EvidenceType",
+    "GramineProvider",
+    "Identity",
+    "Policy",
+    "SimKey",
+    "SimProvider",
+    "SimVerifier",
     "TcbStatus",
     "VerifiedEvidence",
     "Verifier",
+    "describe_evidence",
     "detect_evidence_type",
+    "get_provider",
     "get_verifier",
+    "parse_evidence",
     "verify_evidence",
 ]
