@@ -15,6 +15,7 @@ EXAMPLES = ROOT / "examples"
 APPS = Path(__file__).resolve().parent / "apps"
 SHARED = ROOT.parent / "shared"
 DATASETS = SHARED / "datasets"
+ATTESTATION_VECTORS = SHARED / "attestation-vectors"
 
 PASSPHRASE = "test passphrase, not a real one"
 # Tests use a cheap scrypt cost; the format records it, so every path still runs.

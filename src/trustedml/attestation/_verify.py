@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import struct
 from collections.abc import Sequence
 from datetime import datetime
 
-from trustedml.attestation._model import EvidenceType, Verifier, VerifiedEvidence
+from trustedml.attestation._model import EvidenceType, VerifiedEvidence, Verifier
 from trustedml.errors import AttestationError, UnsupportedEvidenceError
 
 SIM_MAGIC = b"TMLSIM01"
@@ -94,3 +96,46 @@ def verify_evidence(
         amd_ark_pems=amd_ark_pems,
     )
     return verifier.verify(bytes(evidence), collateral=collateral, at=at)
+
+
+def parse_evidence(evidence: bytes) -> object:
+    """Parse evidence of any supported type into its typed layout, without verifying it."""
+    kind = detect_evidence_type(evidence)
+    data = bytes(evidence)
+    if kind in (EvidenceType.SGX, EvidenceType.TDX):
+        from trustedml.hazmat.attestation.intel import parse_quote
+
+        return parse_quote(data)
+    if kind is EvidenceType.SNP:
+        from trustedml.hazmat.attestation.snp import parse_snp_report
+
+        return parse_snp_report(data)
+    from trustedml.hazmat.attestation.sim import parse_sim_evidence
+
+    return parse_sim_evidence(data)
+
+
+def _jsonable(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(value):
+            if f.name.startswith("_") or not f.repr:
+                continue
+            out[f.name] = _jsonable(getattr(value, f.name))
+        return out
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def describe_evidence(evidence: bytes) -> dict[str, object]:
+    """Every parsed field of ``evidence`` as JSON-able values (bytes as hex), plus its type."""
+    kind = detect_evidence_type(evidence)
+    fields = _jsonable(parse_evidence(evidence))
+    return {"evidence_type": kind.value, "fields": fields}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from trustedml import __version__
+from trustedml.cli.attest import attest_group
 from trustedml.cli.data import decrypt_command, encrypt_command
 from trustedml.cli.jobs import run_command, submit_command
 from trustedml.cli.keys import keys_group
@@ -23,6 +24,7 @@ cli.add_command(run_command)
 cli.add_command(encrypt_command)
 cli.add_command(decrypt_command)
 cli.add_command(example_command)
+cli.add_command(attest_group)
 
 
 def main() -> None:

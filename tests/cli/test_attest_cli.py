@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ATTESTATION_VECTORS, cli_env, run_cli
+
+INTEL = ATTESTATION_VECTORS / "dcap-qvl"
+AMD = ATTESTATION_VECTORS / "go-sev-guest"
+
+pytestmark = pytest.mark.skipif(
+    not ATTESTATION_VECTORS.is_dir(), reason=f"attestation vectors not at {ATTESTATION_VECTORS}"
+)
+
+SGX_TIME = "2025-07-04T10:28:44Z"
+TDX_TIME = "2025-07-04T10:16:31Z"
+SNP_TIME = "2023-01-01T00:00:00Z"
+
+
+def test_show_prints_every_sgx_field_as_json() -> None:
+    proc = run_cli(["attest", "show", str(INTEL / "sgx_quote"), "--json"])
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert shown["evidence_type"] == "sgx-dcap"
+    text = json.dumps(shown)
+    assert "33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb" in text
+    assert "815f42f11cf64430c30bab7816ba596a1da0130c3b028b673133a66cf9a3e0e6" in text
+
+
+def test_show_reads_snp_and_names_measurement() -> None:
+    proc = run_cli(["attest", "show", str(AMD / "attestation.bin")])
+    assert proc.returncode == 0, proc.stderr
+    assert "measurement" in proc.stdout
+    assert "b07af9620f3b839b" in proc.stdout.replace("\n", "")
+
+
+def test_show_refuses_garbage_with_one_line(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00" * 10)
+    proc = run_cli(["attest", "show", str(junk)])
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "evidence" in proc.stderr
+
+
+def test_verify_sgx_without_policy_refuses_outdated_platform_with_reasons() -> None:
+    proc = run_cli(
+        [
+            "attest", "verify", str(INTEL / "sgx_quote"),
+            "--collateral", str(INTEL / "sgx_quote_collateral.json"),
+            "--at", SGX_TIME, "--json",
+        ]
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    verdict = json.loads(proc.stdout)
+    assert verdict["accepted"] is False
+    assert verdict["tcb_status"] == "ConfigurationAndSWHardeningNeeded"
+    assert verdict["advisory_ids"] == ["INTEL-SA-00289", "INTEL-SA-00615"]
+    assert any("ConfigurationAndSWHardeningNeeded" in r for r in verdict["reasons"])
+
+
+def test_verify_sgx_accepted_by_a_policy_that_tolerates_its_advisories(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        'min_tcb_status = "ConfigurationAndSWHardeningNeeded"\n'
+        'allowed_advisory_ids = ["INTEL-SA-00289", "INTEL-SA-00615"]\n'
+        "[[allow]]\n"
+        'mrenclave = "33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb"\n'
+    )
+    base = [
+        "attest", "verify", str(INTEL / "sgx_quote"),
+        "--collateral", str(INTEL / "sgx_quote_collateral.json"),
+        "--at", SGX_TIME, "--policy", str(policy),
+    ]  # fmt: skip
+    proc = run_cli(base)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ACCEPTED" in proc.stdout
+    hello = b"Hello, world!".hex()
+    assert run_cli([*base, "--report-data", hello]).returncode == 0
+    wrong = run_cli([*base, "--report-data", b"Goodbye".hex()])
+    assert wrong.returncode == 1
+    assert "report_data" in wrong.stdout
+
+
+def test_verify_tdx_v4_is_up_to_date_and_accepted() -> None:
+    proc = run_cli(
+        [
+            "attest", "verify", str(INTEL / "tdx_quote"),
+            "--collateral", str(INTEL / "tdx_quote_collateral.json"),
+            "--at", TDX_TIME,
+        ]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "UpToDate" in proc.stdout
+
+
+def test_verify_after_collateral_expiry_is_refused() -> None:
+    proc = run_cli(
+        [
+            "attest", "verify", str(INTEL / "tdx_quote"),
+            "--collateral", str(INTEL / "tdx_quote_collateral.json"),
+            "--at", "2025-09-01T00:00:00Z",
+        ]
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "expired" in proc.stderr.lower() or "not valid" in proc.stderr.lower()
+    assert "Traceback" not in proc.stderr
+
+
+def test_verify_snp_with_vcek() -> None:
+    proc = run_cli(
+        [
+            "attest", "verify", str(AMD / "attestation.bin"),
+            "--collateral", str(AMD / "vcek.testcer"), "--at", SNP_TIME, "--json",
+        ]
+    )  # fmt: skip
+    verdict = json.loads(proc.stdout)
+    # The captured guest was launched with the debug policy bit set: genuine, but
+    # the default platform policy must not accept a debuggable guest.
+    assert verdict["claims"]["debug"] is True
+    assert proc.returncode == 1
+    assert any("debug" in r for r in verdict["reasons"])
+
+
+def test_bad_time_is_a_usage_error() -> None:
+    proc = run_cli(["attest", "verify", str(INTEL / "tdx_quote"), "--at", "yesterday-ish"])
+    assert proc.returncode == 2
+    assert "--at" in proc.stderr
+
+
+def test_sim_quote_round_trip_needs_a_policy_that_allows_simulation(tmp_path: Path) -> None:
+    key = tmp_path / "sim-key.pem"
+    evidence = tmp_path / "sim.bin"
+    measurement = "ab" * 48
+    proc = run_cli(
+        [
+            "attest", "quote", "--provider", "sim", "--report-data", "0102",
+            "--measurement", measurement, "--sim-key", str(key), "--out", str(evidence),
+        ]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING" in proc.stderr
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    public = tmp_path / "sim-pub.pem"
+    from trustedml.attestation import SimKey
+
+    public.write_bytes(SimKey.load(key).public_key_pem())
+    strict = run_cli(["attest", "verify", str(evidence), "--sim-key", str(public), "--json"])
+    assert strict.returncode == 1
+    assert any("simulated" in r for r in json.loads(strict.stdout)["reasons"])
+    policy = tmp_path / "p.json"
+    policy.write_text(
+        json.dumps(
+            {"allow_simulated": True, "allow": [{"type": "sim", "measurement": measurement}]}
+        )
+    )
+    ok = run_cli(
+        [
+            "attest", "verify", str(evidence), "--sim-key", str(public),
+            "--policy", str(policy), "--report-data", "0102",
+        ]
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "WARNING" in ok.stderr
+    # Another installation's key does not vouch for this evidence.
+    other = tmp_path / "other.pem"
+    run_cli(
+        [
+            "attest", "quote", "--provider", "sim", "--report-data", "00",
+            "--measurement", measurement, "--sim-key", str(other), "--out", str(tmp_path / "o.bin"),
+        ],
+        env=cli_env(),
+    )  # fmt: skip
+    other_pub = tmp_path / "other-pub.pem"
+    other_pub.write_bytes(SimKey.load(other).public_key_pem())
+    forged = run_cli(["attest", "verify", str(evidence), "--sim-key", str(other_pub)])
+    assert forged.returncode == 1
+    assert "untrusted key" in forged.stderr
