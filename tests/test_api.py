@@ -7,11 +7,19 @@ SRC = Path(trustedml.__file__).resolve().parent
 
 # Changing the public API is a decision: update this list in the same commit.
 PUBLIC_API = [
+    "AttestationError",
+    "CertificateChainError",
+    "CollateralError",
+    "CollateralExpiredError",
     "ConfigError",
     "DataKey",
     "DecryptingReader",
     "DeployMode",
     "EncryptingWriter",
+    "EvidenceBindingError",
+    "EvidenceFormatError",
+    "EvidenceProviderError",
+    "EvidenceSignatureError",
     "FileResult",
     "IntegrityError",
     "KeyDirectory",
@@ -27,6 +35,7 @@ PUBLIC_API = [
     "NoTee",
     "NotEncryptedError",
     "PlainSparkConfig",
+    "PolicyError",
     "Progress",
     "ScryptParams",
     "SealedSecrets",
@@ -34,9 +43,11 @@ PUBLIC_API = [
     "SecureSparkConfig",
     "SparkConfigError",
     "SparkSettings",
+    "TcbLevelNotFoundError",
     "TeeBackend",
     "TrustedMLError",
     "UnsealError",
+    "UnsupportedEvidenceError",
     "__version__",
     "decrypt_file",
     "decrypt_path",
@@ -94,6 +105,50 @@ def test_library_never_imports_the_cli() -> None:
 def test_hazmat_depends_on_no_higher_layer() -> None:
     allowed = ("trustedml.hazmat", "trustedml.errors", "trustedml._secret")
     for path in (SRC / "hazmat").rglob("*.py"):
+        for name in _imports(path):
+            if name.startswith("trustedml"):
+                assert name.startswith(allowed), f"{path.name} imports {name}"
+
+
+ATTESTATION_API = [
+    "Appraisal",
+    "Claims",
+    "ConfigfsTsmProvider",
+    "EvidenceProvider",
+    "EvidenceType",
+    "GramineProvider",
+    "Identity",
+    "Policy",
+    "SimKey",
+    "SimProvider",
+    "SimVerifier",
+    "TcbStatus",
+    "VerifiedEvidence",
+    "Verifier",
+    "describe_evidence",
+    "detect_evidence_type",
+    "get_provider",
+    "get_verifier",
+    "parse_evidence",
+    "verify_evidence",
+]
+
+
+def test_attestation_api_is_locked() -> None:
+    import trustedml.attestation as attestation
+
+    assert sorted(attestation.__all__) == ATTESTATION_API
+
+
+def test_attestation_depends_on_no_other_layer() -> None:
+    allowed = (
+        "trustedml.attestation",
+        "trustedml.hazmat",
+        "trustedml.errors",
+        "trustedml._secret",
+        "trustedml._fs",
+    )
+    for path in (SRC / "attestation").rglob("*.py"):
         for name in _imports(path):
             if name.startswith("trustedml"):
                 assert name.startswith(allowed), f"{path.name} imports {name}"
