@@ -1,0 +1,1195 @@
+"""Verification of Intel DCAP quotes (SGX quote v3, TDX quote v4/v5) against Intel's
+collateral, the way Intel's Quote Verification Library (QVL) and Phala's dcap-qvl do.
+
+Collateral is the dcap-qvl ``QuoteCollateralV3`` JSON object (see
+:class:`IntelCollateral`). The trust anchor is the Intel SGX Root CA, pinned in the
+package (``roots/intel_sgx_root_ca.der``, checked against its SHA-256 here).
+
+Verification order (the first failure raises; later steps never run):
+
+1. Parse the quote (:class:`~trustedml.errors.EvidenceFormatError`,
+   :class:`~trustedml.errors.UnsupportedEvidenceError`): version, attestation key
+   type, TEE type (must match the verifier's evidence type), Intel QE vendor ID,
+   certification data type 5 (PCK chain), directly or inside type 6.
+2. Parse the collateral JSON (:class:`~trustedml.errors.CollateralError` naming the key).
+3. The pinned root and the PCK chain from the quote: each certificate directly issued
+   by the next, the last by the pinned root, all valid at ``at``; the leaf is an
+   "SGX PCK Certificate" (:class:`~trustedml.errors.CertificateChainError`).
+4. CRLs: the root CA CRL signed by the root, the PCK CRL signed by the first
+   certificate of ``pck_crl_issuer_chain`` (itself chained to the root) and issued
+   by the PCK leaf's issuer; both current at ``at`` (CollateralError /
+   :class:`~trustedml.errors.CollateralExpiredError`). Then revocation of every
+   certificate used (CertificateChainError naming the serial).
+5. TCB info: issuer chain = "Intel SGX TCB Signing" directly under the root, not
+   revoked; raw P-256 signature over the exact ``tcb_info`` text; then parsed and
+   its issueDate..nextUpdate must contain ``at``.
+6. QE identity: the same, over ``qe_identity``.
+7. QE report signature with the PCK leaf key
+   (:class:`~trustedml.errors.EvidenceSignatureError`).
+8. QE report_data[0:32] == SHA-256(attestation key || QE auth data)
+   (:class:`~trustedml.errors.EvidenceBindingError`).
+9. Quote signature over header and body with the attestation key (EvidenceSignatureError).
+10. QE identity match: id for the TEE type (CollateralError), MRSIGNER, ISVPRODID,
+    masked MISCSELECT and ATTRIBUTES (EvidenceBindingError); the QE's ISVSVN picks
+    the QE TCB level (:class:`~trustedml.errors.TcbLevelNotFoundError` if none).
+11. TCB info against the platform: id/version for the TEE type, PCK FMSPC and
+    PCE-ID equal the TCB info's (CollateralError).
+12. TDX only: TDX module identity (``tdxModule``, or ``tdxModuleIdentities`` entry
+    ``TDX_<TEE_TCB_SVN[1]>`` when TEE_TCB_SVN[1] > 0): MRSIGNER_SEAM and masked
+    SEAM_ATTRIBUTES (EvidenceBindingError) and the module TCB level by TEE_TCB_SVN[0].
+13. TCB level: the first level (in the signed order) whose 16 SGX components and
+    PCESVN are all <= the PCK certificate's; for TDX also the TDX components
+    (from index 2 when TEE_TCB_SVN[1] > 0) <= TEE_TCB_SVN. None: TcbLevelNotFoundError.
+14. Status: the level's status, converged with the TDX module status and then the QE
+    status as QVL does; advisory IDs are the union of the matched platform, TDX module
+    and QE levels' (platform first, duplicates dropped).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.x509.oid import NameOID
+
+from trustedml.attestation._model import Claims, EvidenceType, TcbStatus, VerifiedEvidence
+from trustedml.errors import (
+    CertificateChainError,
+    CollateralError,
+    CollateralExpiredError,
+    ConfigError,
+    EvidenceBindingError,
+    EvidenceFormatError,
+    EvidenceSignatureError,
+    TcbLevelNotFoundError,
+    UnsupportedEvidenceError,
+)
+from trustedml.hazmat.attestation.intel import (
+    CERT_TYPE_PCK_CERT_CHAIN,
+    INTEL_QE_VENDOR_ID,
+    SGX_EXTENSION_OID,
+    PckExtension,
+    Quote,
+    SgxReportBody,
+    TdReport10,
+    TdReport15,
+    parse_pck_extension,
+    parse_quote,
+)
+
+__all__ = [
+    "INTEL_SGX_ROOT_CA_SHA256",
+    "EnclaveIdentity",
+    "IntelCollateral",
+    "IntelVerifier",
+    "TcbInfo",
+    "parse_quote",
+]
+
+# SHA-256 of the DER Intel SGX Root CA certificate (CN=Intel SGX Root CA, P-256,
+# valid 2018-05-21..2049-12-31); a swapped package file fails this check.
+INTEL_SGX_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
+_ROOT_RESOURCE = "roots/intel_sgx_root_ca.der"
+
+# Leaf, intermediate and root: Intel's chains are never longer.
+_MAX_CHAIN = 4
+_SGX_COMPONENTS = 16
+_TDX_COMPONENTS = 16
+_V2_COMPONENT_KEYS = tuple(f"sgxtcbcomp{i:02d}svn" for i in range(1, 17))
+_ENCLAVE_IDS = {EvidenceType.SGX: ("QE", (2,)), EvidenceType.TDX: ("TD_QE", (2, 3))}
+
+
+# --- collateral JSON -----------------------------------------------------------------
+
+
+class _Json:
+    # Typed getters over one JSON object; every error names the path and the key.
+
+    def __init__(self, value: object, where: str) -> None:
+        if not isinstance(value, dict):
+            raise CollateralError(f"{where}: expected a JSON object, got {_kind(value)}")
+        self.obj: dict[str, Any] = value
+        self.where = where
+
+    def has(self, key: str) -> bool:
+        return key in self.obj
+
+    def raw(self, key: str) -> object:
+        try:
+            return self.obj[key]
+        except KeyError:
+            raise CollateralError(f"{self.where}: key {key!r} is missing") from None
+
+    def str_(self, key: str) -> str:
+        value = self.raw(key)
+        if not isinstance(value, str):
+            raise CollateralError(
+                f"{self.where}: key {key!r}: expected a string, got {_kind(value)}"
+            )
+        return value
+
+    def int_(self, key: str, upper: int = 2**32 - 1) -> int:
+        value = self.raw(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= upper:
+            raise CollateralError(
+                f"{self.where}: key {key!r}: expected an integer in 0..{upper}, got {value!r}"
+            )
+        return value
+
+    def hex_(self, key: str, size: int) -> bytes:
+        text = self.str_(key)
+        try:
+            value = bytes.fromhex(text)
+        except ValueError:
+            raise CollateralError(f"{self.where}: key {key!r}: not hex") from None
+        if len(value) != size:
+            raise CollateralError(
+                f"{self.where}: key {key!r}: expected {size} bytes, got {len(value)}"
+            )
+        return value
+
+    def date(self, key: str) -> datetime:
+        text = self.str_(key)
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise CollateralError(
+                f"{self.where}: key {key!r}: not an ISO 8601 date: {text!r}"
+            ) from None
+        if value.tzinfo is None:
+            raise CollateralError(f"{self.where}: key {key!r}: date has no time zone: {text!r}")
+        return value
+
+    def list_(self, key: str) -> list[Any]:
+        value = self.raw(key)
+        if not isinstance(value, list):
+            raise CollateralError(f"{self.where}: key {key!r}: expected a list, got {_kind(value)}")
+        return value
+
+    def obj_(self, key: str) -> _Json:
+        return _Json(self.raw(key), f"{self.where}.{key}")
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        if not self.has(key):
+            return ()
+        values = self.list_(key)
+        if not all(isinstance(v, str) for v in values):
+            raise CollateralError(f"{self.where}: key {key!r}: expected a list of strings")
+        return tuple(values)
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _load_json(text: str | bytes, where: str) -> _Json:
+    try:
+        value = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CollateralError(f"{where}: not valid JSON ({exc})") from None
+    return _Json(value, where)
+
+
+@dataclass(frozen=True)
+class TcbLevel:
+    """One level of a TCB info: the minimum SVNs it needs and the status it gives."""
+
+    sgx_components: tuple[int, ...]
+    pce_svn: int
+    tdx_components: tuple[int, ...] | None
+    status: str
+    tcb_date: str
+    advisory_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class IdentityTcbLevel:
+    """One level of an enclave or TDX module identity, selected by ISVSVN."""
+
+    isv_svn: int
+    status: str
+    tcb_date: str
+    advisory_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TdxModuleIdentity:
+    """The expected signer and attributes of a TDX module (``tdxModule`` or one
+    ``tdxModuleIdentities`` entry, which also carries TCB levels)."""
+
+    id: str
+    mrsigner: bytes
+    attributes: bytes
+    attributes_mask: bytes
+    tcb_levels: tuple[IdentityTcbLevel, ...] = ()
+
+
+def _identity_levels(doc: _Json, where: str) -> tuple[IdentityTcbLevel, ...]:
+    out = []
+    for i, item in enumerate(doc.list_("tcbLevels")):
+        level = _Json(item, f"{where}.tcbLevels[{i}]")
+        out.append(
+            IdentityTcbLevel(
+                isv_svn=level.obj_("tcb").int_("isvsvn", 0xFFFF),
+                status=level.str_("tcbStatus"),
+                tcb_date=level.str_("tcbDate"),
+                advisory_ids=level.strings("advisoryIDs"),
+            )
+        )
+    if not out:
+        raise CollateralError(f"{where}: key 'tcbLevels' is empty")
+    return tuple(out)
+
+
+def _components(doc: _Json, key: str, count: int) -> tuple[int, ...]:
+    items = doc.list_(key)
+    if len(items) != count:
+        raise CollateralError(
+            f"{doc.where}: key {key!r}: expected {count} components, got {len(items)}"
+        )
+    return tuple(
+        _Json(item, f"{doc.where}.{key}[{i}]").int_("svn", 0xFF) for i, item in enumerate(items)
+    )
+
+
+@dataclass(frozen=True)
+class TcbInfo:
+    """Intel's TCB info for one FMSPC (PCS API TCB info v2 for SGX, v3 for SGX/TDX)."""
+
+    id: str
+    version: int
+    issue_date: datetime
+    next_update: datetime
+    fmspc: bytes
+    pce_id: bytes
+    tcb_type: int
+    tcb_evaluation_data_number: int
+    tcb_levels: tuple[TcbLevel, ...]
+    tdx_module: TdxModuleIdentity | None = None
+    tdx_module_identities: tuple[TdxModuleIdentity, ...] | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> TcbInfo:
+        """Parse the exact signed ``tcbInfo`` body text (CollateralError naming the key)."""
+        doc = _load_json(text, "tcb_info")
+        version = doc.int_("version")
+        if version == 2:
+            tcb_id = "SGX"  # v2 predates TDX and has no id
+        elif version == 3:
+            tcb_id = doc.str_("id")
+            if tcb_id not in ("SGX", "TDX"):
+                raise CollateralError(f"tcb_info: key 'id': expected SGX or TDX, got {tcb_id!r}")
+        else:
+            raise CollateralError(f"tcb_info: key 'version': expected 2 or 3, got {version}")
+        tcb_type = doc.int_("tcbType")
+        if tcb_type != 0:
+            raise CollateralError(f"tcb_info: key 'tcbType': only 0 is defined, got {tcb_type}")
+        levels = []
+        for i, item in enumerate(doc.list_("tcbLevels")):
+            level = _Json(item, f"tcb_info.tcbLevels[{i}]")
+            tcb = level.obj_("tcb")
+            if version == 2:
+                sgx = tuple(tcb.int_(key, 0xFF) for key in _V2_COMPONENT_KEYS)
+                tdx = None
+            else:
+                sgx = _components(tcb, "sgxtcbcomponents", _SGX_COMPONENTS)
+                tdx = (
+                    _components(tcb, "tdxtcbcomponents", _TDX_COMPONENTS)
+                    if tcb_id == "TDX"
+                    else None
+                )
+            levels.append(
+                TcbLevel(
+                    sgx_components=sgx,
+                    pce_svn=tcb.int_("pcesvn", 0xFFFF),
+                    tdx_components=tdx,
+                    status=level.str_("tcbStatus"),
+                    tcb_date=level.str_("tcbDate"),
+                    advisory_ids=level.strings("advisoryIDs"),
+                )
+            )
+        if not levels:
+            raise CollateralError("tcb_info: key 'tcbLevels' is empty")
+        module = identities = None
+        if tcb_id == "TDX":
+            module = _module_identity(doc.obj_("tdxModule"), "", with_levels=False)
+            if doc.has("tdxModuleIdentities"):
+                identities = tuple(
+                    _module_identity(
+                        _Json(item, f"tcb_info.tdxModuleIdentities[{i}]"), None, with_levels=True
+                    )
+                    for i, item in enumerate(doc.list_("tdxModuleIdentities"))
+                )
+        return cls(
+            id=tcb_id,
+            version=version,
+            issue_date=doc.date("issueDate"),
+            next_update=doc.date("nextUpdate"),
+            fmspc=doc.hex_("fmspc", 6),
+            pce_id=doc.hex_("pceId", 2),
+            tcb_type=tcb_type,
+            tcb_evaluation_data_number=doc.int_("tcbEvaluationDataNumber"),
+            tcb_levels=tuple(levels),
+            tdx_module=module,
+            tdx_module_identities=identities,
+        )
+
+
+def _module_identity(doc: _Json, ident: str | None, *, with_levels: bool) -> TdxModuleIdentity:
+    return TdxModuleIdentity(
+        id=doc.str_("id") if ident is None else ident,
+        mrsigner=doc.hex_("mrsigner", 48),
+        attributes=doc.hex_("attributes", 8),
+        attributes_mask=doc.hex_("attributesMask", 8),
+        tcb_levels=_identity_levels(doc, doc.where) if with_levels else (),
+    )
+
+
+@dataclass(frozen=True)
+class EnclaveIdentity:
+    """Intel's identity of its quoting enclave (PCS API enclave identity v2)."""
+
+    id: str
+    version: int
+    issue_date: datetime
+    next_update: datetime
+    tcb_evaluation_data_number: int
+    miscselect: bytes
+    miscselect_mask: bytes
+    attributes: bytes
+    attributes_mask: bytes
+    mrsigner: bytes
+    isv_prod_id: int
+    tcb_levels: tuple[IdentityTcbLevel, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> EnclaveIdentity:
+        """Parse the exact signed ``enclaveIdentity`` body text."""
+        doc = _load_json(text, "qe_identity")
+        return cls(
+            id=doc.str_("id"),
+            version=doc.int_("version"),
+            issue_date=doc.date("issueDate"),
+            next_update=doc.date("nextUpdate"),
+            tcb_evaluation_data_number=doc.int_("tcbEvaluationDataNumber"),
+            miscselect=doc.hex_("miscselect", 4),
+            miscselect_mask=doc.hex_("miscselectMask", 4),
+            attributes=doc.hex_("attributes", 16),
+            attributes_mask=doc.hex_("attributesMask", 16),
+            mrsigner=doc.hex_("mrsigner", 32),
+            isv_prod_id=doc.int_("isvprodid", 0xFFFF),
+            tcb_levels=_identity_levels(doc, "qe_identity"),
+        )
+
+
+@dataclass(frozen=True)
+class IntelCollateral:
+    """The collateral for one quote, as dcap-qvl's ``QuoteCollateralV3`` JSON:
+    PEM issuer chains, hex DER CRLs, the exact signed TCB info and QE identity texts
+    and their hex raw r||s P-256 signatures. ``pck_certificate_chain`` (optional,
+    PEM) is used only when the quote carries no PCK chain itself."""
+
+    pck_crl_issuer_chain: str
+    root_ca_crl: bytes
+    pck_crl: bytes
+    tcb_info_issuer_chain: str
+    tcb_info: str
+    tcb_info_signature: bytes
+    qe_identity_issuer_chain: str
+    qe_identity: str
+    qe_identity_signature: bytes
+    pck_certificate_chain: str | None = None
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> IntelCollateral:
+        """Parse the collateral JSON; a missing or malformed key raises CollateralError
+        naming it."""
+        doc = _load_json(data, "collateral")
+        chain = doc.raw("pck_certificate_chain") if doc.has("pck_certificate_chain") else None
+        if chain is not None and not isinstance(chain, str):
+            raise CollateralError(
+                f"collateral: key 'pck_certificate_chain': expected a string, got {_kind(chain)}"
+            )
+        return cls(
+            pck_crl_issuer_chain=doc.str_("pck_crl_issuer_chain"),
+            root_ca_crl=_crl_bytes(doc, "root_ca_crl"),
+            pck_crl=_crl_bytes(doc, "pck_crl"),
+            tcb_info_issuer_chain=doc.str_("tcb_info_issuer_chain"),
+            tcb_info=doc.str_("tcb_info"),
+            tcb_info_signature=doc.hex_("tcb_info_signature", 64),
+            qe_identity_issuer_chain=doc.str_("qe_identity_issuer_chain"),
+            qe_identity=doc.str_("qe_identity"),
+            qe_identity_signature=doc.hex_("qe_identity_signature", 64),
+            pck_certificate_chain=chain or None,
+        )
+
+
+def _crl_bytes(doc: _Json, key: str) -> bytes:
+    text = doc.str_(key)
+    if text.lstrip().startswith("-----BEGIN"):
+        return text.encode("ascii", "replace")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise CollateralError(f"collateral: key {key!r}: expected hex DER or PEM") from None
+
+
+# Parsing is a pure function of the signed text, and every quote of a platform
+# shares the same collateral: parse each text once.
+_parse_tcb_info = functools.lru_cache(maxsize=32)(TcbInfo.parse)
+_parse_enclave_identity = functools.lru_cache(maxsize=32)(EnclaveIdentity.parse)
+
+
+# --- certificates, CRLs, signatures ----------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _load_pem_chain(pem: bytes, what: str) -> tuple[x509.Certificate, ...]:
+    # Certification data type 5 ends with a NUL; PEM parsing ignores text around blocks.
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise CertificateChainError(f"{what}: cannot parse the PEM certificates ({exc})") from None
+    if len(certs) > _MAX_CHAIN:
+        raise CertificateChainError(f"{what}: {len(certs)} certificates, at most {_MAX_CHAIN}")
+    return tuple(certs)
+
+
+@functools.lru_cache(maxsize=128)
+def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    # A pure function of both certificates: caching it saves an ECDSA verification
+    # per certificate for the collateral chains that every quote of a platform shares.
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _crl_signed_by(data: bytes, what: str, issuer: x509.Certificate) -> bool:
+    # Keyed by the CRL bytes (CRL objects are not hashable); pure, so cacheable.
+    key = issuer.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return False
+    try:
+        return _load_crl(data, what).is_signature_valid(key)
+    except (ValueError, TypeError):
+        return False
+
+
+@functools.lru_cache(maxsize=64)
+def _load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise CollateralError(f"{what}: cannot parse the CRL ({exc})") from None
+
+
+def _p256_key(cert: x509.Certificate, what: str) -> ec.EllipticCurvePublicKey:
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise CertificateChainError(f"{what}: expected a P-256 public key")
+    return key
+
+
+def _raw_signature_ok(key: ec.EllipticCurvePublicKey, raw_sig: bytes, message: bytes) -> bool:
+    if len(raw_sig) != 64:
+        return False
+    der = encode_dss_signature(
+        int.from_bytes(raw_sig[:32], "big"), int.from_bytes(raw_sig[32:], "big")
+    )
+    try:
+        key.verify(der, message, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _collateral_signature_ok(signer: x509.Certificate, raw_sig: bytes, text: bytes) -> bool:
+    key = signer.public_key()
+    return isinstance(key, ec.EllipticCurvePublicKey) and _raw_signature_ok(key, raw_sig, text)
+
+
+def _cn(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = names[0].value if names else ""
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def _name(cert: x509.Certificate) -> str:
+    return repr(_cn(cert) or cert.subject.rfc4514_string())
+
+
+def _check_window(
+    what: str, start: datetime, end: datetime | None, at: datetime, end_name: str
+) -> None:
+    if end is None:
+        raise CollateralError(f"{what}: has no {end_name}")
+    if at < start:
+        raise CollateralExpiredError(
+            f"{what}: not valid yet at {at.isoformat()} (issued {start.isoformat()})"
+        )
+    if at > end:
+        raise CollateralExpiredError(
+            f"{what}: expired at {at.isoformat()} ({end_name} {end.isoformat()})"
+        )
+
+
+@functools.cache
+def _pinned_root() -> x509.Certificate:
+    der = resources.files("trustedml.attestation").joinpath(_ROOT_RESOURCE).read_bytes()
+    digest = hashlib.sha256(der).hexdigest()
+    if digest != INTEL_SGX_ROOT_CA_SHA256:
+        raise CertificateChainError(
+            f"packaged Intel SGX Root CA {_ROOT_RESOURCE}: SHA-256 {digest} is not the pinned "
+            f"{INTEL_SGX_ROOT_CA_SHA256}"
+        )
+    return x509.load_der_x509_certificate(der)
+
+
+# --- status rules ---------------------------------------------------------------------
+
+
+def _status(value: str, what: str) -> TcbStatus:
+    try:
+        return TcbStatus(value)
+    except ValueError:
+        raise CollateralError(f"{what}: unknown tcbStatus {value!r}") from None
+
+
+def _identity_status(value: str, what: str) -> TcbStatus:
+    # QVL reads an enclave/module identity level as UpToDate, Revoked or (anything
+    # else) OutOfDate.
+    status = _status(value, what)
+    if status in (TcbStatus.UP_TO_DATE, TcbStatus.REVOKED):
+        return status
+    return TcbStatus.OUT_OF_DATE
+
+
+def _converge(platform: TcbStatus, other: TcbStatus) -> TcbStatus:
+    # QVL's convergeTcbStatusWithQeTcbStatus; its TDX module rule is identical.
+    if other is TcbStatus.OUT_OF_DATE:
+        if platform in (TcbStatus.UP_TO_DATE, TcbStatus.SW_HARDENING_NEEDED):
+            return TcbStatus.OUT_OF_DATE
+        if platform in (
+            TcbStatus.CONFIGURATION_NEEDED,
+            TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED,
+        ):
+            return TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED
+    if other is TcbStatus.REVOKED:
+        return TcbStatus.REVOKED
+    return platform
+
+
+def _match_identity_level(
+    levels: Sequence[IdentityTcbLevel], isv_svn: int, what: str
+) -> IdentityTcbLevel:
+    for level in levels:
+        if isv_svn >= level.isv_svn:
+            return level
+    raise TcbLevelNotFoundError(
+        f"{what}: ISVSVN {isv_svn} is below every TCB level "
+        f"(lowest {min(level.isv_svn for level in levels)})"
+    )
+
+
+def _masked_equal(value: bytes, expected: bytes, mask: bytes) -> bool:
+    return all((v & m) == (e & m) for v, e, m in zip(value, expected, mask, strict=True))
+
+
+def _union(*groups: Sequence[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for group in groups:
+        out.extend(item for item in group if item not in out)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class _Chains:
+    pck: tuple[x509.Certificate, ...]
+    pck_ext: PckExtension
+    tcb_signer: x509.Certificate
+    qe_signer: x509.Certificate
+
+
+class IntelVerifier:
+    """Verifies Intel DCAP quotes of one evidence type (SGX quote v3, or TDX quote
+    v4/v5) with dcap-qvl ``QuoteCollateralV3`` JSON collateral.
+
+    ``root_ca_der`` replaces the pinned Intel SGX Root CA (tests, private PKIs).
+    """
+
+    def __init__(self, evidence_type: EvidenceType, root_ca_der: bytes | None = None) -> None:
+        if evidence_type not in (EvidenceType.SGX, EvidenceType.TDX):
+            raise ConfigError(
+                f"IntelVerifier: evidence type must be sgx-dcap or tdx-dcap, got {evidence_type}"
+            )
+        self._type = evidence_type
+        if root_ca_der is None:
+            self._root = _pinned_root()
+        else:
+            try:
+                self._root = x509.load_der_x509_certificate(bytes(root_ca_der))
+            except ValueError as exc:
+                raise ConfigError(f"root_ca_der: not a DER certificate ({exc})") from None
+
+    @property
+    def evidence_type(self) -> EvidenceType:
+        return self._type
+
+    def verify(
+        self, evidence: bytes, *, collateral: bytes | None, at: datetime
+    ) -> VerifiedEvidence:
+        """Verify ``evidence`` against ``collateral`` as of ``at`` (timezone-aware).
+
+        See the module documentation for the order of checks and what each raises.
+        """
+        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+            raise ConfigError("at: expected a timezone-aware datetime")
+        quote = parse_quote(evidence)
+        self._check_quote(quote)
+        if collateral is None:
+            raise CollateralError(
+                "collateral: Intel DCAP verification needs the QuoteCollateralV3 JSON"
+            )
+        col = IntelCollateral.from_json(collateral)
+        checks: list[str] = [f"parsed {self._type.value} quote v{quote.version}"]
+
+        chains = self._verify_certificates(quote, col, at)
+        checks.append(f"PCK chain, CRLs and collateral signers verified to {_name(self._root)}")
+        tcb_info = self._verify_tcb_info(col, chains.tcb_signer, at)
+        qe_identity = self._verify_qe_identity(col, chains.qe_signer, at)
+        checks.append(
+            f"TCB info v{tcb_info.version} ({tcb_info.id}, evaluation data number "
+            f"{tcb_info.tcb_evaluation_data_number}) and QE identity {qe_identity.id} "
+            "signed by Intel"
+        )
+        self._verify_quote_signatures(quote, chains.pck[0])
+        checks.append("QE report signed by the PCK key, binds the attestation key; quote signed")
+
+        qe_level = self._match_qe(quote.signature_data.qe_report, qe_identity)
+        qe_status = _identity_status(qe_level.status, "qe_identity")
+        checks.append(f"QE identity matched: ISVSVN level {qe_level.isv_svn} {qe_status.value}")
+        self._check_platform(quote, tcb_info, chains.pck_ext)
+
+        extra: dict[str, Any] = {}
+        status, advisories, level = self._match_tcb(
+            quote, tcb_info, chains.pck_ext, qe_status, qe_level, extra, checks
+        )
+        checks.append(f"TCB level {level.tcb_date} {level.status}; final status {status.value}")
+        return VerifiedEvidence(
+            claims=self._claims(quote, tcb_info, chains.pck_ext, level, qe_status, extra),
+            tcb_status=status,
+            advisory_ids=advisories,
+            # Earliest issue among the short-lived items (TCB info, QE identity, PCK
+            # CRL): the age of Intel's TCB verdict. The root CA CRL is reissued only
+            # yearly, so it would make every collateral set look old.
+            collateral_issued=min(
+                tcb_info.issue_date,
+                qe_identity.issue_date,
+                _load_crl(col.pck_crl, "pck_crl").last_update_utc,
+            ),
+            collateral_expires=min(
+                tcb_info.next_update,
+                qe_identity.next_update,
+                *(
+                    _crl_next_update(_load_crl(data, what), what)
+                    for data, what in ((col.root_ca_crl, "root_ca_crl"), (col.pck_crl, "pck_crl"))
+                ),
+            ),
+            checks=tuple(checks),
+        )
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _check_quote(self, quote: Quote) -> None:
+        kind = EvidenceType.TDX if quote.is_tdx else EvidenceType.SGX
+        if kind is not self._type:
+            raise UnsupportedEvidenceError(
+                f"quote TEE type: this verifier checks {self._type.value}, got {kind.value}"
+            )
+        if quote.header.qe_vendor_id != INTEL_QE_VENDOR_ID:
+            raise UnsupportedEvidenceError(
+                f"quote header qe_vendor_id: expected Intel's {INTEL_QE_VENDOR_ID.hex()}, "
+                f"got {quote.header.qe_vendor_id.hex()}"
+            )
+
+    def _pck_pem(self, quote: Quote, col: IntelCollateral) -> bytes:
+        cert = quote.signature_data.pck_certification_data
+        if cert.cert_type == CERT_TYPE_PCK_CERT_CHAIN:
+            return cert.data
+        if col.pck_certificate_chain is not None:
+            return col.pck_certificate_chain.encode("ascii", "replace")
+        raise UnsupportedEvidenceError(
+            f"certification data type {cert.cert_type}: only type 5 (PCK certificate chain) "
+            "is supported, and the collateral has no pck_certificate_chain"
+        )
+
+    def _verify_chain(
+        self, certs: Sequence[x509.Certificate], at: datetime, what: str
+    ) -> tuple[x509.Certificate, ...]:
+        # Each certificate issued by the next, the last by the root, all valid at
+        # `at`; returns the chain without the root.
+        chain = list(certs)
+        if chain and chain[-1] == self._root:
+            chain.pop()
+        if not chain:
+            raise CertificateChainError(f"{what}: no certificate below the root")
+        for child, parent in zip(chain, [*chain[1:], self._root], strict=True):
+            _check_cert_time(child, at, what)
+            if parent is not self._root and not _is_ca(parent):
+                raise CertificateChainError(f"{what}: {_name(parent)} is not a CA certificate")
+            if not _issued_by(child, parent):
+                raise CertificateChainError(
+                    f"{what}: {_name(child)} is not issued by {_name(parent)}"
+                    + (" (the trusted root)" if parent is self._root else "")
+                )
+        return tuple(chain)
+
+    def _verify_certificates(self, quote: Quote, col: IntelCollateral, at: datetime) -> _Chains:
+        _check_cert_time(self._root, at, "trusted root")
+        pck = self._verify_chain(
+            _load_pem_chain(self._pck_pem(quote, col), "PCK certificate chain"),
+            at,
+            "PCK certificate chain",
+        )
+        if "SGX PCK Certificate" not in _cn(pck[0]):
+            raise CertificateChainError(
+                f"PCK certificate chain: leaf {_name(pck[0])} is not an SGX PCK Certificate"
+            )
+        pck_ext = _pck_extension(pck[0])
+
+        root_crl = _load_crl(col.root_ca_crl, "root_ca_crl")
+        if root_crl.issuer != self._root.subject or not _crl_signed_by(
+            col.root_ca_crl, "root_ca_crl", self._root
+        ):
+            raise CollateralError("root_ca_crl: not issued and signed by the trusted root")
+        _check_window(
+            "root_ca_crl", root_crl.last_update_utc, root_crl.next_update_utc, at, "nextUpdate"
+        )
+        crl_chain = self._verify_chain(
+            _load_pem_chain(
+                col.pck_crl_issuer_chain.encode("ascii", "replace"), "pck_crl_issuer_chain"
+            ),
+            at,
+            "pck_crl_issuer_chain",
+        )
+        pck_crl = _load_crl(col.pck_crl, "pck_crl")
+        if pck_crl.issuer != crl_chain[0].subject or not _crl_signed_by(
+            col.pck_crl, "pck_crl", crl_chain[0]
+        ):
+            raise CollateralError(
+                f"pck_crl: not issued and signed by {_name(crl_chain[0])} (pck_crl_issuer_chain)"
+            )
+        if pck_crl.issuer != pck[0].issuer:
+            raise CollateralError(
+                f"pck_crl: issued by {pck_crl.issuer.rfc4514_string()}, but the PCK "
+                f"certificate by {pck[0].issuer.rfc4514_string()}"
+            )
+        _check_window("pck_crl", pck_crl.last_update_utc, pck_crl.next_update_utc, at, "nextUpdate")
+
+        signers = []
+        for key, pem in (
+            ("tcb_info_issuer_chain", col.tcb_info_issuer_chain),
+            ("qe_identity_issuer_chain", col.qe_identity_issuer_chain),
+        ):
+            chain = self._verify_chain(
+                _load_pem_chain(pem.encode("ascii", "replace"), key), at, key
+            )
+            # Only Intel's TCB signing key, directly under the root, may sign TCB data:
+            # a PCK key (which lives on a platform) must not be able to.
+            if len(chain) != 1 or _cn(chain[0]) != "Intel SGX TCB Signing":
+                raise CertificateChainError(
+                    f"{key}: signer {_name(chain[0])} is not the Intel SGX TCB Signing "
+                    "certificate directly under the root"
+                )
+            signers.append(chain[0])
+
+        crls = {root_crl.issuer: root_crl, pck_crl.issuer: pck_crl}
+        for what, certs in (
+            ("trusted root", (self._root,)),
+            ("PCK certificate chain", pck),
+            ("pck_crl_issuer_chain", crl_chain),
+            ("tcb_info_issuer_chain", (signers[0],)),
+            ("qe_identity_issuer_chain", (signers[1],)),
+        ):
+            for cert in certs:
+                crl = crls.get(cert.issuer)
+                if crl is None:
+                    raise CertificateChainError(
+                        f"{what}: no CRL in the collateral covers {_name(cert)} "
+                        f"(issuer {cert.issuer.rfc4514_string()})"
+                    )
+                if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                    raise CertificateChainError(
+                        f"{what}: {_name(cert)} serial {cert.serial_number:#x} is revoked"
+                    )
+        return _Chains(pck, pck_ext, signers[0], signers[1])
+
+    def _verify_tcb_info(
+        self, col: IntelCollateral, signer: x509.Certificate, at: datetime
+    ) -> TcbInfo:
+        if not _collateral_signature_ok(
+            signer, col.tcb_info_signature, col.tcb_info.encode("utf-8")
+        ):
+            raise CollateralError("tcb_info_signature: does not verify over tcb_info")
+        info = _parse_tcb_info(col.tcb_info)
+        _check_window("tcb_info", info.issue_date, info.next_update, at, "nextUpdate")
+        return info
+
+    def _verify_qe_identity(
+        self, col: IntelCollateral, signer: x509.Certificate, at: datetime
+    ) -> EnclaveIdentity:
+        if not _collateral_signature_ok(
+            signer, col.qe_identity_signature, col.qe_identity.encode("utf-8")
+        ):
+            raise CollateralError("qe_identity_signature: does not verify over qe_identity")
+        identity = _parse_enclave_identity(col.qe_identity)
+        _check_window("qe_identity", identity.issue_date, identity.next_update, at, "nextUpdate")
+        return identity
+
+    def _verify_quote_signatures(self, quote: Quote, pck_leaf: x509.Certificate) -> None:
+        sig = quote.signature_data
+        if not _raw_signature_ok(
+            _p256_key(pck_leaf, "PCK certificate"), sig.qe_report_signature, sig.qe_report.raw
+        ):
+            raise EvidenceSignatureError(
+                "QE report signature: does not verify with the PCK certificate's key"
+            )
+        expected = hashlib.sha256(sig.attestation_key + sig.qe_auth_data).digest()
+        if sig.qe_report.report_data[:32] != expected:
+            raise EvidenceBindingError(
+                "QE report_data[0:32]: is not SHA-256(attestation key || QE auth data)"
+            )
+        try:
+            key = ec.EllipticCurvePublicKey.from_encoded_point(
+                ec.SECP256R1(), b"\x04" + sig.attestation_key
+            )
+        except ValueError:
+            raise EvidenceSignatureError("attestation key: not a P-256 point") from None
+        if not _raw_signature_ok(key, sig.signature, quote.signed_bytes):
+            raise EvidenceSignatureError(
+                "quote signature: does not verify over header and body with the attestation key"
+            )
+
+    def _match_qe(self, report: SgxReportBody, identity: EnclaveIdentity) -> IdentityTcbLevel:
+        expected_id, versions = _ENCLAVE_IDS[self._type]
+        if identity.id != expected_id or identity.version not in versions:
+            raise CollateralError(
+                f"qe_identity: id {identity.id!r} version {identity.version} is not the "
+                f"{expected_id} identity (version {' or '.join(map(str, versions))}) a "
+                f"{self._type.value} quote needs"
+            )
+        if report.mrsigner != identity.mrsigner:
+            raise EvidenceBindingError(
+                f"QE report MRSIGNER {report.mrsigner.hex()} is not the QE identity's "
+                f"{identity.mrsigner.hex()}"
+            )
+        if report.isv_prod_id != identity.isv_prod_id:
+            raise EvidenceBindingError(
+                f"QE report ISVPRODID {report.isv_prod_id} is not the QE identity's "
+                f"{identity.isv_prod_id}"
+            )
+        if not _masked_equal(
+            report.miscselect_bytes, identity.miscselect, identity.miscselect_mask
+        ):
+            raise EvidenceBindingError(
+                f"QE report MISCSELECT {report.miscselect_bytes.hex()} does not match the QE "
+                f"identity's {identity.miscselect.hex()} under mask "
+                f"{identity.miscselect_mask.hex()}"
+            )
+        if not _masked_equal(report.attributes, identity.attributes, identity.attributes_mask):
+            raise EvidenceBindingError(
+                f"QE report ATTRIBUTES {report.attributes.hex()} do not match the QE identity's "
+                f"{identity.attributes.hex()} under mask {identity.attributes_mask.hex()}"
+            )
+        return _match_identity_level(identity.tcb_levels, report.isv_svn, "QE report")
+
+    def _check_platform(self, quote: Quote, info: TcbInfo, ext: PckExtension) -> None:
+        if quote.is_tdx and (info.version < 3 or info.id != "TDX"):
+            raise CollateralError(
+                f"tcb_info: a TDX quote needs TDX TCB info v3, got {info.id} v{info.version}"
+            )
+        if not quote.is_tdx and info.id != "SGX":
+            raise CollateralError(f"tcb_info: an SGX quote needs SGX TCB info, got {info.id}")
+        if ext.fmspc != info.fmspc:
+            raise CollateralError(
+                f"tcb_info fmspc {info.fmspc.hex().upper()} is not the PCK certificate's "
+                f"{ext.fmspc.hex().upper()}"
+            )
+        if ext.pce_id != info.pce_id:
+            raise CollateralError(
+                f"tcb_info pceId {info.pce_id.hex().upper()} is not the PCK certificate's "
+                f"{ext.pce_id.hex().upper()}"
+            )
+
+    def _tdx_module(
+        self, body: TdReport10, info: TcbInfo
+    ) -> tuple[TcbStatus, IdentityTcbLevel | None]:
+        version = body.tee_tcb_svn[1]
+        level: IdentityTcbLevel | None = None
+        if info.tdx_module is None:
+            raise CollateralError("tcb_info: key 'tdxModule' is missing")
+        expected = info.tdx_module
+        if version > 0:
+            if info.tdx_module_identities is None:
+                raise CollateralError(
+                    f"tcb_info: key 'tdxModuleIdentities' is missing, but the TDX module "
+                    f"version (TEE_TCB_SVN[1]) is {version}"
+                )
+            wanted = f"TDX_{version:02X}"
+            found = [m for m in info.tdx_module_identities if m.id.upper() == wanted]
+            if not found:
+                raise TcbLevelNotFoundError(
+                    f"tcb_info: no TDX module identity {wanted} for TEE_TCB_SVN[1] = {version}"
+                )
+            expected = found[0]
+        if body.mr_signer_seam != expected.mrsigner:
+            raise EvidenceBindingError(
+                f"TD report MRSIGNER_SEAM {body.mr_signer_seam.hex()} is not the TDX module "
+                f"identity's {expected.mrsigner.hex()}"
+            )
+        if not _masked_equal(body.seam_attributes, expected.attributes, expected.attributes_mask):
+            raise EvidenceBindingError(
+                f"TD report SEAM_ATTRIBUTES {body.seam_attributes.hex()} do not match the TDX "
+                f"module identity's {expected.attributes.hex()}"
+            )
+        if version == 0:
+            return TcbStatus.UP_TO_DATE, None
+        level = _match_identity_level(
+            expected.tcb_levels, body.tee_tcb_svn[0], f"TDX module {expected.id}"
+        )
+        return _identity_status(level.status, f"tcb_info TDX module {expected.id}"), level
+
+    def _match_tcb(
+        self,
+        quote: Quote,
+        info: TcbInfo,
+        ext: PckExtension,
+        qe_status: TcbStatus,
+        qe_level: IdentityTcbLevel,
+        extra: dict[str, Any],
+        checks: list[str],
+    ) -> tuple[TcbStatus, tuple[str, ...], TcbLevel]:
+        body = quote.body
+        tdx = body if isinstance(body, TdReport10) else None
+        module_status, module_level = TcbStatus.UP_TO_DATE, None
+        if tdx is not None:
+            module_status, module_level = self._tdx_module(tdx, info)
+            checks.append(f"TDX module identity matched, module status {module_status.value}")
+        sgx_level = tdx_level = None
+        for level in info.tcb_levels:
+            if ext.pce_svn < level.pce_svn or any(
+                have < need
+                for have, need in zip(ext.tcb_components, level.sgx_components, strict=True)
+            ):
+                continue
+            if tdx is None:
+                sgx_level = level
+                break
+            if sgx_level is None:
+                sgx_level = level
+            if _tdx_components_ok(tdx.tee_tcb_svn, level):
+                tdx_level = level
+                break
+        if sgx_level is None:
+            raise TcbLevelNotFoundError(
+                f"tcb_info: no TCB level matches the PCK certificate's TCB (SGX components "
+                f"{list(ext.tcb_components)}, PCESVN {ext.pce_svn})"
+            )
+        sgx_status = _status(sgx_level.status, "tcb_info")
+        if tdx is None:
+            return (
+                _converge(sgx_status, qe_status),
+                _union(sgx_level.advisory_ids, qe_level.advisory_ids),
+                sgx_level,
+            )
+        if tdx_level is None:
+            raise TcbLevelNotFoundError(
+                f"tcb_info: no TCB level matches TEE_TCB_SVN {tdx.tee_tcb_svn.hex()} together "
+                f"with the PCK certificate's TCB (SGX components {list(ext.tcb_components)}, "
+                f"PCESVN {ext.pce_svn})"
+            )
+        tdx_status = _converge(_status(tdx_level.status, "tcb_info"), module_status)
+        if isinstance(tdx, TdReport15) and tdx_status is not TcbStatus.REVOKED:
+            extra["td_relaunch_advised"] = _relaunch_advised(
+                tdx, info, sgx_status, tdx_status, module_status, qe_status
+            )
+        return (
+            _converge(tdx_status, qe_status),
+            _union(
+                tdx_level.advisory_ids,
+                module_level.advisory_ids if module_level else (),
+                qe_level.advisory_ids,
+            ),
+            tdx_level,
+        )
+
+    def _claims(
+        self,
+        quote: Quote,
+        info: TcbInfo,
+        ext: PckExtension,
+        level: TcbLevel,
+        qe_status: TcbStatus,
+        extra: dict[str, Any],
+    ) -> Claims:
+        qe = quote.signature_data.qe_report
+        extra.update(
+            {
+                "quote_version": quote.version,
+                "fmspc": ext.fmspc.hex(),
+                "pce_id": ext.pce_id.hex(),
+                "pce_svn": ext.pce_svn,
+                "cpusvn": ext.cpusvn.hex(),
+                "sgx_type": ext.sgx_type_name,
+                "qe_svn": qe.isv_svn,
+                "qe_tcb_status": qe_status.value,
+                "platform_tcb_status": level.status,
+                "tcb_date": level.tcb_date,
+                "tcb_evaluation_data_number": info.tcb_evaluation_data_number,
+            }
+        )
+        body = quote.body
+        if isinstance(body, TdReport10):
+            extra.update(
+                {
+                    "tee_tcb_svn": body.tee_tcb_svn.hex(),
+                    "td_attributes": body.td_attributes.hex(),
+                    "xfam": body.xfam.hex(),
+                    "mr_signer_seam": body.mr_signer_seam.hex(),
+                    "mr_owner_config": body.mr_owner_config.hex(),
+                }
+            )
+            if isinstance(body, TdReport15):
+                extra["tee_tcb_svn2"] = body.tee_tcb_svn2.hex()
+                extra["mr_servicetd"] = body.mr_servicetd.hex()
+            return Claims(
+                evidence_type=EvidenceType.TDX,
+                report_data=body.report_data,
+                debug=body.debug,
+                mrtd=body.mr_td,
+                rtmrs=body.rtmrs,
+                mr_seam=body.mr_seam,
+                mr_config_id=body.mr_config_id,
+                mr_owner=body.mr_owner,
+                extra=extra,
+            )
+        extra.update(
+            {
+                "attributes": body.attributes.hex(),
+                "miscselect": body.miscselect_bytes.hex(),
+                "report_cpusvn": body.cpusvn.hex(),
+                "config_svn": body.config_svn,
+            }
+        )
+        return Claims(
+            evidence_type=EvidenceType.SGX,
+            report_data=body.report_data,
+            debug=body.debug,
+            mrenclave=body.mrenclave,
+            mrsigner=body.mrsigner,
+            isv_prod_id=body.isv_prod_id,
+            isv_svn=body.isv_svn,
+            extra=extra,
+        )
+
+
+def _check_cert_time(cert: x509.Certificate, at: datetime, what: str) -> None:
+    if at < cert.not_valid_before_utc:
+        raise CertificateChainError(
+            f"{what}: {_name(cert)} is not valid before {cert.not_valid_before_utc.isoformat()}"
+        )
+    if at > cert.not_valid_after_utc:
+        raise CertificateChainError(
+            f"{what}: {_name(cert)} expired {cert.not_valid_after_utc.isoformat()}"
+        )
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+@functools.lru_cache(maxsize=64)
+def _pck_extension(cert: x509.Certificate) -> PckExtension:
+    try:
+        ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSION_OID))
+    except x509.ExtensionNotFound:
+        raise CertificateChainError(
+            f"PCK certificate {_name(cert)}: has no SGX extension ({SGX_EXTENSION_OID})"
+        ) from None
+    value = ext.value
+    if not isinstance(value, x509.UnrecognizedExtension):
+        raise CertificateChainError("PCK certificate: unexpected SGX extension type")
+    try:
+        return parse_pck_extension(value.value)
+    except EvidenceFormatError as exc:
+        raise CertificateChainError(f"PCK certificate {_name(cert)}: {exc}") from None
+
+
+def _crl_next_update(crl: x509.CertificateRevocationList, what: str) -> datetime:
+    if crl.next_update_utc is None:
+        raise CollateralError(f"{what}: has no nextUpdate")
+    return crl.next_update_utc
+
+
+def _tdx_components_ok(tee_tcb_svn: bytes, level: TcbLevel) -> bool:
+    if level.tdx_components is None:
+        raise CollateralError("tcb_info: a TDX TCB level has no tdxtcbcomponents")
+    # With a versioned TDX module (TEE_TCB_SVN[1] > 0) bytes 0-1 are the module's
+    # SVN and version, judged by the module identity instead (QVL isTdxTcbHigherOrEqual).
+    start = 2 if tee_tcb_svn[1] > 0 else 0
+    return all(tee_tcb_svn[i] >= level.tdx_components[i] for i in range(start, _TDX_COMPONENTS))
+
+
+def _relaunch_advised(
+    body: TdReport15,
+    info: TcbInfo,
+    sgx_status: TcbStatus,
+    tdx_status: TcbStatus,
+    module_status: TcbStatus,
+    qe_status: TcbStatus,
+) -> bool:
+    # QVL checkForRelaunch: the TD runs on an out-of-date module but the platform
+    # already has an up-to-date one loaded (TEE_TCB_SVN2), so relaunching the TD fixes
+    # it. Reported as a claim because TcbStatus has no TDRelaunchAdvised value.
+    if qe_status is not TcbStatus.UP_TO_DATE or module_status is not TcbStatus.OUT_OF_DATE:
+        return False
+    if sgx_status not in (
+        TcbStatus.UP_TO_DATE,
+        TcbStatus.SW_HARDENING_NEEDED,
+        TcbStatus.CONFIGURATION_NEEDED,
+        TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED,
+    ) or tdx_status not in (TcbStatus.OUT_OF_DATE, TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED):
+        return False
+    latest = info.tcb_levels[0].tdx_components
+    if latest is None:
+        return False
+    svn2 = body.tee_tcb_svn2
+    if svn2[1] == 0:
+        needed_module_svn = latest[0]
+    else:
+        wanted = f"TDX_{svn2[1]:02X}"
+        found = [m for m in info.tdx_module_identities or () if m.id.upper() == wanted]
+        if not found or not found[0].tcb_levels:
+            return False
+        needed_module_svn = found[0].tcb_levels[0].isv_svn
+    return svn2[0] >= needed_module_svn and svn2[2] >= latest[2]
