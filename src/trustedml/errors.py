@@ -7,14 +7,11 @@ __all__ = [
     "CertificateChainError",
     "CollateralError",
     "CollateralExpiredError",
+    "ConfigError",
     "EvidenceBindingError",
     "EvidenceFormatError",
     "EvidenceProviderError",
     "EvidenceSignatureError",
-    "PolicyError",
-    "TcbLevelNotFoundError",
-    "UnsupportedEvidenceError",
-    "ConfigError",
     "IntegrityError",
     "KeyDirectoryError",
     "KeyDirectoryExistsError",
@@ -22,9 +19,12 @@ __all__ = [
     "KeyStoreError",
     "LaunchError",
     "NotEncryptedError",
+    "PolicyError",
     "SparkConfigError",
+    "TcbLevelNotFoundError",
     "TrustedMLError",
     "UnsealError",
+    "UnsupportedEvidenceError",
 ]
 
 

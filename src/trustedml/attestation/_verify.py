@@ -115,11 +115,15 @@ def parse_evidence(evidence: bytes) -> object:
     return parse_sim_evidence(data)
 
 
+_REDUNDANT_FIELDS = frozenset({"raw", "signed_bytes"})
+
+
 def _jsonable(value: object) -> object:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out: dict[str, object] = {}
         for f in dataclasses.fields(value):
-            if f.name.startswith("_") or not f.repr:
+            # raw / signed_bytes repeat the evidence itself; every field is shown anyway.
+            if f.name.startswith("_") or not f.repr or f.name in _REDUNDANT_FIELDS:
                 continue
             out[f.name] = _jsonable(getattr(value, f.name))
         return out
