@@ -68,7 +68,17 @@ from trustedml.spark import (
     write_encrypted,
     write_encrypted_pandas,
 )
-from trustedml.tee import NoTee, TeeBackend, get_backend
+from trustedml.tee import (
+    CvmBackend,
+    GramineBackend,
+    JobMeasurement,
+    LaunchPlan,
+    NoTee,
+    SimBackend,
+    TeeBackend,
+    get_backend,
+    measure_job,
+)
 
 __all__ = [
     "AttestationError",
@@ -76,6 +86,7 @@ __all__ = [
     "CollateralError",
     "CollateralExpiredError",
     "ConfigError",
+    "CvmBackend",
     "DataKey",
     "DecryptingReader",
     "DeployMode",
@@ -85,7 +96,9 @@ __all__ = [
     "EvidenceProviderError",
     "EvidenceSignatureError",
     "FileResult",
+    "GramineBackend",
     "IntegrityError",
+    "JobMeasurement",
     "KeyDirectory",
     "KeyDirectoryError",
     "KeyDirectoryExistsError",
@@ -95,6 +108,7 @@ __all__ = [
     "KeyStore",
     "KeyStoreError",
     "LaunchError",
+    "LaunchPlan",
     "LocalKeyStore",
     "NoTee",
     "NotEncryptedError",
@@ -105,6 +119,7 @@ __all__ = [
     "SealedSecrets",
     "Secret",
     "SecureSparkConfig",
+    "SimBackend",
     "SparkConfigError",
     "SparkSettings",
     "TcbLevelNotFoundError",
@@ -119,6 +134,7 @@ __all__ = [
     "encrypt_path",
     "get_backend",
     "init_key_directory",
+    "measure_job",
     "open_encrypted",
     "read_encrypted",
     "read_encrypted_bytes",

@@ -217,7 +217,7 @@ def test_wrong_passphrase_stops_before_spark(session_keys: KeyDirectory, tmp_pat
 def test_unknown_tee_backend() -> None:
     result = run_cli(["submit", "--insecure", "--tee", "sgx", str(APPS / "exit_code.py"), "0"])
     assert result.returncode == 2
-    assert "--tee: expected one of none, got 'sgx'" in result.stderr
+    assert "'sgx' is not one of 'cvm', 'gramine', 'none', 'sim'" in result.stderr
 
 
 def test_job_reads_and_writes_encrypted_data_with_its_keks(

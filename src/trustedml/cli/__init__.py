@@ -9,6 +9,7 @@ from trustedml.cli.attest import attest_group
 from trustedml.cli.data import decrypt_command, encrypt_command
 from trustedml.cli.jobs import run_command, submit_command
 from trustedml.cli.keys import keys_group
+from trustedml.cli.measure import measure_command
 from trustedml.cli.ml import example_command
 
 
@@ -25,6 +26,7 @@ cli.add_command(encrypt_command)
 cli.add_command(decrypt_command)
 cli.add_command(example_command)
 cli.add_command(attest_group)
+cli.add_command(measure_command)
 
 
 def main() -> None:

@@ -1,22 +1,28 @@
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich.panel import Panel
+from rich.text import Text
 
 from trustedml import (
     KeyDirectory,
     LocalKeyStore,
     PlainSparkConfig,
+    Secret,
     SecureSparkConfig,
     SparkSettings,
+    TeeBackend,
     get_backend,
     run,
     submit,
 )
+from trustedml._fs import write_private
 from trustedml.cli._common import (
     ENV_KEYS,
     err_console,
@@ -24,7 +30,11 @@ from trustedml.cli._common import (
     handle_errors,
     passphrase_options,
 )
+from trustedml.keys import SecretName
 from trustedml.spark import mode_for_master
+from trustedml.tee import ENV_SIM_KEY, LaunchPlan
+from trustedml.tee._backend import BACKEND_NAMES
+from trustedml.tee._gramine import DEFAULT_ENCLAVE_SIZE, DEFAULT_MAX_THREADS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,12 +66,6 @@ def spark_options(func: F) -> F:
         click.option(
             "--insecure", is_flag=True, help="Plain Spark with no protection (baselines only)."
         ),
-        click.option(
-            "--tee",
-            default="none",
-            show_default=True,
-            help="TEE backend to launch in.",
-        ),
         click.option("--log-level", default="WARN", show_default=True, help="Spark log level."),
         click.option("--rpc-tls", is_flag=True, help="Use TLS for Spark RPC instead of AES-GCM."),
         click.option(
@@ -85,6 +89,86 @@ def spark_options(func: F) -> F:
     return func
 
 
+def data_dir() -> Path:
+    """Per-user state of trusted-ml (sim key, Gramine manifests): XDG_DATA_HOME."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "trustedml"
+
+
+def tee_options(func: F) -> F:
+    options = [
+        click.option(
+            "--tee",
+            type=click.Choice(BACKEND_NAMES),
+            default="none",
+            show_default=True,
+            help="Where the job runs: none (the host), sim (simulated TEE, NO protection), "
+            "gramine (SGX enclave), cvm (inside a TDX/SEV-SNP confidential VM).",
+        ),
+        click.option(
+            "--sim-key",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar=ENV_SIM_KEY,
+            help=f"--tee sim: key that signs sim evidence, created if missing (env {ENV_SIM_KEY}; "
+            "default ~/.local/share/trustedml/sim-key.pem).",
+        ),
+        click.option(
+            "--enclave-size",
+            metavar="SIZE",
+            help=f"--tee gramine: enclave size, e.g. 4G (default {DEFAULT_ENCLAVE_SIZE}).",
+        ),
+        click.option(
+            "--threads",
+            type=int,
+            help=f"--tee gramine: maximum enclave threads (default {DEFAULT_MAX_THREADS}).",
+        ),
+        click.option(
+            "--manifest-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="--tee gramine: where manifests are written "
+            "(default ~/.local/share/trustedml/gramine).",
+        ),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help="--tee gramine: write the manifest, do not sign or launch.",
+        ),
+        click.option(
+            "--expect-measurement",
+            metavar="HEX",
+            help="Refuse to start unless the job measurement is HEX (see `trustedml measure`).",
+        ),
+        click.option(
+            "--evidence-out",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="--tee sim/cvm: write the launch evidence (report_data = job measurement) here.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _check_tee_flags(tee: str, **given: Any) -> None:
+    only = {
+        "sim_key": ("sim",),
+        "enclave_size": ("gramine",),
+        "threads": ("gramine",),
+        "manifest_dir": ("gramine",),
+        "dry_run": ("gramine",),
+        "evidence_out": ("sim", "cvm"),
+    }
+    for name, backends in only.items():
+        value = given.get(name)
+        if value not in (None, False) and tee not in backends:
+            if name == "sim_key" and os.environ.get(ENV_SIM_KEY):
+                continue  # from the environment: a standing choice, not a mistake
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(
+                f"{flag} applies to --tee {' or '.join(backends)}, not --tee {tee}"
+            )
+
+
 def _parse_confs(confs: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in confs:
@@ -95,8 +179,14 @@ def _parse_confs(confs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def build_settings(
+def build_settings(**spark: Any) -> SparkSettings:
+    """The Spark configuration the options of :func:`spark_options` ask for."""
+    return _build_settings(**spark, want_enclave_key=False)[0]
+
+
+def _build_settings(
     *,
+    want_enclave_key: bool,
     master: str,
     keys_dir: Path | None,
     confs: tuple[str, ...],
@@ -108,7 +198,7 @@ def build_settings(
     keks: tuple[str, ...],
     passphrase_file: Path | None,
     prompt: bool,
-) -> SparkSettings:
+) -> tuple[SparkSettings, Secret | None]:
     common: dict[str, Any] = {
         "master": master,
         "python": sys.executable,
@@ -118,7 +208,12 @@ def build_settings(
         "extra": _parse_confs(confs),
     }
     keys = KeyDirectory(keys_dir) if keys_dir is not None else None
-    needs_keys = bool(keks) or not insecure
+    if want_enclave_key and keys is None:
+        raise click.UsageError(
+            "--tee gramine signs the enclave with the key directory's enclave key: "
+            f"--keys DIR or {ENV_KEYS} (or --dry-run to only write the manifest)"
+        )
+    needs_keys = bool(keks) or not insecure or want_enclave_key
     if needs_keys and keys is None:
         what = "--kek" if insecure else "secure mode"
         raise click.UsageError(
@@ -130,15 +225,20 @@ def build_settings(
         assert keys is not None
         assert passphrase is not None
         common["keyring"] = LocalKeyStore(keys, passphrase).keyring(keks)
+    opened = None
+    if not insecure or want_enclave_key:
+        assert keys is not None
+        assert passphrase is not None
+        opened = keys.unseal(passphrase)
+    enclave_key = opened[SecretName.ENCLAVE_SIGNING_KEY] if want_enclave_key and opened else None
     if insecure:
         if rpc_tls:
             raise click.UsageError("--rpc-tls and --insecure contradict each other")
         err_console.print(INSECURE_BANNER)
-        return PlainSparkConfig(**common)
+        return PlainSparkConfig(**common), enclave_key
     assert keys is not None
-    assert passphrase is not None
-    opened = keys.unseal(passphrase)
-    return SecureSparkConfig(
+    assert opened is not None
+    settings = SecureSparkConfig(
         **common,
         mode=mode_for_master(master),
         keystore=keys.keystore,
@@ -148,6 +248,74 @@ def build_settings(
         truststore_password=opened.truststore_password,
         rpc_tls=rpc_tls,
     )
+    return settings, enclave_key
+
+
+def build_job(
+    *,
+    tee: str,
+    sim_key: Path | None,
+    enclave_size: str | None,
+    threads: int | None,
+    manifest_dir: Path | None,
+    dry_run: bool,
+    **spark: Any,
+) -> tuple[SparkSettings, TeeBackend]:
+    """The Spark configuration and the TEE backend the options ask for."""
+    spark.pop("expect_measurement", None)
+    evidence_out = spark.pop("evidence_out", None)
+    _check_tee_flags(
+        tee,
+        sim_key=sim_key,
+        enclave_size=enclave_size,
+        threads=threads,
+        manifest_dir=manifest_dir,
+        dry_run=dry_run,
+        evidence_out=evidence_out,
+    )
+    settings, enclave_key = _build_settings(
+        **spark, want_enclave_key=tee == "gramine" and not dry_run
+    )
+    options: dict[str, Any] = {}
+    if tee == "sim":
+        options["key_path"] = sim_key or data_dir() / "sim-key.pem"
+    elif tee == "gramine":
+        options["manifest_dir"] = manifest_dir or data_dir() / "gramine"
+        options["signing_key"] = enclave_key
+        options["enclave_size"] = enclave_size or DEFAULT_ENCLAVE_SIZE
+        options["max_threads"] = DEFAULT_MAX_THREADS if threads is None else threads
+        options["dry_run"] = dry_run
+    return settings, get_backend(tee, **options)
+
+
+def show_plan(evidence_out: Path | None) -> Callable[[LaunchPlan], None]:
+    """Render a backend's launch plan on stderr (the sim banner loudly, always)."""
+
+    def show(plan: LaunchPlan) -> None:
+        if plan.banner:
+            err_console.print(
+                Panel(
+                    Text(plan.banner, style="bold"),
+                    title="WARNING: NO HARDWARE PROTECTION",
+                    border_style="bold red",
+                    expand=False,
+                )
+            )
+        for note in plan.notes:
+            err_console.print(note, markup=False, highlight=False, soft_wrap=True)
+        if evidence_out is not None:
+            if plan.evidence is None:
+                raise click.UsageError("--evidence-out: this backend produced no launch evidence")
+            write_private(evidence_out, plan.evidence)
+            err_console.print(f"launch evidence written to {evidence_out}", markup=False)
+        if not plan.launch and "manifest" in plan.files:
+            err_console.print(
+                f"--dry-run: manifest written to {plan.files['manifest']}; not launched",
+                markup=False,
+                soft_wrap=True,
+            )
+
+    return show
 
 
 @click.command(
@@ -155,6 +323,7 @@ def build_settings(
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @spark_options
+@tee_options
 @click.option(
     "--py-files",
     "py_files",
@@ -166,15 +335,23 @@ def build_settings(
 @click.argument("app_args", nargs=-1, type=click.UNPROCESSED)
 @handle_errors
 def submit_command(
-    app: Path, app_args: tuple[str, ...], py_files: tuple[Path, ...], tee: str, **spark: Any
+    app: Path, app_args: tuple[str, ...], py_files: tuple[Path, ...], **options: Any
 ) -> None:
     """Run the PySpark application APP with every Spark protection on.
 
     Options after APP are passed to the application. The exit code is the app's.
     """
-    backend = get_backend(tee)
-    settings = build_settings(**spark)
-    code = submit(app, app_args, settings=settings, py_files=py_files, tee=backend)
+    expected, evidence_out = options["expect_measurement"], options["evidence_out"]
+    settings, backend = build_job(**options)
+    code = submit(
+        app,
+        app_args,
+        settings=settings,
+        py_files=py_files,
+        tee=backend,
+        expected_measurement=expected,
+        on_plan=show_plan(evidence_out),
+    )
     sys.exit(code)
 
 
@@ -183,13 +360,22 @@ def submit_command(
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @spark_options
+@tee_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @handle_errors
-def run_command(command: tuple[str, ...], tee: str, **spark: Any) -> None:
+def run_command(command: tuple[str, ...], **options: Any) -> None:
     """Run a native COMMAND (e.g. `-- python script.py`) in the same environment.
 
-    Spark sessions the command creates start with the secure configuration.
+    Spark sessions the command creates start with the secure configuration. With a
+    --tee other than none, COMMAND must be `python SCRIPT.py [ARGS]`.
     """
-    backend = get_backend(tee)
-    settings = build_settings(**spark)
-    sys.exit(run(command, settings=settings, tee=backend))
+    expected, evidence_out = options["expect_measurement"], options["evidence_out"]
+    settings, backend = build_job(**options)
+    code = run(
+        command,
+        settings=settings,
+        tee=backend,
+        expected_measurement=expected,
+        on_plan=show_plan(evidence_out),
+    )
+    sys.exit(code)

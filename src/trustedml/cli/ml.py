@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from trustedml import get_backend, submit
+from trustedml import submit
 from trustedml.cli._common import handle_errors
-from trustedml.cli.jobs import build_settings, spark_options
+from trustedml.cli.jobs import build_job, show_plan, spark_options, tee_options
 
 # NAME on the command line -> module of trustedml.ml.workloads
 WORKLOADS = {
@@ -37,15 +37,24 @@ def workload_file(name: str) -> Path:
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @spark_options
+@tee_options
 @click.argument("name", type=click.Choice(sorted(WORKLOADS)))
 @click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
 @handle_errors
-def example_command(name: str, workload_args: tuple[str, ...], tee: str, **spark: Any) -> None:
+def example_command(name: str, workload_args: tuple[str, ...], **options: Any) -> None:
     """Run the seed's ML workload NAME through `submit` (secure mode by default).
 
     Options after NAME go to the workload, e.g.
     `trustedml example --keys K --kek models lenet --data-path DIR --max-epoch 2`.
     """
-    backend = get_backend(tee)
-    settings = build_settings(**spark)
-    sys.exit(submit(workload_file(name), workload_args, settings=settings, tee=backend))
+    expected, evidence_out = options["expect_measurement"], options["evidence_out"]
+    settings, backend = build_job(**options)
+    code = submit(
+        workload_file(name),
+        workload_args,
+        settings=settings,
+        tee=backend,
+        expected_measurement=expected,
+        on_plan=show_plan(evidence_out),
+    )
+    sys.exit(code)

@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -17,10 +17,19 @@ from typing import IO, Any
 from trustedml._fs import write_private
 from trustedml.errors import ConfigError, LaunchError
 from trustedml.spark._config import SparkSettings, properties_text
-from trustedml.tee import NoTee, TeeBackend
+from trustedml.tee import Job, JobMeasurement, LaunchPlan, NoTee, TeeBackend, measure_job
+from trustedml.tee._backend import JOB_ENV
+from trustedml.tee._measure import DIGEST_SIZE, java_binary
 
-# Inherited variables that would silently change what the child runs.
-_SCRUBBED = ("PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR", "_SPARK_AUTH_SECRET", "SPARK_HOME")
+# Inherited variables that would silently change what the child runs, or lie to it
+# about where it runs.
+_SCRUBBED = (
+    "PYSPARK_SUBMIT_ARGS",
+    "SPARK_CONF_DIR",
+    "_SPARK_AUTH_SECRET",
+    "SPARK_HOME",
+    *JOB_ENV,
+)
 
 
 def spark_home() -> Path:
@@ -102,15 +111,18 @@ def submit_argv(
 
 
 def _run_child(
-    argv: list[str],
-    env: dict[str, str],
-    cwd: Path | None,
+    plan: LaunchPlan,
     stdout: IO[Any] | None,
     stderr: IO[Any] | None,
 ) -> int:
-    _check_java(env)
+    argv = list(plan.argv)
+    # Last moment before the child exists: a backend may still refuse.
+    for check in plan.checks:
+        check()
     try:
-        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=stdout, stderr=stderr)
+        proc = subprocess.Popen(
+            argv, env=dict(plan.env), cwd=plan.cwd, stdout=stdout, stderr=stderr
+        )
     except OSError as exc:
         raise LaunchError(f"cannot start {argv[0]}: {exc.strerror}") from exc
     try:
@@ -124,6 +136,64 @@ def _run_child(
             code = proc.wait()
     # Shell convention: death by signal N is exit status 128+N.
     return 128 - code if code < 0 else code
+
+
+def _expected_digest(expected: str | bytes) -> bytes:
+    if isinstance(expected, bytes):
+        value = expected
+    else:
+        try:
+            value = bytes.fromhex(expected.strip())
+        except ValueError:
+            value = b""
+    if len(value) != DIGEST_SIZE:
+        raise ConfigError(
+            f"expected measurement: expected {DIGEST_SIZE * 2} hex digits (SHA-384), "
+            f"got {expected!r}"
+        )
+    return value
+
+
+def _measure(
+    backend: TeeBackend,
+    expected: str | bytes | None,
+    app: Path | None,
+    args: Sequence[str],
+    py_files: Sequence[Path],
+    settings: SparkSettings,
+    launcher: str,
+    env: Mapping[str, str],
+) -> JobMeasurement | None:
+    if not backend.measures and expected is None:
+        return None
+    pinned = _expected_digest(expected) if expected is not None else None
+    if app is None:
+        raise ConfigError(f"--tee {backend.name}: `run` can only measure `python SCRIPT.py [ARGS]`")
+    measurement = measure_job(
+        app, args, py_files, settings, launcher=launcher, java=java_binary(env)
+    )
+    if pinned is not None and measurement.digest != pinned:
+        raise LaunchError(
+            f"job measurement is {measurement.hex}, expected {pinned.hex()}: "
+            "the application, an argument, a setting or the environment differs "
+            "(`trustedml measure --json` shows the parts)"
+        )
+    return measurement
+
+
+def _launch(
+    backend: TeeBackend,
+    job: Job,
+    on_plan: Callable[[LaunchPlan], None] | None,
+    stdout: IO[Any] | None,
+    stderr: IO[Any] | None,
+) -> int:
+    plan = backend.prepare(job)
+    if on_plan is not None:
+        on_plan(plan)
+    if not plan.launch:
+        return 0
+    return _run_child(plan, stdout, stderr)
 
 
 def _check_files(app: Path, py_files: Sequence[Path]) -> None:
@@ -142,23 +212,56 @@ def submit(
     cwd: str | os.PathLike[str] | None = None,
     stdout: IO[Any] | None = None,
     stderr: IO[Any] | None = None,
+    expected_measurement: str | bytes | None = None,
+    on_plan: Callable[[LaunchPlan], None] | None = None,
 ) -> int:
     """Run a PySpark application with ``spark-submit`` under ``settings``.
 
     The driver's output goes to ``stdout``/``stderr`` (open files; default: this
-    process's). Secrets reach Spark only through the child's environment. Returns
-    the application's exit code.
+    process's). Secrets reach Spark only through the child's environment. ``tee``
+    chooses where the job runs (default: the host). When the backend measures the
+    job, or ``expected_measurement`` (hex or 48 bytes) is given, the job is measured
+    first and refused on a mismatch. ``on_plan`` sees the backend's launch plan
+    (banner, notes, evidence) before the job starts. Returns the application's exit
+    code (0 when the backend only prepared files).
     """
     app_path = Path(app).resolve()
     files = [Path(p).resolve() for p in py_files]
     _check_files(app_path, files)
     backend = tee or NoTee()
     env = child_environment(settings)
+    _check_java(env)
+    measurement = _measure(
+        backend, expected_measurement, app_path, args, files, settings, "submit", env
+    )
     with conf_dir(settings) as confs:
         env["SPARK_CONF_DIR"] = str(confs)
         props = confs / "spark.properties"
-        argv = backend.wrap(submit_argv(app_path, args, props, files), env)
-        return _run_child(argv, env, Path(cwd) if cwd else None, stdout, stderr)
+        job = Job(
+            launcher="submit",
+            argv=tuple(submit_argv(app_path, args, props, files)),
+            env=env,
+            settings=settings,
+            conf_dir=confs,
+            app=app_path,
+            args=tuple(args),
+            py_files=tuple(files),
+            measurement=measurement,
+            cwd=Path(cwd) if cwd else None,
+        )
+        return _launch(backend, job, on_plan, stdout, stderr)
+
+
+def _python_script(
+    argv: Sequence[str], python: str, cwd: Path | None
+) -> tuple[Path | None, list[str]]:
+    """(script, its arguments) when ``argv`` is ``PYTHON SCRIPT [ARGS]``."""
+    if len(argv) < 2 or argv[0] != python or argv[1].startswith("-"):
+        return None, []
+    script = (cwd or Path.cwd()) / argv[1]
+    if not script.is_file():
+        return None, []
+    return script.resolve(), list(argv[2:])
 
 
 def run(
@@ -169,20 +272,44 @@ def run(
     cwd: str | os.PathLike[str] | None = None,
     stdout: IO[Any] | None = None,
     stderr: IO[Any] | None = None,
+    expected_measurement: str | bytes | None = None,
+    on_plan: Callable[[LaunchPlan], None] | None = None,
 ) -> int:
     """Run a native command (``python script.py``) whose Spark sessions, if any,
-    start under ``settings``. Returns the command's exit code."""
+    start under ``settings``. Backends that measure need ``python SCRIPT [ARGS]``;
+    ``expected_measurement`` and ``on_plan`` are as for :func:`submit`. Returns the
+    command's exit code."""
     if not command:
         raise ConfigError("run: expected a command after --, got nothing")
     backend = tee or NoTee()
     env = child_environment(settings)
     argv = list(command)
+    python = settings.conf()["spark.pyspark.python"]
     if argv[0] in ("python", "python3"):
-        argv[0] = settings.conf()["spark.pyspark.python"]
+        argv[0] = python
+    work = Path(cwd) if cwd else None
+    _check_java(env)
+    script, script_args = _python_script(argv, python, work)
+    measurement = _measure(
+        backend, expected_measurement, script, script_args, (), settings, "run", env
+    )
+    if script is not None and measurement is not None:
+        # Run exactly the file that was measured, wherever the child starts.
+        argv[1] = str(script)
     with conf_dir(settings) as confs:
         env["SPARK_CONF_DIR"] = str(confs)
         props = confs / "spark.properties"
         # pyspark's gateway launcher reads this when a session is created.
         env["PYSPARK_SUBMIT_ARGS"] = f"--properties-file {shlex.quote(str(props))} pyspark-shell"
-        argv = backend.wrap(argv, env)
-        return _run_child(argv, env, Path(cwd) if cwd else None, stdout, stderr)
+        job = Job(
+            launcher="run",
+            argv=tuple(argv),
+            env=env,
+            settings=settings,
+            conf_dir=confs,
+            app=script,
+            args=tuple(script_args),
+            measurement=measurement,
+            cwd=work,
+        )
+        return _launch(backend, job, on_plan, stdout, stderr)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from trustedml.cli._common import handle_errors
+from trustedml.cli.jobs import _parse_confs, spark_options, tee_options
+from trustedml.tee import measure_job, measurement_settings
+
+
+@click.command(
+    "measure",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@spark_options
+@tee_options
+@click.option(
+    "--py-files",
+    "py_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Extra .py/.zip file shipped with the job (repeatable).",
+)
+@click.option(
+    "--launcher",
+    type=click.Choice(["submit", "run"]),
+    default="submit",
+    show_default=True,
+    help="Measure for `trustedml submit APP`, or for `trustedml run -- python APP`.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the digest and all measured parts.")
+@click.argument("app", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("app_args", nargs=-1, type=click.UNPROCESSED)
+@handle_errors
+def measure_command(
+    app: Path,
+    app_args: tuple[str, ...],
+    py_files: tuple[Path, ...],
+    launcher: str,
+    as_json: bool,
+    master: str,
+    confs: tuple[str, ...],
+    insecure: bool,
+    log_level: str,
+    rpc_tls: bool,
+    no_ui: bool,
+    keks: tuple[str, ...],
+    **_ignored: Any,
+) -> None:
+    """Print the job measurement (SHA-384, hex) of APP with ARGS.
+
+    Takes the options of `trustedml submit`, so a submit command line can be measured
+    by changing only its first word; options that do not enter the measurement (key
+    directory, passphrase, --local-dir, TEE choices) are accepted and ignored, and no
+    passphrase is needed. As for submit, everything after APP goes to the app: give
+    --json before APP.
+    """
+    settings = measurement_settings(
+        secure=not insecure,
+        master=master,
+        rpc_tls=rpc_tls,
+        log_level=log_level,
+        ui=not no_ui,
+        extra=_parse_confs(confs),
+        with_keys=bool(keks),
+    )
+    measurement = measure_job(app, app_args, py_files, settings, launcher=launcher)
+    if as_json:
+        click.echo(json.dumps(measurement.to_dict(), indent=2, sort_keys=True))
+    else:
+        click.echo(measurement.hex)
