@@ -1,32 +1,128 @@
 """What a running job calls to get its keys.
 
-``trustedml submit --kek ID`` hands the job the named key-encryption keys through
-its environment (never argv or a file). Inside the job::
+Two ways keys reach a job:
 
-    from trustedml.runtime import job_keyring
-    df = read_encrypted(spark, path, "csv", keystore=job_keyring(), header=True)
+- **attested release** (``trustedml submit --tee sim|gramine|cvm --broker URL``): the
+  job attests to the key broker with its TEE's evidence, which binds the job
+  measurement, and receives data keys sealed to an ephemeral key of this process.
+  Data keys are cached in memory for the process and never touch disk;
+- **direct** (``trustedml submit --kek ID``): the named key-encryption keys come
+  through the job's environment (never argv or a file), for jobs without a broker.
 
-Attested key release from the key broker replaces this in a later release.
+Inside the job::
+
+    from trustedml.runtime import job_keystore
+    df = read_encrypted(spark, path, "csv", keystore=job_keystore(), header=True)
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from trustedml._secret import Secret
-from trustedml.data._keystore import KeyRing
+from trustedml.data._keystore import DataKey, KeyRing, KeyStore
 from trustedml.errors import KeyStoreError
 
-ENV_KEYRING = "TRUSTEDML_KEYRING"
+if TYPE_CHECKING:
+    from trustedml.broker import KeyBrokerClient
 
-__all__ = ["ENV_KEYRING", "job_keyring"]
+ENV_KEYRING = "TRUSTEDML_KEYRING"
+ENV_BROKER_URL = "TRUSTEDML_BROKER_URL"
+ENV_BROKER_CA = "TRUSTEDML_BROKER_CA"
+
+__all__ = [
+    "ENV_BROKER_CA",
+    "ENV_BROKER_URL",
+    "ENV_KEYRING",
+    "AttestedKeyStore",
+    "job_keyring",
+    "job_keystore",
+]
 
 
 def job_keyring() -> KeyRing:
-    """The key-encryption keys this job was started with."""
+    """The key-encryption keys this job was started with (``submit --kek``)."""
     text = os.environ.get(ENV_KEYRING)
     if not text:
         raise KeyStoreError(
             f"this job has no keys: start it with `trustedml submit --kek ID` ({ENV_KEYRING} unset)"
         )
     return KeyRing.parse(Secret(text))
+
+
+class AttestedKeyStore:
+    """A :class:`~trustedml.data.KeyStore` that attests to the key broker once per
+    process and caches every data key it unwraps, in memory only."""
+
+    def __init__(self, client: KeyBrokerClient) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._unwrapped: dict[tuple[str, bytes], Secret] = {}
+
+    @property
+    def client(self) -> KeyBrokerClient:
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"AttestedKeyStore({self._client.url!r})"
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        raise TypeError("an AttestedKeyStore cannot be pickled (it holds a session key)")
+
+    def generate_data_key(self, key_id: str) -> DataKey:
+        key = self._client.generate_data_key(key_id)
+        with self._lock:
+            self._unwrapped[(key_id, key.wrapped)] = key.plaintext
+        return key
+
+    def unwrap_data_key(self, key_id: str, wrapped: bytes) -> Secret:
+        cache_key = (key_id, bytes(wrapped))
+        with self._lock:
+            found = self._unwrapped.get(cache_key)
+        if found is not None:
+            return found
+        plaintext = self._client.unwrap_data_key(key_id, wrapped)
+        with self._lock:
+            self._unwrapped[cache_key] = plaintext
+        return plaintext
+
+    def for_workers(self, key_ids: Sequence[str]) -> KeyStore:
+        """A picklable key store for this job's Spark workers: they share this
+        process's attested session (one attestation per job in local mode) instead
+        of attesting themselves."""
+        shared: KeyStore = self._client.for_workers(key_ids)
+        return shared
+
+
+_STORE: list[KeyStore] = []
+_STORE_LOCK = threading.Lock()
+
+
+def job_keystore() -> KeyStore:
+    """Where this job gets its data keys: the key broker after attestation when the
+    launcher gave one (``--broker``), else the keys given with ``--kek``."""
+    with _STORE_LOCK:
+        if _STORE:
+            return _STORE[0]
+        url = os.environ.get(ENV_BROKER_URL)
+        if url:
+            # Imported here: a job without a broker needs neither httpx nor the TEE layer.
+            from trustedml.broker import KeyBrokerClient
+            from trustedml.tee import job_evidence_provider, job_measurement
+
+            ca = os.environ.get(ENV_BROKER_CA)
+            client = KeyBrokerClient(
+                url,
+                provider=job_evidence_provider(),
+                ca=Path(ca) if ca else None,
+                job_measurement=job_measurement(),
+            )
+            store: KeyStore = AttestedKeyStore(client)
+        else:
+            store = job_keyring()
+        _STORE.append(store)
+        return store

@@ -226,3 +226,27 @@ def quote_command(
     else:
         out.write_bytes(evidence)
         err_console.print(f"wrote {len(evidence)} bytes of {provider} evidence to {out}")
+
+
+@attest_group.command("sim-key")
+@click.option(
+    "--sim-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=ENV_SIM_KEY,
+    help=f"The signing key (created 0600 if missing; env {ENV_SIM_KEY}).",
+)
+@click.option(
+    "--public-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Write the public key (PEM) here, for `broker serve --trust-sim-key`.",
+)
+@handle_errors
+def sim_key_command(sim_key: Path | None, public_out: Path) -> None:
+    """Create (if needed) this installation's sim signing key; export its public key."""
+    key = SimKey.load_or_create(sim_key or default_sim_key_path())
+    public_out.write_bytes(key.public_key_pem())
+    err_console.print(
+        f"sim public key {key.fingerprint[:16]}… written to {public_out} "
+        "(sim evidence is for development: no hardware protection)"
+    )

@@ -76,6 +76,18 @@ def spark_options(func: F) -> F:
             help="Give the job this key-encryption key from --keys (repeatable); the job "
             "reads it with trustedml.runtime.job_keyring() and Spark's Parquet encryption uses it.",
         ),
+        click.option(
+            "--broker",
+            "broker_url",
+            metavar="URL",
+            help="Key broker (https://HOST:PORT) the job attests to for its data keys: "
+            "trustedml.runtime.job_keystore() in the job. Needs --tee sim|gramine|cvm.",
+        ),
+        click.option(
+            "--broker-ca",
+            type=click.Path(dir_okay=False, exists=True, path_type=Path),
+            help="CA certificate the job verifies the broker with (default: the CA of --keys).",
+        ),
         click.option("--no-ui", is_flag=True, help="Do not start the Spark web UI."),
         click.option(
             "--local-dir",
@@ -196,6 +208,8 @@ def _build_settings(
     no_ui: bool,
     local_dir: Path | None,
     keks: tuple[str, ...],
+    broker_url: str | None,
+    broker_ca: Path | None,
     passphrase_file: Path | None,
     prompt: bool,
 ) -> tuple[SparkSettings, Secret | None]:
@@ -208,6 +222,11 @@ def _build_settings(
         "extra": _parse_confs(confs),
     }
     keys = KeyDirectory(keys_dir) if keys_dir is not None else None
+    if broker_url is not None:
+        if broker_ca is None and keys is not None:
+            broker_ca = keys.ca_cert
+        common["broker_url"] = broker_url
+        common["broker_ca"] = broker_ca.resolve() if broker_ca is not None else None
     if want_enclave_key and keys is None:
         raise click.UsageError(
             "--tee gramine signs the enclave with the key directory's enclave key: "

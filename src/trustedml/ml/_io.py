@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from trustedml.data._files import SUFFIX, read_encrypted_bytes, write_encrypted_bytes
 from trustedml.errors import ConfigError
-from trustedml.runtime import job_keyring
+from trustedml.runtime import job_keystore
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -25,7 +25,7 @@ def read_input_bytes(path: str | os.PathLike[str]) -> bytes:
     if not p.is_file():
         raise ConfigError(f"{p}: expected an existing input file")
     if is_encrypted(p):
-        return read_encrypted_bytes(p, keystore=job_keyring())
+        return read_encrypted_bytes(p, keystore=job_keystore())
     return p.read_bytes()
 
 
@@ -37,7 +37,7 @@ def read_table(spark: SparkSession, path: str | os.PathLike[str], fmt: str = "cs
     p = Path(path)
     encrypted = is_encrypted(p) or (p.is_dir() and any(p.rglob(f"*{SUFFIX}")))
     if encrypted:
-        return read_encrypted(spark, p, fmt, keystore=job_keyring(), **options)
+        return read_encrypted(spark, p, fmt, keystore=job_keystore(), **options)
     reader = spark.read.options(**{k: v for k, v in options.items() if k != "schema"})
     if "schema" in options:
         reader = reader.schema(options["schema"])
@@ -50,10 +50,10 @@ def save_model(data: bytes, path: str | os.PathLike[str], key_id: str) -> Path:
     target = Path(path)
     if not is_encrypted(target):
         target = target.with_name(target.name + SUFFIX)
-    write_encrypted_bytes(data, target, key_id=key_id, keystore=job_keyring())
+    write_encrypted_bytes(data, target, key_id=key_id, keystore=job_keystore())
     return target
 
 
 def load_model(path: str | os.PathLike[str]) -> bytes:
     """The bytes of an encrypted model; a wrong key raises IntegrityError."""
-    return read_encrypted_bytes(path, keystore=job_keyring())
+    return read_encrypted_bytes(path, keystore=job_keystore())

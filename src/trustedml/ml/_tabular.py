@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trustedml.errors import KeyStoreError
+from trustedml.data._keystore import KeyRing
+from trustedml.errors import TrustedMLError
 from trustedml.ml._io import save_model
-from trustedml.runtime import job_keyring
+from trustedml.runtime import job_keystore
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -71,9 +72,12 @@ def require_key(parser: argparse.ArgumentParser, option: str, key_id: str) -> No
     """Stop with a usage error, before any Spark work, when the job was not given the
     KEK ``key_id`` that ``option`` needs to encrypt its output."""
     try:
-        key_ids = job_keyring().key_ids()
-    except KeyStoreError as exc:
+        store = job_keystore()
+    except TrustedMLError as exc:
         parser.error(f"{option}: {exc}")
+    if not isinstance(store, KeyRing):
+        return  # a key broker decides at release time, after attestation
+    key_ids = store.key_ids()
     if key_id not in key_ids:
         parser.error(
             f"{option} {key_id!r}: this job has no such key "

@@ -15,7 +15,7 @@ from trustedml._secret import Secret
 from trustedml.data._keystore import KeyRing
 from trustedml.errors import SparkConfigError
 from trustedml.keys import KeyDirectory
-from trustedml.runtime import ENV_KEYRING
+from trustedml.runtime import ENV_BROKER_CA, ENV_BROKER_URL, ENV_KEYRING
 
 # Environment variables that carry secrets to the Spark JVM. Spark reads the auth
 # secret from _SPARK_AUTH_SECRET ahead of spark.authenticate.secret; the SSL
@@ -109,6 +109,9 @@ class _Common:
     extra: Mapping[str, str] = field(default_factory=dict)
     keyring: KeyRing | None = field(default=None, repr=False)
     pme_jar: Path | None = None
+    # Where the job's trusted runtime gets data keys after attesting (not secret).
+    broker_url: str | None = None
+    broker_ca: Path | None = None
 
     def _validate_common(self) -> None:
         if self.log_level.upper() not in _LOG_LEVELS:
@@ -119,6 +122,10 @@ class _Common:
             raise SparkConfigError("python: expected an interpreter path, got ''")
         _check_extra(self.extra)
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+        if self.broker_url is not None and not self.broker_url.startswith("https://"):
+            raise SparkConfigError(
+                f"broker URL: expected https://HOST:PORT, got {self.broker_url!r}"
+            )
         if self.keyring is not None and self.pme_jar is None:
             from trustedml.spark._pme import kms_client_jar
 
@@ -160,6 +167,10 @@ class _Common:
         }
         if self.keyring is not None:
             env[ENV_KEYRING] = self.keyring.export().reveal_text()
+        if self.broker_url is not None:
+            env[ENV_BROKER_URL] = self.broker_url
+            if self.broker_ca is not None:
+                env[ENV_BROKER_CA] = str(self.broker_ca)
         return env
 
 

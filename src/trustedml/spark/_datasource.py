@@ -26,7 +26,7 @@ from pyspark.sql.datasource import (
 from pyspark.sql.types import StringType, StructField, StructType
 
 from trustedml.data._files import SUFFIX
-from trustedml.data._keystore import KeyRing
+from trustedml.data._keystore import KeyStore
 from trustedml.data._streams import DecryptingReader, EncryptingWriter
 from trustedml.errors import ConfigError
 from trustedml.spark._records import split_csv_records, split_region
@@ -68,7 +68,7 @@ class _Split(InputPartition):
 
 
 class _Reader(DataSourceReader):
-    def __init__(self, ring: KeyRing, options: dict[str, str], schema: StructType) -> None:
+    def __init__(self, ring: KeyStore, options: dict[str, str], schema: StructType) -> None:
         self._ring = ring
         self._mode = options.get("mode", "text")
         self._files = list_files(options["path"])
@@ -183,7 +183,7 @@ def _parquet_batches(
         yield batch if batch.schema.equals(target) else batch.cast(target)
 
 
-def parquet_schema(ring: KeyRing, path: str) -> StructType:
+def parquet_schema(ring: KeyStore, path: str) -> StructType:
     import pyarrow.parquet as pq
     from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -200,7 +200,7 @@ class _CommitMessage(WriterCommitMessage):
 
 class _Writer(DataSourceArrowWriter):
     def __init__(
-        self, ring: KeyRing, options: dict[str, str], schema: StructType, overwrite: bool
+        self, ring: KeyStore, options: dict[str, str], schema: StructType, overwrite: bool
     ) -> None:
         self._ring = ring
         self._path = options["path"]
@@ -329,13 +329,13 @@ def _lower(options: Any) -> dict[str, str]:
 class TrustedMLDataSource(DataSource):
     """Registered per session by :func:`register`, with the session's key ring."""
 
-    _keyring: KeyRing | None = None
+    _keyring: KeyStore | None = None
 
     @classmethod
     def name(cls) -> str:
         return NAME
 
-    def _ring(self) -> KeyRing:
+    def _ring(self) -> KeyStore:
         if self._keyring is None:
             raise ConfigError("the trustedml data source was not registered with keys")
         return self._keyring

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from trustedml.data._keystore import KeyRing, LocalKeyStore
+from trustedml.data._keystore import KeyRing, KeyStore, LocalKeyStore
 from trustedml.errors import ConfigError
+from trustedml.hazmat import framing
 
 if TYPE_CHECKING:
     import pyspark.pandas as ps
@@ -16,17 +17,24 @@ if TYPE_CHECKING:
 FORMATS = ("csv", "json", "text", "parquet")
 
 
-def _ring(keystore: LocalKeyStore | KeyRing) -> KeyRing:
+def _ring(keystore: KeyStore, key_ids: Iterable[str] = ()) -> KeyStore:
+    """What travels to the Python workers: KEKs (a KeyRing), or for an attested key
+    store, the process's broker session, which the workers of this job share."""
     if isinstance(keystore, KeyRing):
         return keystore
     if isinstance(keystore, LocalKeyStore):
         return keystore.keyring()
+    for_workers = getattr(keystore, "for_workers", None)
+    if callable(for_workers):
+        shared: KeyStore = for_workers(sorted(set(key_ids)))
+        return shared
     raise ConfigError(
-        f"keystore: expected a LocalKeyStore or KeyRing, got {type(keystore).__name__}"
+        "keystore: expected a LocalKeyStore, a KeyRing or the job's attested key store, "
+        f"got {type(keystore).__name__}"
     )
 
 
-def register(spark: SparkSession, keystore: LocalKeyStore | KeyRing) -> None:
+def register(spark: SparkSession, keystore: KeyStore, key_ids: Iterable[str] = ()) -> None:
     """Register the ``trustedml`` data source for ``spark`` with these keys.
 
     The key-encryption keys travel pickled with the data source to Spark's Python
@@ -34,13 +42,26 @@ def register(spark: SparkSession, keystore: LocalKeyStore | KeyRing) -> None:
     """
     from trustedml.spark._datasource import TrustedMLDataSource
 
-    ring = _ring(keystore)
+    ring = _ring(keystore, key_ids)
     if getattr(spark, "_trustedml_keyring", None) == ring:
         return
     # A subclass per registration carries the keys; cloudpickle ships it by value.
     bound = type("TrustedMLDataSource", (TrustedMLDataSource,), {"_keyring": ring})
     spark.dataSource.register(bound)
     spark._trustedml_keyring = ring  # type: ignore[attr-defined]
+
+
+def _file_key_ids(path: str) -> set[str]:
+    """The KEK ids named by the headers of the encrypted files under ``path``: what an
+    attested key store must attest for before the workers share its session."""
+    from trustedml.spark._datasource import list_files
+
+    ids = set()
+    for name in list_files(path):
+        with open(name, "rb") as f:
+            head = f.read(framing.FIXED_SIZE + framing.MAX_KEY_ID + 2 + framing.MAX_WRAPPED)
+        ids.add(framing.Header.parse(head, name).key_id)
+    return ids
 
 
 def _check_format(fmt: str) -> str:
@@ -58,7 +79,7 @@ def read_encrypted(
     path: str | os.PathLike[str],
     fmt: str,
     *,
-    keystore: LocalKeyStore | KeyRing,
+    keystore: KeyStore,
     **options: Any,
 ) -> DataFrame:
     """Read an encrypted file or directory into a DataFrame.
@@ -70,8 +91,8 @@ def read_encrypted(
     from pyspark.sql import DataFrame
 
     _check_format(fmt)
-    register(spark, keystore)
     path = os.fspath(path)
+    register(spark, keystore, _file_key_ids(path) if hasattr(keystore, "for_workers") else ())
     opts = {k: v for k, v in options.items() if k not in ("schema", "splitBytes")}
     schema = options.get("schema")
     multiline = _truthy(opts.get("multiLine", opts.get("multiline", False)))
@@ -117,7 +138,7 @@ def write_encrypted(
     fmt: str,
     key_id: str,
     *,
-    keystore: LocalKeyStore | KeyRing,
+    keystore: KeyStore,
     mode: str = "errorifexists",
     **options: Any,
 ) -> None:
@@ -127,7 +148,7 @@ def write_encrypted(
 
     _check_format(fmt)
     spark = df.sparkSession
-    register(spark, keystore)
+    register(spark, keystore, [key_id])
     path = os.fspath(path)
     if mode not in ("errorifexists", "error", "overwrite", "append", "ignore"):
         raise ConfigError(
@@ -164,7 +185,7 @@ def read_encrypted_pandas(
     path: str | os.PathLike[str],
     fmt: str,
     *,
-    keystore: LocalKeyStore | KeyRing,
+    keystore: KeyStore,
     **options: Any,
 ) -> ps.DataFrame[Any]:
     """:func:`read_encrypted` as a pandas-on-Spark frame."""
@@ -177,7 +198,7 @@ def write_encrypted_pandas(
     fmt: str,
     key_id: str,
     *,
-    keystore: LocalKeyStore | KeyRing,
+    keystore: KeyStore,
     mode: str = "errorifexists",
     index: bool = False,
     **options: Any,

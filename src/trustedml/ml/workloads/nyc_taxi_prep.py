@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from trustedml.errors import TrustedMLError
 from trustedml.ml._io import read_table
 from trustedml.ml._tabular import default_dataset, require_key, spark_session
-from trustedml.runtime import job_keyring
+from trustedml.runtime import job_keystore
 from trustedml.spark import write_encrypted_pandas
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.output,
                 "csv",
                 args.key_id,
-                keystore=job_keyring(),
+                keystore=job_keystore(),
                 mode="overwrite" if args.overwrite else "errorifexists",
                 header=True,
                 timestampFormat=TIMESTAMP_FORMAT,
