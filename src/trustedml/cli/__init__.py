@@ -6,6 +6,7 @@ import click
 
 from trustedml import __version__
 from trustedml.cli.attest import attest_group
+from trustedml.cli.broker import broker_group
 from trustedml.cli.data import decrypt_command, encrypt_command
 from trustedml.cli.jobs import run_command, submit_command
 from trustedml.cli.keys import keys_group
@@ -27,6 +28,7 @@ cli.add_command(decrypt_command)
 cli.add_command(example_command)
 cli.add_command(attest_group)
 cli.add_command(measure_command)
+cli.add_command(broker_group)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.progress import (
@@ -16,16 +17,23 @@ from rich.progress import (
 from trustedml import (
     FileResult,
     KeyDirectory,
+    KeyStore,
     LocalKeyStore,
     decrypt_path,
     encrypt_path,
 )
+from trustedml.broker import KeyBrokerClient
 from trustedml.cli._common import (
     ENV_KEYS,
     err_console,
     get_passphrase,
     handle_errors,
     passphrase_options,
+)
+from trustedml.cli.broker import (
+    ENV_BROKER_CA,
+    evidence_options,
+    make_broker_client,
 )
 from trustedml.hazmat import framing
 
@@ -64,19 +72,47 @@ def _bar() -> Progress:
 
 
 def keys_option(func: click.decorators.FC) -> click.decorators.FC:
+    func = evidence_options(func)
+    func = click.option(
+        "--ca",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        envvar=ENV_BROKER_CA,
+        help=f"With --broker: CA certificate of the broker (env {ENV_BROKER_CA}; default: "
+        "the CA of --keys if given, else the system's trust store).",
+    )(func)
+    func = click.option(
+        "--broker",
+        "broker_url",
+        help="Get data keys from this key broker (https://HOST:PORT) after attesting with "
+        "--evidence-provider, instead of from --keys.",
+    )(func)
     return click.option(
         "--keys",
         "keys_dir",
-        required=True,
         type=click.Path(file_okay=False, path_type=Path),
         envvar=ENV_KEYS,
         help=f"Key directory holding the key-encryption keys (env {ENV_KEYS}).",
     )(func)
 
 
-def _store(keys_dir: Path, passphrase_file: Path | None, prompt: bool) -> LocalKeyStore:
+def _store(
+    keys_dir: Path | None, passphrase_file: Path | None, prompt: bool, broker: dict[str, Any]
+) -> KeyStore:
+    url = broker.pop("broker_url")
+    ca = broker.pop("ca")
+    if url:
+        if ca is None and keys_dir is not None:
+            ca = KeyDirectory(keys_dir).ca_cert
+        return make_broker_client(url, ca, **broker)
+    if keys_dir is None:
+        raise click.UsageError(f"give --keys DIR (or {ENV_KEYS}), or --broker URL")
     keys = KeyDirectory(keys_dir)
     return LocalKeyStore(keys, get_passphrase(passphrase_file, prompt))
+
+
+def _close(store: KeyStore) -> None:
+    if isinstance(store, KeyBrokerClient):
+        store.close()
 
 
 def _report(results: list[FileResult], action: str, as_json: bool) -> None:
@@ -120,23 +156,27 @@ def encrypt_command(
     source: Path,
     target: Path,
     key_id: str,
-    keys_dir: Path,
+    keys_dir: Path | None,
     chunk_size: int,
     as_json: bool,
     passphrase_file: Path | None,
     prompt: bool,
+    **broker: Any,
 ) -> None:
     """Encrypt SOURCE (a file, or every file under a directory) into TARGET."""
-    store = _store(keys_dir, passphrase_file, prompt)
-    with _bar() as bar:
-        results = encrypt_path(
-            source,
-            target,
-            key_id=key_id,
-            keystore=store,
-            log2_chunk=chunk_size,
-            progress=RichProgress(bar),
-        )
+    store = _store(keys_dir, passphrase_file, prompt, broker)
+    try:
+        with _bar() as bar:
+            results = encrypt_path(
+                source,
+                target,
+                key_id=key_id,
+                keystore=store,
+                log2_chunk=chunk_size,
+                progress=RichProgress(bar),
+            )
+    finally:
+        _close(store)
     _report(results, "encrypted", as_json)
 
 
@@ -150,16 +190,20 @@ def encrypt_command(
 def decrypt_command(
     source: Path,
     target: Path,
-    keys_dir: Path,
+    keys_dir: Path | None,
     as_json: bool,
     passphrase_file: Path | None,
     prompt: bool,
+    **broker: Any,
 ) -> None:
     """Decrypt SOURCE (a .tml file, or a directory of them) into TARGET.
 
     Every chunk is authenticated; on any failure nothing is written.
     """
-    store = _store(keys_dir, passphrase_file, prompt)
-    with _bar() as bar:
-        results = decrypt_path(source, target, keystore=store, progress=RichProgress(bar))
+    store = _store(keys_dir, passphrase_file, prompt, broker)
+    try:
+        with _bar() as bar:
+            results = decrypt_path(source, target, keystore=store, progress=RichProgress(bar))
+    finally:
+        _close(store)
     _report(results, "decrypted", as_json)

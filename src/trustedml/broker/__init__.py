@@ -1,0 +1,57 @@
+"""The key broker: attestation-gated release of data keys, with an audit log.
+
+A broker keeps key-encryption keys (KEKs), each wrapped by its master key, in an
+embedded database, and releases data keys only to a client whose evidence verifies
+and satisfies the key's policy. Every decision is appended to a MAC-chained audit
+log. The protocol is specified in docs/broker-protocol.md.
+"""
+
+from trustedml.broker._app import create_app
+from trustedml.broker._audit import AuditEntry, AuditHead, AuditVerification
+from trustedml.broker._client import (
+    AttestationResult,
+    BrokerAdminClient,
+    BrokerSession,
+    KeyBrokerClient,
+    client_ssl_context,
+)
+from trustedml.broker._config import BrokerConfig, broker_secrets
+from trustedml.broker._errors import (
+    AuditLogError,
+    BrokerKeyNotFoundError,
+    BrokerRefusedError,
+    BrokerUnavailableError,
+    KeyBrokerError,
+)
+from trustedml.broker._master import ADMIN_TOKEN_SECRET, MASTER_KEY_SECRET
+from trustedml.broker._server import BrokerServer, build_ssl_context, serve
+from trustedml.broker._store import BrokerStore, SQLiteStore, open_store
+from trustedml.broker._verify import verify_audit_log
+
+__all__ = [
+    "ADMIN_TOKEN_SECRET",
+    "MASTER_KEY_SECRET",
+    "AttestationResult",
+    "AuditEntry",
+    "AuditHead",
+    "AuditLogError",
+    "AuditVerification",
+    "BrokerAdminClient",
+    "BrokerConfig",
+    "BrokerKeyNotFoundError",
+    "BrokerRefusedError",
+    "BrokerServer",
+    "BrokerSession",
+    "BrokerStore",
+    "BrokerUnavailableError",
+    "KeyBrokerClient",
+    "KeyBrokerError",
+    "SQLiteStore",
+    "broker_secrets",
+    "build_ssl_context",
+    "client_ssl_context",
+    "create_app",
+    "open_store",
+    "serve",
+    "verify_audit_log",
+]

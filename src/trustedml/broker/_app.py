@@ -1,0 +1,251 @@
+"""The broker's HTTP API (docs/broker-protocol.md) as a Starlette ASGI application."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from trustedml._version import __version__
+from trustedml.broker._config import BrokerConfig
+from trustedml.broker._service import BrokerService, Refusal
+from trustedml.broker._store import BrokerStore
+
+log = logging.getLogger("trustedml.broker")
+
+_NO_STORE = {"Cache-Control": "no-store"}
+MAX_AUDIT_PAGE = 1000
+
+
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    return Response(
+        body,
+        status_code=status,
+        media_type="application/json",
+        headers={**_NO_STORE, **(headers or {})},
+    )
+
+
+def _refusal_response(exc: Refusal) -> Response:
+    return json_response(exc.to_dict(), exc.status, exc.headers)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 beyond ``limit`` bytes (checked while reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise Refusal(400, "bad_request", "Content-Length is not a number") from None
+        if size > limit:
+            raise Refusal(
+                413, "too_large", f"request body of {size} bytes exceeds the limit of {limit}"
+            )
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise Refusal(413, "too_large", f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guard(handler: Handler) -> Handler:
+    """Refusals become JSON errors; anything unexpected becomes a logged 500."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Refusal as exc:
+            return _refusal_response(exc)
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.url.path)
+            return json_response(
+                {"error": "internal", "message": "internal error", "reasons": []}, 500
+            )
+
+    return wrapped
+
+
+def create_app(
+    config: BrokerConfig,
+    *,
+    store: BrokerStore | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """The broker as an ASGI app. ``app.state.broker`` is its :class:`BrokerService`;
+    the store opens at startup (or earlier, by calling ``open()``) and closes at
+    shutdown."""
+    service = BrokerService(config, store=store, clock=clock)
+
+    async def health(request: Request) -> Response:
+        return json_response({"status": "ok", "version": __version__, "api": "v1"})
+
+    async def challenge(request: Request) -> Response:
+        await read_body(request, config.max_body)
+        return json_response(await service.challenge(_client(request)))
+
+    async def attest(request: Request) -> Response:
+        body = await read_body(request, config.max_attest_body)
+        return json_response(await service.attest(_client(request), body))
+
+    def release(operation: str) -> Handler:
+        async def handler(request: Request) -> Response:
+            body = await read_body(request, config.max_body)
+            doc = await service.release(
+                operation,
+                _client(request),
+                request.path_params["key_id"],
+                request.headers.get("authorization"),
+                body,
+            )
+            return json_response(doc)
+
+        return handler
+
+    def admin(
+        action: str, handler: Callable[[Request], Awaitable[Any]], status: int = 200
+    ) -> Handler:
+        async def wrapped(request: Request) -> Response:
+            await service.check_admin(
+                request.headers.get("authorization"), _client(request), action
+            )
+            return json_response(await handler(request), status)
+
+        return wrapped
+
+    async def keys_get(request: Request) -> Any:
+        return service.list_keys()
+
+    async def keys_post(request: Request) -> Any:
+        return await service.create_key(
+            _client(request), await read_body(request, config.max_admin_body)
+        )
+
+    async def key_get(request: Request) -> Any:
+        return service.get_key(request.path_params["key_id"])
+
+    async def key_delete(request: Request) -> Any:
+        return await service.delete_key(_client(request), request.path_params["key_id"])
+
+    async def key_rotate(request: Request) -> Any:
+        await read_body(request, config.max_admin_body)
+        return await service.rotate_key(_client(request), request.path_params["key_id"])
+
+    def key_state(enabled: bool) -> Callable[[Request], Awaitable[Any]]:
+        async def handler(request: Request) -> Any:
+            await read_body(request, config.max_admin_body)
+            return await service.set_state(_client(request), request.path_params["key_id"], enabled)
+
+        return handler
+
+    async def policy_get(request: Request) -> Any:
+        return service.get_policy(request.path_params["key_id"])
+
+    async def policy_put(request: Request) -> Any:
+        body = await read_body(request, config.max_admin_body)
+        return await service.set_policy(_client(request), request.path_params["key_id"], body)
+
+    async def audit_get(request: Request) -> Any:
+        try:
+            after = int(request.query_params.get("after", "0"))
+            limit = int(request.query_params.get("limit", "100"))
+        except ValueError:
+            raise Refusal(400, "bad_request", "after and limit must be integers") from None
+        if after < 0 or not 1 <= limit <= MAX_AUDIT_PAGE:
+            raise Refusal(
+                400, "bad_request", f"expected after >= 0 and 1 <= limit <= {MAX_AUDIT_PAGE}"
+            )
+        return await service.read_audit(after, limit)
+
+    async def stats_get(request: Request) -> Any:
+        return service.stats()
+
+    routes = [  # the busiest first: Starlette tries them in order
+        Route("/v1/keys/{key_id}/unwrap", _guard(release("unwrap")), methods=["POST"]),
+        Route("/v1/keys/{key_id}/datakey", _guard(release("datakey")), methods=["POST"]),
+        Route("/v1/challenge", _guard(challenge), methods=["POST"]),
+        Route("/v1/attest", _guard(attest), methods=["POST"]),
+        Route("/v1/health", _guard(health), methods=["GET"]),
+        Route("/v1/admin/keys", _guard(admin("key.list", keys_get)), methods=["GET"]),
+        Route("/v1/admin/keys", _guard(admin("key.create", keys_post, 201)), methods=["POST"]),
+        Route("/v1/admin/keys/{key_id}", _guard(admin("key.show", key_get)), methods=["GET"]),
+        Route(
+            "/v1/admin/keys/{key_id}", _guard(admin("key.delete", key_delete)), methods=["DELETE"]
+        ),
+        Route(
+            "/v1/admin/keys/{key_id}/rotate",
+            _guard(admin("key.rotate", key_rotate)),
+            methods=["POST"],
+        ),
+        Route(
+            "/v1/admin/keys/{key_id}/disable",
+            _guard(admin("key.disable", key_state(False))),
+            methods=["POST"],
+        ),
+        Route(
+            "/v1/admin/keys/{key_id}/enable",
+            _guard(admin("key.enable", key_state(True))),
+            methods=["POST"],
+        ),
+        Route(
+            "/v1/admin/keys/{key_id}/policy",
+            _guard(admin("key.policy.show", policy_get)),
+            methods=["GET"],
+        ),
+        Route(
+            "/v1/admin/keys/{key_id}/policy",
+            _guard(admin("key.policy", policy_put)),
+            methods=["PUT"],
+        ),
+        Route("/v1/admin/audit", _guard(admin("audit.show", audit_get)), methods=["GET"]),
+        Route("/v1/admin/stats", _guard(admin("stats", stats_get)), methods=["GET"]),
+    ]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return json_response(
+            {"error": code, "message": str(exc.detail), "reasons": []},
+            exc.status_code,
+            dict(exc.headers or {}),
+        )
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("internal error on %s %s: %r", request.method, request.url.path, exc)
+        return json_response({"error": "internal", "message": "internal error", "reasons": []}, 500)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        service.open()
+        try:
+            yield
+        finally:
+            service.close()
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        lifespan=lifespan,
+    )
+    app.state.broker = service
+    return app

@@ -1,0 +1,499 @@
+"""Where the broker keeps its state: keys (wrapped KEKs, policies) and the audit log.
+
+The default store is one SQLite file in WAL mode with ``synchronous=FULL``: a write
+returns only when it is on disk. Writes reach it through one writer thread that
+commits whatever is queued in one transaction (group commit), so many concurrent
+requests share one fsync. The schema is in docs/broker-protocol.md.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from trustedml.broker._audit import AuditEntry, AuditHead
+from trustedml.broker._errors import AuditLogError, KeyBrokerError
+from trustedml.errors import ConfigError
+
+SCHEMA_VERSION = 1
+KEY_STATES = ("enabled", "disabled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys (
+    key_id          TEXT PRIMARY KEY,
+    state           TEXT NOT NULL CHECK (state IN ('enabled', 'disabled')),
+    current_version INTEGER NOT NULL CHECK (current_version >= 1),
+    policy          TEXT,
+    policy_revision INTEGER NOT NULL,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS key_versions (
+    key_id      TEXT NOT NULL REFERENCES keys (key_id) ON DELETE CASCADE,
+    version     INTEGER NOT NULL CHECK (version >= 1),
+    wrapped_kek BLOB NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (key_id, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (
+    seq         INTEGER PRIMARY KEY,
+    time        TEXT NOT NULL,
+    event       TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    key_id      TEXT,
+    client      TEXT,
+    measurement TEXT,
+    reasons     TEXT NOT NULL,
+    details     TEXT NOT NULL,
+    prev_mac    TEXT NOT NULL,
+    mac         TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    key_id: str
+    state: str
+    current_version: int
+    policy: str | None  # Policy.to_dict() as JSON, or None: no release
+    policy_revision: int
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    key_id: str
+    version: int
+    wrapped_kek: bytes
+    created_at: str
+
+
+@dataclass(frozen=True)
+class PutKey:
+    """Insert or replace a key's row."""
+
+    row: KeyRow
+
+
+@dataclass(frozen=True)
+class PutVersion:
+    row: VersionRow
+
+
+@dataclass(frozen=True)
+class DeleteKey:
+    """Remove a key and every version of it (its wrapped data keys become unreadable)."""
+
+    key_id: str
+
+
+@dataclass(frozen=True)
+class AppendAudit:
+    entry: AuditEntry
+
+
+@dataclass(frozen=True)
+class SetAuditHead:
+    """Record the audit log's head (once per transaction, after its entries)."""
+
+    head: AuditHead
+
+
+StoreOp = PutKey | PutVersion | DeleteKey | AppendAudit | SetAuditHead
+
+
+@runtime_checkable
+class BrokerStore(Protocol):
+    """The broker's persistence. Implementations: :class:`SQLiteStore`.
+
+    ``write`` is called from one thread at a time and must be durable and atomic
+    (all operations or none) when it returns; the other methods may be called from
+    any thread.
+    """
+
+    def initialize(self, master_check: str) -> None:
+        """Create the schema, or check that the store belongs to this master key."""
+        ...
+
+    def master_check(self) -> str | None:
+        """The stored master key check value (None: not initialized)."""
+        ...
+
+    def load_keys(self) -> tuple[list[KeyRow], list[VersionRow]]: ...
+
+    def audit_head(self) -> AuditHead | None: ...
+
+    def write(self, ops: Sequence[StoreOp]) -> None: ...
+
+    def audit_snapshot(
+        self, after: int = 0, limit: int | None = None
+    ) -> tuple[list[AuditEntry], AuditHead | None]:
+        """Audit entries with seq > ``after`` (at most ``limit``), and the head, read
+        in one consistent snapshot."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _create_private(path: Path) -> None:
+    # SQLite gives its -wal and -shm files the main file's permissions.
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+
+
+def _head_from_text(text: str | None) -> AuditHead | None:
+    if text is None:
+        return None
+    try:
+        doc = json.loads(text)
+        return AuditHead(int(doc["seq"]), str(doc["mac"]), str(doc["head_mac"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AuditLogError("audit log head in the database is malformed") from exc
+
+
+def _entry_from_row(row: sqlite3.Row) -> AuditEntry:
+    seq = int(row["seq"])
+    try:
+        reasons = json.loads(row["reasons"])
+        details = json.loads(row["details"])
+        if not isinstance(reasons, list) or not isinstance(details, dict):
+            raise TypeError
+        return AuditEntry(
+            seq=seq,
+            time=str(row["time"]),
+            event=str(row["event"]),
+            outcome=str(row["outcome"]),
+            key_id=row["key_id"],
+            client=row["client"],
+            measurement=row["measurement"],
+            reasons=tuple(str(r) for r in reasons),
+            details=details,
+            prev_mac=str(row["prev_mac"]),
+            mac=str(row["mac"]),
+        )
+    except (ValueError, TypeError) as exc:
+        raise AuditLogError(f"audit log row seq={seq} is malformed", seq=seq) from exc
+
+
+class SQLiteStore:
+    """The embedded store: one SQLite database file (WAL, synchronous=FULL)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise ConfigError(f"database directory {self.path.parent} does not exist")
+        _create_private(self.path)
+        self._lock = threading.Lock()
+        self._conn = self._connect()
+        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise KeyBrokerError(f"{self.path}: cannot switch the database to WAL mode")
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    def _connect(self, *, readonly: bool = False) -> sqlite3.Connection:
+        try:
+            if readonly:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+            else:
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=30, check_same_thread=False
+                )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.Error as exc:
+            raise KeyBrokerError(f"{self.path}: cannot open the database: {exc}") from exc
+        return conn
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect(readonly=True)
+        try:
+            conn.execute("BEGIN")
+            yield conn
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise KeyBrokerError(f"{self.path}: cannot read the database: {exc}") from exc
+        finally:
+            conn.close()
+
+    def initialize(self, master_check: str) -> None:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    self._conn.execute(statement)
+                meta = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
+                if not meta:
+                    self._conn.executemany(
+                        "INSERT INTO meta (name, value) VALUES (?, ?)",
+                        [("schema_version", str(SCHEMA_VERSION)), ("master_check", master_check)],
+                    )
+                self._conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise KeyBrokerError(f"{self.path}: not a broker database: {exc}") from exc
+        if meta:
+            if meta.get("schema_version") != str(SCHEMA_VERSION):
+                raise KeyBrokerError(
+                    f"{self.path}: unsupported schema version: expected {SCHEMA_VERSION}, "
+                    f"got {meta.get('schema_version')!r}"
+                )
+            if meta.get("master_check") != master_check:
+                raise KeyBrokerError(
+                    f"{self.path}: this database belongs to another broker master key "
+                    "(another key directory?)"
+                )
+
+    def master_check(self) -> str | None:
+        with self._reader() as conn:
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE name = 'master_check'").fetchone()
+            except sqlite3.OperationalError:
+                return None  # no schema yet
+        return str(row[0]) if row else None
+
+    def load_keys(self) -> tuple[list[KeyRow], list[VersionRow]]:
+        with self._reader() as conn:
+            keys = [
+                KeyRow(
+                    r["key_id"],
+                    r["state"],
+                    int(r["current_version"]),
+                    r["policy"],
+                    int(r["policy_revision"]),
+                    r["created_at"],
+                    r["updated_at"],
+                )
+                for r in conn.execute("SELECT * FROM keys ORDER BY key_id")
+            ]
+            versions = [
+                VersionRow(r["key_id"], int(r["version"]), bytes(r["wrapped_kek"]), r["created_at"])
+                for r in conn.execute("SELECT * FROM key_versions ORDER BY key_id, version")
+            ]
+        return keys, versions
+
+    def audit_head(self) -> AuditHead | None:
+        with self._reader() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE name = 'audit_head'").fetchone()
+        return _head_from_text(row[0] if row else None)
+
+    def audit_snapshot(
+        self, after: int = 0, limit: int | None = None
+    ) -> tuple[list[AuditEntry], AuditHead | None]:
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, -1 if limit is None else limit),
+            ).fetchall()
+            head = conn.execute("SELECT value FROM meta WHERE name = 'audit_head'").fetchone()
+        return [_entry_from_row(r) for r in rows], _head_from_text(head[0] if head else None)
+
+    def write(self, ops: Sequence[StoreOp]) -> None:
+        head: AuditHead | None = None
+        audit: list[tuple[object, ...]] = []
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for op in ops:
+                    if isinstance(op, AppendAudit):
+                        e = op.entry
+                        audit.append(
+                            (
+                                e.seq,
+                                e.time,
+                                e.event,
+                                e.outcome,
+                                e.key_id,
+                                e.client,
+                                e.measurement,
+                                json.dumps(list(e.reasons)),
+                                json.dumps(dict(e.details), sort_keys=True),
+                                e.prev_mac,
+                                e.mac,
+                            )
+                        )
+                        continue
+                    if audit:  # keep the order of operations
+                        self._insert_audit(conn, audit)
+                        audit = []
+                    if isinstance(op, SetAuditHead):
+                        head = op.head
+                    elif isinstance(op, PutKey):
+                        k = op.row
+                        conn.execute(
+                            # An upsert, not INSERT OR REPLACE: a replace deletes the
+                            # row first, and the cascade would take the key's versions.
+                            "INSERT INTO keys (key_id, state, current_version, policy, "
+                            "policy_revision, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                            "ON CONFLICT (key_id) DO UPDATE SET state = excluded.state, "
+                            "current_version = excluded.current_version, "
+                            "policy = excluded.policy, policy_revision = excluded.policy_revision, "
+                            "updated_at = excluded.updated_at",
+                            (
+                                k.key_id,
+                                k.state,
+                                k.current_version,
+                                k.policy,
+                                k.policy_revision,
+                                k.created_at,
+                                k.updated_at,
+                            ),
+                        )
+                    elif isinstance(op, PutVersion):
+                        v = op.row
+                        conn.execute(
+                            "INSERT INTO key_versions (key_id, version, wrapped_kek, created_at) "
+                            "VALUES (?, ?, ?, ?)",
+                            (v.key_id, v.version, v.wrapped_kek, v.created_at),
+                        )
+                    else:
+                        conn.execute("DELETE FROM key_versions WHERE key_id = ?", (op.key_id,))
+                        conn.execute("DELETE FROM keys WHERE key_id = ?", (op.key_id,))
+                if audit:
+                    self._insert_audit(conn, audit)
+                if head is not None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO meta (name, value) VALUES ('audit_head', ?)",
+                        (json.dumps(head.to_dict(), sort_keys=True),),
+                    )
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise KeyBrokerError(f"{self.path}: write failed: {exc}") from exc
+
+    @staticmethod
+    def _insert_audit(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+        conn.executemany(
+            "INSERT INTO audit (seq, time, event, outcome, key_id, client, measurement, "
+            "reasons, details, prev_mac, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                # Fold the WAL back into the database on a clean shutdown.
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.close()
+
+
+def open_store(target: str | os.PathLike[str]) -> BrokerStore:
+    """A store for a path (SQLite) or a URL (``sqlite:///PATH``; server databases
+    through SQLAlchemy are not implemented yet)."""
+    text = os.fspath(target)
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme == "sqlite" and rest.startswith("/"):
+            return SQLiteStore(rest[1:] if rest.startswith("//") else rest)
+        raise ConfigError(
+            f"database: expected a file path or sqlite:///PATH, got a {scheme!r} URL "
+            "(server databases via SQLAlchemy are not supported yet)"
+        )
+    return SQLiteStore(text)
+
+
+# -- group commit ----------------------------------------------------------------------
+
+_STOP = object()
+
+
+class GroupCommitWriter:
+    """One thread that writes queued operations to a :class:`BrokerStore`, committing
+    everything queued at that moment in one durable transaction.
+
+    A failed write fails every request of its batch and stops the writer for good:
+    the in-memory state is then ahead of the disk, so the broker must restart.
+    """
+
+    def __init__(
+        self,
+        store: BrokerStore,
+        *,
+        head_of: Callable[[AuditEntry], AuditHead] | None = None,
+        max_batch: int = 2048,
+    ) -> None:
+        self._store = store
+        self._head_of = head_of
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="broker-writer", daemon=True)
+        self.failed: BaseException | None = None
+        self.batches = 0  # transactions committed
+        self.jobs = 0  # submissions they carried
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, ops: Sequence[StoreOp]) -> concurrent.futures.Future[None]:
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if self.failed is not None:
+            future.set_exception(KeyBrokerError("the broker's store failed; restart the broker"))
+        else:
+            self._queue.put((tuple(ops), future))
+        return future
+
+    def close(self) -> None:
+        """Write what is queued, then stop."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            jobs: list[tuple[tuple[StoreOp, ...], concurrent.futures.Future[None]]] = batch  # type: ignore[assignment]
+            ops: list[StoreOp] = [op for job_ops, _ in jobs for op in job_ops]
+            if self._head_of is not None:
+                last = next((op for op in reversed(ops) if isinstance(op, AppendAudit)), None)
+                if last is not None:
+                    ops.append(SetAuditHead(self._head_of(last.entry)))
+            try:
+                if self.failed is not None:
+                    raise KeyBrokerError("the broker's store failed; restart the broker")
+                self._store.write(ops)
+            except BaseException as exc:
+                self.failed = self.failed or exc
+                for _, future in jobs:
+                    future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.jobs += len(jobs)
+            for _, future in jobs:
+                future.set_result(None)

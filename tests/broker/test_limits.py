@@ -1,0 +1,201 @@
+"""Bad input and limits: always a 4xx with a reason, never a 500."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.broker.conftest import Broker
+from tests.broker.peer import RawPeer, b64
+from trustedml.broker import BrokerRefusedError, client_ssl_context
+
+
+@pytest.fixture
+def http(broker: Broker) -> httpx.Client:
+    client = httpx.Client(base_url=broker.url, verify=client_ssl_context(broker.ca), timeout=30)
+    broker.clients.append(client)
+    return client
+
+
+def _error(response: httpx.Response, status: int) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    doc = response.json()
+    assert isinstance(doc, dict)
+    assert doc["error"]
+    assert doc["message"]
+    return doc
+
+
+@pytest.mark.parametrize("path", ["/v1/attest", "/v1/keys/k/datakey", "/v1/keys/k/unwrap"])
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{", b"null", b"[]", b'"text"', b"\xff\xfe", b'{"nonce": 1}', b"{}"],
+)
+def test_malformed_json_is_400(http: httpx.Client, path: str, body: bytes) -> None:
+    response = http.post(path, content=body, headers={"Content-Type": "application/json"})
+    doc = _error(response, 400)
+    assert doc["error"] == "bad_request"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("nonce", "not base64!", "nonce: not valid base64"),
+        ("nonce", b64(b"short"), "nonce: expected 32 bytes"),
+        ("client_public_key", b64(b"x" * 31), "client_public_key: expected 32 bytes"),
+        ("evidence", 42, "evidence: expected a base64 string"),
+        ("evidence", "", "evidence: must not be empty"),
+        ("key_ids", [], "key_ids"),
+        ("key_ids", "k", "key_ids"),
+        ("key_ids", ["bad key"], "key_ids[]"),
+        ("job_measurement", "xyz", "job_measurement"),
+        ("job_measurement", "ab" * 65, "job_measurement"),
+    ],
+)
+def test_bad_attest_fields_are_400_naming_the_field(
+    broker: Broker, field: str, value: object, fragment: str
+) -> None:
+    peer = RawPeer(broker)
+    body = peer.attest_body(peer.challenge(), ["k"])
+    body[field] = value
+    doc = _error(peer.http.post("/v1/attest", json=body), 400)
+    assert fragment in str(doc["message"])
+
+
+def test_request_size_caps(broker: Broker, http: httpx.Client) -> None:
+    big = b"{" + b" " * (broker.config.max_body + 1) + b"}"
+    doc = _error(http.post("/v1/keys/k/unwrap", content=big), 413)
+    assert doc["error"] == "too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while reading
+        for _ in range(broker.config.max_attest_body // 65536 + 2):
+            yield b" " * 65536
+
+    doc = _error(http.post("/v1/attest", content=chunks()), 413)
+    assert doc["error"] == "too_large"
+    _error(http.post("/v1/challenge", content=b"x" * (broker.config.max_body + 1)), 413)
+
+
+def test_challenge_rate_per_client(fresh_broker: Broker) -> None:
+    http = httpx.Client(base_url=fresh_broker.url, verify=client_ssl_context(fresh_broker.ca))
+    fresh_broker.clients.append(http)
+    burst = fresh_broker.config.challenge_burst
+    statuses = [http.post("/v1/challenge").status_code for _ in range(burst + 5)]
+    assert statuses[:burst] == [200] * burst
+    assert statuses[burst:] == [429] * 5
+    response = http.post("/v1/challenge")
+    doc = _error(response, 429)
+    assert doc["error"] == "rate_limited"
+    assert int(response.headers["retry-after"]) >= 1
+    fresh_broker.clock.advance(1.0)  # the bucket refills at challenge_rate per second
+    assert http.post("/v1/challenge").status_code == 200
+
+
+def test_client_gives_up_after_retrying_rate_limits(fresh_broker: Broker) -> None:
+    http = httpx.Client(base_url=fresh_broker.url, verify=client_ssl_context(fresh_broker.ca))
+    fresh_broker.clients.append(http)
+    key_id = fresh_broker.new_key()
+    for _ in range(fresh_broker.config.challenge_burst):
+        http.post("/v1/challenge")
+    with pytest.raises(BrokerRefusedError) as info:
+        fresh_broker.client().generate_data_key(key_id)
+    assert info.value.status == 429
+
+
+def test_unknown_routes_and_methods_are_json_4xx(http: httpx.Client) -> None:
+    assert _error(http.get("/v1/nothing"), 404)["error"] == "not_found"
+    assert _error(http.get("/v1/challenge"), 405)["error"] == "method_not_allowed"
+    assert _error(http.get("/"), 404)["error"] == "not_found"
+    assert http.get("/v1/health").json()["status"] == "ok"
+
+
+PATHS = ["/v1/attest", "/v1/keys/k/datakey", "/v1/keys/k/unwrap", "/v1/challenge"]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "nonce": json_values | st.binary(max_size=40).map(b64),
+        "evidence": json_values | st.binary(max_size=200).map(b64),
+        "collateral": json_values,
+        "client_public_key": json_values | st.binary(min_size=32, max_size=32).map(b64),
+        "key_ids": json_values | st.lists(st.text(max_size=8), max_size=3),
+        "job_measurement": json_values,
+        "request_id": json_values | st.binary(min_size=16, max_size=16).map(b64),
+        "wrapped": json_values | st.binary(max_size=80).map(b64),
+    },
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from(PATHS),
+    body=fields,
+    token=st.none() | st.text(max_size=50),
+)
+def test_random_requests_never_get_a_500(
+    http: httpx.Client, path: str, body: dict[str, object], token: str | None
+) -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token and token.isascii() else {}
+    response = http.post(path, content=json.dumps(body).encode(), headers=headers)
+    assert 200 <= response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert response.json()["message"]
+
+
+def _mutations(valid: bytes) -> st.SearchStrategy[bytes]:
+    flips = st.lists(st.tuples(st.integers(0, len(valid) - 1), st.integers(1, 255)), max_size=4)
+
+    def flip(changes: list[tuple[int, int]]) -> bytes:
+        out = bytearray(valid)
+        for index, mask in changes:
+            out[index] ^= mask
+        return bytes(out)
+
+    return st.one_of(
+        flips.map(flip),
+        st.integers(1, len(valid) - 1).map(lambda n: valid[:n]),
+        st.binary(min_size=1, max_size=64).map(lambda extra: valid + extra),
+    )
+
+
+EVIDENCE_LIKE = st.one_of(
+    st.binary(min_size=1, max_size=2000),
+    st.binary(max_size=400).map(lambda tail: b"TMLSIM01" + tail),
+    st.tuples(st.sampled_from([3, 4, 5]), st.integers(1, 3), st.sampled_from([0, 0x81, 7]),
+              st.binary(max_size=1500))
+    .map(lambda t: struct.pack("<HHI", t[0], t[1], t[2]) + t[3]),
+    st.tuples(st.integers(2, 5), st.binary(min_size=0x4A0, max_size=0x4A0))
+    .map(lambda t: struct.pack("<I", t[0]) + t[1][4:]),
+)  # fmt: skip
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_hostile_evidence_is_a_4xx_with_a_reason(broker: Broker, data: st.DataObject) -> None:
+    peer = RawPeer(broker)
+    nonce = peer.challenge()
+    body = peer.attest_body(nonce, ["k"])
+    valid = base64.b64decode(body["evidence"])
+    evidence = data.draw(st.one_of(EVIDENCE_LIKE, _mutations(valid)))
+    body["evidence"] = b64(evidence)
+    response = peer.http.post("/v1/attest", json=body)
+    assert response.status_code in (400, 401, 403, 404), response.text
+    assert response.json()["message"]
+    peer.http.close()
