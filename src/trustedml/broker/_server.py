@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -230,6 +231,10 @@ class BrokerServer:
         while not server.started and not task.done():
             await asyncio.sleep(0.02)
         if server.started:
+            # Everything alive now (modules, config, keys) lives as long as the server:
+            # keep it out of the collector's way, so collections stay short.
+            gc.collect()
+            gc.freeze()
             log.info("broker listening", extra={"url": self.url})
             if on_ready is not None:
                 on_ready(self)

@@ -269,6 +269,25 @@ class BrokerService:
         """Check and load the store, start the writer. Idempotent."""
         if self.opened:
             return
+        try:
+            self._keys = self._load_keys()
+            self._chain = AuditChain(self._master.audit_key, self._store.audit_head())
+        except BaseException:
+            self._store.close()
+            raise
+        self._writer = GroupCommitWriter(self._store, head_of=self._chain.head_of)
+        self._writer.start()
+        self.opened = True
+        entry = self._chain.append(
+            time=self._clock(),
+            event="broker.start",
+            outcome="ok",
+            details={"version": __version__, "keys": len(self._keys)},
+        )
+        self._writer.submit([AppendAudit(entry)]).result()
+        log.info("broker store open", extra={"db": self.config.db, "keys": len(self._keys)})
+
+    def _load_keys(self) -> dict[str, _Key]:
         self._store.initialize(self._master.check_value)
         rows, versions = self._store.load_keys()
         keys: dict[str, _Key] = {}
@@ -309,19 +328,7 @@ class BrokerService:
                 raise IntegrityError(
                     f"stored key {key.key_id!r} lacks its current version {key.current_version}"
                 )
-        self._keys = keys
-        self._chain = AuditChain(self._master.audit_key, self._store.audit_head())
-        self._writer = GroupCommitWriter(self._store, head_of=self._chain.head_of)
-        self._writer.start()
-        self.opened = True
-        entry = self._chain.append(
-            time=self._clock(),
-            event="broker.start",
-            outcome="ok",
-            details={"version": __version__, "keys": len(keys)},
-        )
-        self._writer.submit([AppendAudit(entry)]).result()
-        log.info("broker store open", extra={"db": self.config.db, "keys": len(keys)})
+        return keys
 
     def close(self) -> None:
         """Write what is queued and close the store."""

@@ -204,6 +204,8 @@ class SQLiteStore:
         mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise KeyBrokerError(f"{self.path}: cannot switch the database to WAL mode")
+        self._checkpointer: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
@@ -265,6 +267,26 @@ class SQLiteStore:
                     f"{self.path}: this database belongs to another broker master key "
                     "(another key directory?)"
                 )
+        self._start_checkpointer()
+
+    def _start_checkpointer(self, interval: float = 1.0) -> None:
+        """Fold the WAL into the database from a thread of its own (PASSIVE: never
+        blocks a writer), instead of inside some request's commit."""
+        if self._checkpointer is not None:
+            return
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
+
+        def run() -> None:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            try:
+                while not self._stop.wait(interval):
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                conn.close()
+
+        self._checkpointer = threading.Thread(target=run, name="broker-checkpoint", daemon=True)
+        self._checkpointer.start()
 
     def master_check(self) -> str | None:
         with self._reader() as conn:
@@ -394,6 +416,10 @@ class SQLiteStore:
         )
 
     def close(self) -> None:
+        self._stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+            self._checkpointer = None
         with self._lock:
             with contextlib.suppress(sqlite3.Error):
                 # Fold the WAL back into the database on a clean shutdown.
