@@ -98,31 +98,31 @@ class AttestedKeyStore:
         return shared
 
 
-_STORE: list[KeyStore] = []
+# One attested store per broker and TEE identity, for the life of the process.
+_STORES: dict[tuple[str, ...], AttestedKeyStore] = {}
 _STORE_LOCK = threading.Lock()
 
 
 def job_keystore() -> KeyStore:
     """Where this job gets its data keys: the key broker after attestation when the
     launcher gave one (``--broker``), else the keys given with ``--kek``."""
-    with _STORE_LOCK:
-        if _STORE:
-            return _STORE[0]
-        url = os.environ.get(ENV_BROKER_URL)
-        if url:
-            # Imported here: a job without a broker needs neither httpx nor the TEE layer.
-            from trustedml.broker import KeyBrokerClient
-            from trustedml.tee import job_evidence_provider, job_measurement
+    url = os.environ.get(ENV_BROKER_URL)
+    if not url:
+        return job_keyring()
+    # Imported here: a job without a broker needs neither httpx nor the TEE layer.
+    from trustedml.broker import KeyBrokerClient
+    from trustedml.tee import ENV_JOB_MEASUREMENT, ENV_TEE, job_evidence_provider, job_measurement
 
-            ca = os.environ.get(ENV_BROKER_CA)
+    ca = os.environ.get(ENV_BROKER_CA) or ""
+    identity = (url, ca, os.environ.get(ENV_TEE, ""), os.environ.get(ENV_JOB_MEASUREMENT, ""))
+    with _STORE_LOCK:
+        store = _STORES.get(identity)
+        if store is None:
             client = KeyBrokerClient(
                 url,
                 provider=job_evidence_provider(),
                 ca=Path(ca) if ca else None,
                 job_measurement=job_measurement(),
             )
-            store: KeyStore = AttestedKeyStore(client)
-        else:
-            store = job_keyring()
-        _STORE.append(store)
+            store = _STORES[identity] = AttestedKeyStore(client)
         return store
