@@ -8,6 +8,10 @@ SRC = Path(trustedml.__file__).resolve().parent
 # Changing the public API is a decision: update this list in the same commit.
 PUBLIC_API = [
     "AttestationError",
+    "AuditLogError",
+    "BrokerKeyNotFoundError",
+    "BrokerRefusedError",
+    "BrokerUnavailableError",
     "CertificateChainError",
     "CollateralError",
     "CollateralExpiredError",
@@ -25,6 +29,7 @@ PUBLIC_API = [
     "GramineBackend",
     "IntegrityError",
     "JobMeasurement",
+    "KeyBrokerError",
     "KeyDirectory",
     "KeyDirectoryError",
     "KeyDirectoryExistsError",
@@ -155,6 +160,59 @@ def test_attestation_depends_on_no_other_layer() -> None:
         "trustedml._fs",
     )
     for path in (SRC / "attestation").rglob("*.py"):
+        for name in _imports(path):
+            if name.startswith("trustedml"):
+                assert name.startswith(allowed), f"{path.name} imports {name}"
+
+
+BROKER_API = [
+    "ADMIN_TOKEN_SECRET",
+    "MASTER_KEY_SECRET",
+    "AttestationResult",
+    "AuditEntry",
+    "AuditHead",
+    "AuditLogError",
+    "AuditVerification",
+    "BrokerAdminClient",
+    "BrokerConfig",
+    "BrokerKeyNotFoundError",
+    "BrokerRefusedError",
+    "BrokerServer",
+    "BrokerSession",
+    "BrokerStore",
+    "BrokerUnavailableError",
+    "KeyBrokerClient",
+    "KeyBrokerError",
+    "SQLiteStore",
+    "broker_secrets",
+    "build_ssl_context",
+    "client_ssl_context",
+    "create_app",
+    "open_store",
+    "serve",
+    "verify_audit_log",
+]
+
+
+def test_broker_api_is_locked() -> None:
+    import trustedml.broker as broker
+
+    assert sorted(broker.__all__) == sorted(BROKER_API)
+
+
+def test_broker_sits_above_attestation_and_data_only() -> None:
+    allowed = (
+        "trustedml.broker",
+        "trustedml.attestation",
+        "trustedml.data",
+        "trustedml.keys",
+        "trustedml.hazmat",
+        "trustedml.errors",
+        "trustedml._secret",
+        "trustedml._fs",
+        "trustedml._version",
+    )
+    for path in (SRC / "broker").rglob("*.py"):
         for name in _imports(path):
             if name.startswith("trustedml"):
                 assert name.startswith(allowed), f"{path.name} imports {name}"

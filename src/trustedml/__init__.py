@@ -26,6 +26,10 @@ from trustedml.data import (
 )
 from trustedml.errors import (
     AttestationError,
+    AuditLogError,
+    BrokerKeyNotFoundError,
+    BrokerRefusedError,
+    BrokerUnavailableError,
     CertificateChainError,
     CollateralError,
     CollateralExpiredError,
@@ -35,6 +39,7 @@ from trustedml.errors import (
     EvidenceProviderError,
     EvidenceSignatureError,
     IntegrityError,
+    KeyBrokerError,
     KeyDirectoryError,
     KeyDirectoryExistsError,
     KeyNotFoundError,
@@ -82,6 +87,10 @@ from trustedml.tee import (
 
 __all__ = [
     "AttestationError",
+    "AuditLogError",
+    "BrokerKeyNotFoundError",
+    "BrokerRefusedError",
+    "BrokerUnavailableError",
     "CertificateChainError",
     "CollateralError",
     "CollateralExpiredError",
@@ -99,6 +108,7 @@ __all__ = [
     "GramineBackend",
     "IntegrityError",
     "JobMeasurement",
+    "KeyBrokerError",
     "KeyDirectory",
     "KeyDirectoryError",
     "KeyDirectoryExistsError",
