@@ -63,6 +63,7 @@ from trustedml.errors import (
     EvidenceFormatError,
     EvidenceSignatureError,
 )
+from trustedml.hazmat.attestation._der import read_tlv
 from trustedml.hazmat.attestation.snp import (
     CertTableEntry,
     SigningKey,
@@ -161,22 +162,11 @@ def _load_der(data: bytes, what: str) -> x509.Certificate:
 
 def _der_element(data: bytes, pos: int) -> tuple[int, int, int]:
     """(tag, content start, end) of the DER element at ``pos``; ValueError if malformed."""
-    if pos + 2 > len(data):
-        raise ValueError("truncated DER header")
-    tag, first = data[pos], data[pos + 1]
-    start = pos + 2
-    if first < 0x80:
-        length = first
-    else:
-        count = first & 0x7F
-        if not 1 <= count <= 4 or start + count > len(data):
-            raise ValueError("bad DER length")
-        length = int.from_bytes(data[start : start + count], "big")
-        start += count
-    end = start + length
-    if end > len(data):
-        raise ValueError("DER element runs past the end")
-    return tag, start, end
+    try:
+        tlv, end = read_tlv(data, pos, "DER element")
+    except EvidenceFormatError as exc:
+        raise ValueError(str(exc)) from None
+    return tlv.tag, end - len(tlv.value), end
 
 
 def _split_der(data: bytes) -> list[bytes] | None:
