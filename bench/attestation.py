@@ -68,6 +68,29 @@ def _time_ms(func: Callable[[], object], rounds: int) -> list[float]:
     return samples
 
 
+def _clear_collateral_caches() -> None:
+    # Verifiers memoise pure results (parsed collateral, checked signatures) in bounded
+    # LRU caches; the pinned roots (unbounded functools.cache) stay loaded, as in a
+    # long-running broker.
+    from trustedml.attestation import _amd, _intel
+
+    for module in (_intel, _amd):
+        for value in vars(module).values():
+            info = getattr(value, "cache_info", None)
+            if callable(info) and info().maxsize is not None:
+                value.cache_clear()
+
+
+def _cold_ms(func: Callable[[], object], rounds: int) -> list[float]:
+    samples = []
+    for _ in range(rounds):
+        _clear_collateral_caches()
+        start = time.perf_counter()
+        func()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
 def _verify_once(verifier: object, evidence: bytes, collateral: bytes | None, at: datetime) -> str:
     try:
         result = verifier.verify(evidence, collateral=collateral, at=at)  # type: ignore[attr-defined]
@@ -115,18 +138,29 @@ def main(argv: Sequence[str]) -> int:
     rows.append(_measure("sim", sim_verifier, sim_evidence, None, now, args.rounds, baseline))
 
     print_table(
-        f"verify with full collateral, {args.rounds} rounds (goal: median <= {GOAL_MS} ms); "
+        f"verify with full collateral, {args.rounds} rounds; cold = collateral caches cleared "
+        f"(goal: <= {GOAL_MS} ms); "
         f"baseline one ECDSA P-256 verify = {baseline:.3f} ms",
-        ["evidence", "verdict", "median ms", "p99 ms", "parse ms", "x ECDSA verify", "goal"],
+        [
+            "evidence",
+            "verdict",
+            "median ms",
+            "p99 ms",
+            "cold ms",
+            "parse ms",
+            "x ECDSA verify",
+            "goal",
+        ],
         [
             [
                 r["evidence"],
                 r["verdict"],
                 f"{r['median_ms']:.3f}",
                 f"{r['p99_ms']:.3f}",
+                f"{r['cold_ms']:.3f}",
                 f"{r['parse_ms']:.4f}",
                 f"{r['ratio_to_ecdsa_verify']:.1f}",
-                "met" if r["median_ms"] <= GOAL_MS else "missed",
+                "met" if max(r["median_ms"], r["cold_ms"]) <= GOAL_MS else "missed",
             ]
             for r in rows
         ],
@@ -150,6 +184,9 @@ def _measure(
     verdict = _verify_once(verifier, evidence, collateral, at)
     samples = _time_ms(lambda: _verify_once(verifier, evidence, collateral, at), rounds)
     parse = statistics.median(_time_ms(lambda: parse_evidence(evidence), rounds))
+    cold = statistics.median(
+        _cold_ms(lambda: _verify_once(verifier, evidence, collateral, at), max(10, rounds // 10))
+    )
     median = statistics.median(samples)
     return {
         "evidence": label,
@@ -157,5 +194,6 @@ def _measure(
         "median_ms": median,
         "p99_ms": _p99(samples),
         "parse_ms": parse,
+        "cold_ms": cold,
         "ratio_to_ecdsa_verify": median / baseline,
     }
