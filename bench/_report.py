@@ -81,6 +81,15 @@ def write_results(
     return path
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
 def positive_int(text: str) -> int:
     """argparse type for counts and sizes."""
     value = int(text)

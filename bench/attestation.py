@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bench._report import positive_int, print_table, write_results
+from bench._report import percentile, positive_int, print_table, write_results
 from trustedml.attestation import (
     SimKey,
     SimProvider,
@@ -97,11 +97,6 @@ def _verify_once(verifier: object, evidence: bytes, collateral: bytes | None, at
     except AttestationError as exc:
         return f"refused: {type(exc).__name__}"
     return str(result.tcb_status.value)
-
-
-def _p99(samples: Sequence[float]) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
 
 def main(argv: Sequence[str]) -> int:
@@ -192,7 +187,7 @@ def _measure(
         "evidence": label,
         "verdict": verdict,
         "median_ms": median,
-        "p99_ms": _p99(samples),
+        "p99_ms": percentile(samples, 99),
         "parse_ms": parse,
         "cold_ms": cold,
         "ratio_to_ecdsa_verify": median / baseline,

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bench._report import positive_int, print_table, write_results
+from bench._report import percentile, positive_int, print_table, write_results
 from trustedml import KeyRing, Secret, TrustedMLError, init_key_directory
 from trustedml.attestation import SimKey, SimProvider
 from trustedml.broker import BrokerAdminClient, BrokerConfig, KeyBrokerClient, client_ssl_context
@@ -84,15 +84,6 @@ def _counts(text: str) -> list[int]:
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 def _ms(seconds: float) -> float:

@@ -55,6 +55,7 @@ from trustedml.attestation._model import (
     EvidenceType,
     TcbStatus,
     VerifiedEvidence,
+    require_aware,
 )
 from trustedml.errors import (
     CertificateChainError,
@@ -357,8 +358,7 @@ class SnpVerifier:
     ) -> VerifiedEvidence:
         """Verify an SEV-SNP report as of ``at`` (timezone-aware); see the module docs
         for the checks and their order."""
-        if at.tzinfo is None or at.utcoffset() is None:
-            raise ConfigError("at must be a timezone-aware datetime")
+        require_aware(at)
         evidence = bytes(evidence)
         report, table = parse_extended_report(evidence)
         certs = _certs_from_table(table.entries, "extended report certificate table")

@@ -63,7 +63,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from trustedml.attestation._model import Claims, EvidenceType, TcbStatus, VerifiedEvidence
+from trustedml.attestation._model import (
+    Claims,
+    EvidenceType,
+    TcbStatus,
+    VerifiedEvidence,
+    require_aware,
+)
 from trustedml.errors import (
     CertificateChainError,
     CollateralError,
@@ -627,6 +633,12 @@ class _Chains:
     qe_signer: x509.Certificate
 
 
+def _verify_signed(name: str, text: str, signature: bytes, signer: x509.Certificate) -> None:
+    # Intel signs the exact JSON text of the body, so verify before parsing.
+    if not _collateral_signature_ok(signer, signature, text.encode("utf-8")):
+        raise CollateralError(f"{name}_signature: does not verify over {name}")
+
+
 class IntelVerifier:
     """Verifies Intel DCAP quotes of one evidence type (SGX quote v3, or TDX quote
     v4/v5) with dcap-qvl ``QuoteCollateralV3`` JSON collateral.
@@ -659,8 +671,7 @@ class IntelVerifier:
 
         See the module documentation for the order of checks and what each raises.
         """
-        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
-            raise ConfigError("at: expected a timezone-aware datetime")
+        require_aware(at)
         quote = parse_quote(evidence)
         self._check_quote(quote)
         if collateral is None:
@@ -844,10 +855,7 @@ class IntelVerifier:
     def _verify_tcb_info(
         self, col: IntelCollateral, signer: x509.Certificate, at: datetime
     ) -> TcbInfo:
-        if not _collateral_signature_ok(
-            signer, col.tcb_info_signature, col.tcb_info.encode("utf-8")
-        ):
-            raise CollateralError("tcb_info_signature: does not verify over tcb_info")
+        _verify_signed("tcb_info", col.tcb_info, col.tcb_info_signature, signer)
         info = _parse_tcb_info(col.tcb_info)
         _check_window("tcb_info", info.issue_date, info.next_update, at, "nextUpdate")
         return info
@@ -855,10 +863,7 @@ class IntelVerifier:
     def _verify_qe_identity(
         self, col: IntelCollateral, signer: x509.Certificate, at: datetime
     ) -> EnclaveIdentity:
-        if not _collateral_signature_ok(
-            signer, col.qe_identity_signature, col.qe_identity.encode("utf-8")
-        ):
-            raise CollateralError("qe_identity_signature: does not verify over qe_identity")
+        _verify_signed("qe_identity", col.qe_identity, col.qe_identity_signature, signer)
         identity = _parse_enclave_identity(col.qe_identity)
         _check_window("qe_identity", identity.issue_date, identity.next_update, at, "nextUpdate")
         return identity

@@ -9,6 +9,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from trustedml.errors import ConfigError
+
+
+def require_aware(at: object) -> None:
+    """Refuse a verification time that is not a timezone-aware datetime: collateral
+    windows are instants, and a naive time would be read in the host's zone."""
+    if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+        raise ConfigError("at: expected a timezone-aware datetime, got a naive one")
+
 
 class EvidenceType(enum.StrEnum):
     SGX = "sgx-dcap"

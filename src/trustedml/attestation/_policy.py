@@ -18,9 +18,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from trustedml.attestation._model import Claims, EvidenceType, TcbStatus, VerifiedEvidence
+from trustedml.attestation._model import (
+    Claims,
+    EvidenceType,
+    TcbStatus,
+    VerifiedEvidence,
+    require_aware,
+)
 from trustedml.attestation._sim import pad_report_data
-from trustedml.errors import ConfigError, PolicyError
+from trustedml.errors import PolicyError
 
 __all__ = ["Appraisal", "Identity", "Policy", "format_duration", "parse_duration"]
 
@@ -364,8 +370,7 @@ class Policy:
         expected_report_data: bytes | None = None,
     ) -> Appraisal:
         """Judge ``verified`` as of ``at`` (aware). Collects every reason for refusal."""
-        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
-            raise ConfigError("at: expected a timezone-aware datetime, got a naive one")
+        require_aware(at)
         expected = (
             None
             if expected_report_data is None

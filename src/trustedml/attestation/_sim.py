@@ -23,7 +23,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from trustedml._fs import PRIVATE_FILE, make_private_dir
-from trustedml.attestation._model import Claims, EvidenceType, TcbStatus, VerifiedEvidence
+from trustedml.attestation._model import (
+    Claims,
+    EvidenceType,
+    TcbStatus,
+    VerifiedEvidence,
+    require_aware,
+)
 from trustedml.errors import ConfigError, EvidenceSignatureError
 from trustedml.hazmat.attestation import sim as layout
 
@@ -253,8 +259,7 @@ class SimVerifier:
         self, evidence: bytes, *, collateral: bytes | None = None, at: datetime
     ) -> VerifiedEvidence:
         """Check that a trusted sim key signed ``evidence``. ``collateral`` is ignored."""
-        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
-            raise ConfigError("at: expected a timezone-aware datetime, got a naive one")
+        require_aware(at)
         parsed = layout.parse_sim_evidence(evidence)
         key = self._trusted.get(parsed.public_key)
         fingerprint = _fingerprint(parsed.public_key)

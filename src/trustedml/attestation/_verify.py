@@ -8,8 +8,8 @@ import struct
 from collections.abc import Sequence
 from datetime import datetime
 
-from trustedml.attestation._model import EvidenceType, VerifiedEvidence, Verifier
-from trustedml.errors import AttestationError, UnsupportedEvidenceError
+from trustedml.attestation._model import EvidenceType, VerifiedEvidence, Verifier, require_aware
+from trustedml.errors import UnsupportedEvidenceError
 
 SIM_MAGIC = b"TMLSIM01"
 _TEE_TYPE_SGX = 0x00000000
@@ -86,8 +86,7 @@ def verify_evidence(
     certificate (PEM, DER or a certificate table) for SEV-SNP. Raises an
     :class:`~trustedml.errors.AttestationError` subclass naming what failed.
     """
-    if at.tzinfo is None or at.utcoffset() is None:
-        raise AttestationError("verification time: expected a timezone-aware datetime, got naive")
+    require_aware(at)
     kind = detect_evidence_type(evidence)
     verifier = get_verifier(
         kind,

@@ -105,6 +105,17 @@ def get_passphrase(
     )
 
 
+def data_dir() -> Path:
+    """Per-user state of trusted-ml (sim key, Gramine manifests): XDG_DATA_HOME."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "trustedml"
+
+
+def default_sim_key_path() -> Path:
+    """Where this installation's sim signing key lives unless told otherwise."""
+    return data_dir() / "sim-key.pem"
+
+
 def env_path(name: str) -> Path | None:
     value = os.environ.get(name)
     return Path(value) if value else None

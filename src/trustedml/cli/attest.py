@@ -23,15 +23,9 @@ from trustedml.attestation import (
     get_provider,
     verify_evidence,
 )
-from trustedml.cli._common import err_console, handle_errors, out_console
+from trustedml.cli._common import default_sim_key_path, err_console, handle_errors, out_console
 from trustedml.errors import ConfigError
-
-ENV_SIM_KEY = "TRUSTEDML_SIM_KEY"
-
-
-def default_sim_key_path() -> Path:
-    """Where this installation's sim signing key lives unless told otherwise."""
-    return Path.home() / ".local" / "share" / "trustedml" / "sim-key.pem"
+from trustedml.tee import ENV_SIM_KEY
 
 
 def _parse_time(value: str | None) -> datetime:

@@ -34,13 +34,12 @@ from trustedml.cli._common import (
     out_console,
     passphrase_options,
 )
+from trustedml.runtime import ENV_BROKER_CA, ENV_BROKER_URL
+from trustedml.tee import ENV_SIM_KEY
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ENV_BROKER_URL = "TRUSTEDML_BROKER_URL"
-ENV_BROKER_CA = "TRUSTEDML_BROKER_CA"
 ENV_ADMIN_TOKEN_FILE = "TRUSTEDML_ADMIN_TOKEN_FILE"  # noqa: S105 - a variable name
-ENV_SIM_KEY = "TRUSTEDML_SIM_KEY"
 PROVIDERS = ("sim", "gramine", "configfs-tsm")
 
 

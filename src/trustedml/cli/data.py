@@ -30,12 +30,9 @@ from trustedml.cli._common import (
     handle_errors,
     passphrase_options,
 )
-from trustedml.cli.broker import (
-    ENV_BROKER_CA,
-    evidence_options,
-    make_broker_client,
-)
+from trustedml.cli.broker import evidence_options, make_broker_client
 from trustedml.hazmat import framing
+from trustedml.runtime import ENV_BROKER_CA
 
 
 class RichProgress:

@@ -25,6 +25,8 @@ from trustedml import (
 from trustedml._fs import write_private
 from trustedml.cli._common import (
     ENV_KEYS,
+    data_dir,
+    default_sim_key_path,
     err_console,
     get_passphrase,
     handle_errors,
@@ -99,12 +101,6 @@ def spark_options(func: F) -> F:
     for option in reversed(options):
         func = option(func)
     return func
-
-
-def data_dir() -> Path:
-    """Per-user state of trusted-ml (sim key, Gramine manifests): XDG_DATA_HOME."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "trustedml"
 
 
 def tee_options(func: F) -> F:
@@ -297,7 +293,7 @@ def build_job(
     )
     options: dict[str, Any] = {}
     if tee == "sim":
-        options["key_path"] = sim_key or data_dir() / "sim-key.pem"
+        options["key_path"] = sim_key or default_sim_key_path()
     elif tee == "gramine":
         options["manifest_dir"] = manifest_dir or data_dir() / "gramine"
         options["signing_key"] = enclave_key

@@ -85,6 +85,17 @@ def require_key(parser: argparse.ArgumentParser, option: str, key_id: str) -> No
         )
 
 
+def parse_checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse an XGBoost workload's arguments; stop with a usage error, before Spark
+    starts, on a missing input or a model that could not be encrypted."""
+    args = parser.parse_args(argv)
+    if not args.file_path.exists():
+        parser.error(f"--file-path {args.file_path}: no such file or directory")
+    if args.model_out is not None:
+        require_key(parser, "--model-key-id", args.model_key_id)
+    return args
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -59,7 +59,7 @@ def _file_key_ids(path: str) -> set[str]:
     ids = set()
     for name in list_files(path):
         with open(name, "rb") as f:
-            head = f.read(framing.FIXED_SIZE + framing.MAX_KEY_ID + 2 + framing.MAX_WRAPPED)
+            head = f.read(framing.MAX_HEADER_SIZE)
         ids.add(framing.Header.parse(head, name).key_id)
     return ids
 

@@ -16,7 +16,7 @@ from trustedml.errors import TrustedMLError
 from trustedml.ml._io import read_table
 from trustedml.ml._tabular import (
     assemble,
-    require_key,
+    parse_checked,
     save_booster,
     spark_session,
     xgboost_params,
@@ -36,11 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         n_estimators=200,
         learning_rate=0.1,
     )
-    args = parser.parse_args(argv)
-    if not args.file_path.exists():
-        parser.error(f"--file-path {args.file_path}: no such file or directory")
-    if args.model_out is not None:
-        require_key(parser, "--model-key-id", args.model_key_id)
+    args = parse_checked(parser, argv)
 
     from pyspark.ml.evaluation import RegressionEvaluator
     from xgboost.spark import SparkXGBRegressor
