@@ -28,7 +28,7 @@ from trustedml.data._keystore import DataKey, KeyRing, KeyStore
 from trustedml.errors import KeyStoreError
 
 if TYPE_CHECKING:
-    from trustedml.broker import KeyBrokerClient
+    from trustedml.broker import BrokerSession, KeyBrokerClient
 
 ENV_KEYRING = "TRUSTEDML_KEYRING"
 ENV_BROKER_URL = "TRUSTEDML_BROKER_URL"
@@ -54,14 +54,40 @@ def job_keyring() -> KeyRing:
     return KeyRing.parse(Secret(text))
 
 
-class AttestedKeyStore:
+class _CachedRelease:
+    """Data keys a broker released to this process, kept in memory so each file's key
+    is fetched once per process however many partitions read it."""
+
+    def __init__(self, source: KeyStore) -> None:
+        self._source = source
+        self._lock = threading.Lock()
+        self._unwrapped: dict[tuple[str, bytes], Secret] = {}
+
+    def generate_data_key(self, key_id: str) -> DataKey:
+        key = self._source.generate_data_key(key_id)
+        with self._lock:
+            self._unwrapped[(key_id, key.wrapped)] = key.plaintext
+        return key
+
+    def unwrap_data_key(self, key_id: str, wrapped: bytes) -> Secret:
+        cache_key = (key_id, bytes(wrapped))
+        with self._lock:
+            found = self._unwrapped.get(cache_key)
+        if found is not None:
+            return found
+        plaintext = self._source.unwrap_data_key(key_id, wrapped)
+        with self._lock:
+            self._unwrapped[cache_key] = plaintext
+        return plaintext
+
+
+class AttestedKeyStore(_CachedRelease):
     """A :class:`~trustedml.data.KeyStore` that attests to the key broker once per
     process and caches every data key it unwraps, in memory only."""
 
     def __init__(self, client: KeyBrokerClient) -> None:
+        super().__init__(client)
         self._client = client
-        self._lock = threading.Lock()
-        self._unwrapped: dict[tuple[str, bytes], Secret] = {}
 
     @property
     def client(self) -> KeyBrokerClient:
@@ -73,29 +99,36 @@ class AttestedKeyStore:
     def __reduce__(self) -> str | tuple[Any, ...]:
         raise TypeError("an AttestedKeyStore cannot be pickled (it holds a session key)")
 
-    def generate_data_key(self, key_id: str) -> DataKey:
-        key = self._client.generate_data_key(key_id)
-        with self._lock:
-            self._unwrapped[(key_id, key.wrapped)] = key.plaintext
-        return key
-
-    def unwrap_data_key(self, key_id: str, wrapped: bytes) -> Secret:
-        cache_key = (key_id, bytes(wrapped))
-        with self._lock:
-            found = self._unwrapped.get(cache_key)
-        if found is not None:
-            return found
-        plaintext = self._client.unwrap_data_key(key_id, wrapped)
-        with self._lock:
-            self._unwrapped[cache_key] = plaintext
-        return plaintext
-
     def for_workers(self, key_ids: Sequence[str]) -> KeyStore:
         """A picklable key store for this job's Spark workers: they share this
         process's attested session (one attestation per job in local mode) instead
-        of attesting themselves."""
-        shared: KeyStore = self._client.for_workers(key_ids)
-        return shared
+        of attesting themselves, and each keeps what it fetched in memory."""
+        return _WorkerKeyStore(self._client.for_workers(key_ids))
+
+
+class _WorkerKeyStore(_CachedRelease):
+    """The shared session as a Spark worker receives it; the cache starts empty in
+    each process that unpickles it."""
+
+    def __init__(self, session: BrokerSession) -> None:
+        super().__init__(session)
+        self._session = session
+
+    def __repr__(self) -> str:
+        return f"_WorkerKeyStore({self._session!r})"
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        return (_WorkerKeyStore, (self._session,))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _WorkerKeyStore):
+            return NotImplemented
+        return bool(self._session == other._session)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def close(self) -> None:
+        self._session.close()
 
 
 # One attested store per broker and TEE identity, for the life of the process.
