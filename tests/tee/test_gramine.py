@@ -201,11 +201,12 @@ def _normalize(manifest: dict[str, Any], plan: LaunchPlan) -> dict[str, Any]:
         if entry not in trusted:
             trusted.append(entry)
     out["sgx"]["trusted_files"] = trusted
-    out["fs"]["mounts"] = [
-        m
-        for m in out["fs"]["mounts"]
-        if m["path"] in SYSTEM_MOUNTS or m["path"].startswith(("{manifest_dir}", "{examples}"))
-    ]
+    # Host mounts are sorted by their real paths, which differ per checkout (the
+    # examples may sort before or after the temporary manifest directory).
+    mounts = out["fs"]["mounts"]
+    system = [m for m in mounts if m["path"] in SYSTEM_MOUNTS]
+    host = [m for m in mounts if m["path"].startswith(("{manifest_dir}", "{examples}"))]
+    out["fs"]["mounts"] = system + sorted(host, key=lambda m: m["path"])
     return out
 
 
