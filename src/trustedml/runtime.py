@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from trustedml._secret import Secret
 from trustedml.data._keystore import DataKey, KeyRing, KeyStore
-from trustedml.errors import KeyStoreError
+from trustedml.errors import BrokerRefusedError, KeyStoreError
 
 if TYPE_CHECKING:
     from trustedml.broker import BrokerSession, KeyBrokerClient
@@ -63,8 +63,14 @@ class _CachedRelease:
         self._lock = threading.Lock()
         self._unwrapped: dict[tuple[str, bytes], Secret] = {}
 
+    def _generate(self, key_id: str) -> DataKey:
+        return self._source.generate_data_key(key_id)
+
+    def _unwrap(self, key_id: str, wrapped: bytes) -> Secret:
+        return self._source.unwrap_data_key(key_id, wrapped)
+
     def generate_data_key(self, key_id: str) -> DataKey:
-        key = self._source.generate_data_key(key_id)
+        key = self._generate(key_id)
         with self._lock:
             self._unwrapped[(key_id, key.wrapped)] = key.plaintext
         return key
@@ -75,7 +81,7 @@ class _CachedRelease:
             found = self._unwrapped.get(cache_key)
         if found is not None:
             return found
-        plaintext = self._source.unwrap_data_key(key_id, wrapped)
+        plaintext = self._unwrap(key_id, wrapped)
         with self._lock:
             self._unwrapped[cache_key] = plaintext
         return plaintext
@@ -108,11 +114,43 @@ class AttestedKeyStore(_CachedRelease):
 
 class _WorkerKeyStore(_CachedRelease):
     """The shared session as a Spark worker receives it; the cache starts empty in
-    each process that unpickles it."""
+    each process that unpickles it.
+
+    When the shared session cannot serve a request (its token expired, or the key is
+    outside what the driver attested for) and this process runs inside the same
+    measured job, the worker attests itself with its own TEE evidence, as the driver
+    did: a job may outlive the broker's token lifetime."""
+
+    _OWN_ATTESTATION = frozenset({"token_expired", "not_in_scope"})
 
     def __init__(self, session: BrokerSession) -> None:
         super().__init__(session)
         self._session = session
+
+    def _own_store(self, refused: BrokerRefusedError) -> KeyStore:
+        if refused.code not in self._OWN_ATTESTATION:
+            raise refused
+        if os.environ.get(ENV_BROKER_URL) != self._session.url:
+            raise BrokerRefusedError(
+                f"{refused}; this process was not launched by `trustedml submit "
+                f"--broker {self._session.url}`, so it cannot attest itself",
+                status=refused.status,
+                code=refused.code,
+                reasons=refused.reasons,
+            ) from refused
+        return job_keystore()
+
+    def _generate(self, key_id: str) -> DataKey:
+        try:
+            return self._session.generate_data_key(key_id)
+        except BrokerRefusedError as exc:
+            return self._own_store(exc).generate_data_key(key_id)
+
+    def _unwrap(self, key_id: str, wrapped: bytes) -> Secret:
+        try:
+            return self._session.unwrap_data_key(key_id, wrapped)
+        except BrokerRefusedError as exc:
+            return self._own_store(exc).unwrap_data_key(key_id, wrapped)
 
     def __repr__(self) -> str:
         return f"_WorkerKeyStore({self._session!r})"
