@@ -57,7 +57,7 @@ def _prepare(
 
 @pytest.fixture(scope="module")
 def secure(session_keys: KeyDirectory) -> SecureSparkConfig:
-    return SecureSparkConfig.from_key_directory(session_keys, Secret(PASSPHRASE))
+    return SecureSparkConfig.from_key_directory(session_keys, Secret(PASSPHRASE), ui=False)
 
 
 @pytest.fixture(scope="module")
@@ -351,10 +351,36 @@ def test_cli_gramine(
     assert (sgx["enclave_size"], sgx["max_threads"]) == ("4G", 32)
 
     keys = ["--keys", str(session_keys.path), "--passphrase-file", str(session_passphrase_file)]
-    real = run_cli(["submit", *keys, "--tee", "gramine", "--manifest-dir", str(manifests), str(PI)])
+    secure_dir = tmp_path / "secure-manifests"
+    real = run_cli(
+        ["submit", *keys, "--tee", "gramine", "--manifest-dir", str(secure_dir), str(PI)]
+    )
     assert real.returncode == 1
     assert "gramine-sgx-sign not found on PATH: manifest written to" in real.stderr
+    # Secure mode: the UI's TLS password never enters the enclave, so the UI is off.
+    assert "--tee gramine: the Spark web UI is off" in real.stderr
+    (props,) = secure_dir.glob("*.conf/spark.properties")
+    assert "spark.ui.enabled=false" in props.read_text()
 
     nokeys = run_cli(["submit", "--insecure", "--tee", "gramine", str(PI)])
     assert nokeys.returncode == 2
     assert "--tee gramine signs the enclave with the key directory's enclave key" in nokeys.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        ({"ui": True}, "web UI's TLS keystore password (run with --no-ui)"),
+        ({"ui": False, "rpc_tls": True}, "RPC TLS keystore password"),
+        ({"ui": False, "master": "spark://127.0.0.1:7077"}, "standalone cluster's auth secret"),
+    ],
+)
+def test_settings_that_need_a_host_secret_are_refused_before_any_file_is_written(
+    tmp_path: Path, session_keys: KeyDirectory, options: dict[str, Any], names: str
+) -> None:
+    settings = SecureSparkConfig.from_key_directory(session_keys, Secret(PASSPHRASE), **options)
+    backend = GramineBackend(tmp_path / "manifests", dry_run=True)
+    with pytest.raises(ConfigError, match="receives no secrets from the host") as info:
+        submit(PI, [], settings=settings, tee=backend)
+    assert names in str(info.value)
+    assert not (tmp_path / "manifests").exists()

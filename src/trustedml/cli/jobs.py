@@ -288,6 +288,10 @@ def build_job(
         dry_run=dry_run,
         evidence_out=evidence_out,
     )
+    if tee == "gramine" and not spark.get("no_ui"):
+        # The UI's TLS keystore password is a host secret the enclave never receives.
+        err_console.print("--tee gramine: the Spark web UI is off (its TLS password stays out)")
+        spark["no_ui"] = True
     settings, enclave_key = _build_settings(
         **spark, want_enclave_key=tee == "gramine" and not dry_run
     )

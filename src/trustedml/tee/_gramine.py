@@ -317,6 +317,24 @@ def render_manifest(manifest: Mapping[str, Any], measurement: JobMeasurement) ->
     return header + tomli_w.dumps(manifest)
 
 
+def _check_no_secret_needed(conf: Mapping[str, str]) -> None:
+    """Refuse settings under which Spark would need a secret inside the enclave: the
+    enclave gets only non-secret environment, so Spark would read a placeholder as the
+    password and fail at start-up, inside the enclave, with a confusing error."""
+    needs = []
+    if conf.get("spark.ui.enabled") == "true" and conf.get("spark.ssl.enabled") == "true":
+        needs.append("the web UI's TLS keystore password (run with --no-ui)")
+    if conf.get("spark.ssl.rpc.enabled") == "true":
+        needs.append("the RPC TLS keystore password (drop --rpc-tls)")
+    if "spark.authenticate.secret" in conf:
+        needs.append("the standalone cluster's auth secret (use a local master)")
+    if needs:
+        raise ConfigError(
+            "--tee gramine: the enclave receives no secrets from the host, but this job "
+            f"needs {'; '.join(needs)}"
+        )
+
+
 class GramineBackend:
     """Run the job in an SGX enclave under Gramine.
 
@@ -361,6 +379,7 @@ class GramineBackend:
         measurement = job.require_measurement(self.name)
         if job.app is None:
             raise ConfigError("--tee gramine: expected a Python application")
+        _check_no_secret_needed(job.settings.conf())
         make_private_dir(self._manifest_dir)
         name = f"trustedml-{measurement.hex[:16]}"
         base = self._manifest_dir / name
