@@ -1,0 +1,394 @@
+"""Real evidence captured by others and published in public repositories.
+
+Each folder under ``vectors/public/`` has a MANIFEST.md naming the origin (repository,
+path, commit) and the values checked here. These vectors cover forms the shared
+vectors do not: SEV-SNP reports from Genoa and Turin, report versions 2 and 5 from
+several clouds, a Genoa VCEK whose RSASSA-PSS parameters spell out the trailer
+field, a Turin VCEK with an 8-byte hwID and fmcSPL, and a TDX 1.5 quote (v5, body
+type 3) from Alibaba Cloud with a non-empty QE authentication data and MR_SERVICETD.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from trustedml.attestation import (
+    EvidenceType,
+    TcbStatus,
+    describe_evidence,
+    detect_evidence_type,
+    parse_evidence,
+    verify_evidence,
+)
+from trustedml.errors import (
+    CertificateChainError,
+    CollateralError,
+    EvidenceSignatureError,
+)
+from trustedml.hazmat.attestation.intel import (
+    BODY_TYPE_TD15,
+    CERT_TYPE_PCK_CERT_CHAIN,
+    CERT_TYPE_QE_REPORT,
+    SGX_EXTENSION_OID,
+    Quote,
+    TdReport15,
+    parse_pck_extension,
+    parse_quote,
+)
+from trustedml.hazmat.attestation.snp import SigningKey, SnpProduct, SnpReport, parse_snp_report
+
+PUBLIC = Path(__file__).resolve().parent / "vectors" / "public"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "attestation-vectors"
+
+
+def _hex_file(path: Path) -> bytes:
+    return bytes.fromhex("".join(path.read_text().split()))
+
+
+def _snp(path: Path) -> SnpReport:
+    report = parse_evidence(path.read_bytes() if path.suffix == ".bin" else _hex_file(path))
+    assert isinstance(report, SnpReport)
+    return report
+
+
+def _tamper(data: bytes, offset: int) -> bytes:
+    out = bytearray(data)
+    out[offset] ^= 0x01
+    return bytes(out)
+
+
+# --- AMD SEV-SNP ------------------------------------------------------------------
+
+GCP_MILAN_V5 = PUBLIC / "teekit-sev-gcp" / "sev-gcp.hex"
+GCP_MILAN_VCEK = PUBLIC / "teekit-sev-gcp" / "sev-gcp-vcek.pem"
+VIRTEE_MILAN_V2 = PUBLIC / "virtee-sev-milan" / "report_milan.hex"
+ROUTEX_GENOA_V2 = PUBLIC / "routex-genoa-v2" / "report.bin"
+OAK_GENOA_V2 = PUBLIC / "oak-genoa-v2" / "report.bin"
+OAK_GENOA_VCEK = PUBLIC / "oak-genoa-v2" / "vcek.der"
+OAK_TURIN_V5 = PUBLIC / "oak-turin-v5" / "report.bin"
+OAK_TURIN_VCEK = PUBLIC / "oak-turin-v5" / "vcek.der"
+
+
+def test_gcp_milan_v5_fields() -> None:
+    data = _hex_file(GCP_MILAN_V5)
+    assert len(data) == 0x4A0
+    assert detect_evidence_type(data) is EvidenceType.SNP
+    r = _snp(GCP_MILAN_V5)
+    assert r.version == 5
+    assert r.policy.raw == 0x30000
+    assert r.policy.smt
+    assert not r.policy.debug
+    assert r.vmpl == 0
+    assert r.signature_algo == 1
+    assert r.signing_key is SigningKey.VCEK
+    assert not r.mask_chip_key
+    assert r.platform_info.raw == 0x25
+    assert r.platform_info.smt_enabled
+    assert r.platform_info.ecc_enabled
+    assert r.platform_info.alias_check_complete
+    assert not r.platform_info.tsme_enabled
+    assert (r.cpuid_fam_id, r.cpuid_mod_id, r.cpuid_step) == (0x19, 0x01, 0x01)
+    assert r.product is SnpProduct.MILAN
+    assert r.report_data == bytes(64)
+    assert r.measurement.hex() == (
+        "b747d55452e0b9e9079770a49e397c5e6d9573581e246da7baac4f28b5cdc5b1"
+        "b6d19251b8ee600fd16a3708f58406f3"
+    )
+    assert r.report_id.hex() == "9a0603343e711e1ec9b6b046023da5378e7c4cac6182e35d4f3ebeb46aef6c80"
+    assert r.report_id_ma == b"\xff" * 32
+    assert r.chip_id.hex().startswith("980cf7b61876cb37fd517cd44ce11c72")
+    for tcb in (r.current_tcb, r.reported_tcb, r.committed_tcb, r.launch_tcb):
+        assert tcb.raw == 0xDE1B000000000004
+        assert (tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode, tcb.fmc) == (4, 0, 27, 222, None)
+    assert str(r.current_version) == str(r.committed_version) == "1.55.35"
+    assert (r.launch_mit_vector, r.current_mit_vector) == (11, 11)
+
+
+def test_gcp_milan_v5_verifies_with_its_vcek() -> None:
+    data = _hex_file(GCP_MILAN_V5)
+    vcek = GCP_MILAN_VCEK.read_bytes()
+    verified = verify_evidence(data, collateral=vcek, at=datetime(2026, 1, 1, tzinfo=UTC))
+    assert verified.tcb_status is TcbStatus.UP_TO_DATE
+    extra = verified.claims.extra
+    assert extra["product"] == "Milan"
+    assert extra["product_name"] == "Milan-B0"
+    assert extra["version"] == 5
+    assert extra["signing_key"] == "vcek"
+    assert extra["cpuid"] == {"family": 0x19, "model": 1, "stepping": 1}
+    assert extra["launch_mit_vector"] == 11
+    assert extra["current_mit_vector"] == 11
+    assert extra["reported_tcb"]["snp"] == 27
+    assert "fmc" not in extra["reported_tcb"]
+    assert extra["current_firmware"] == "1.55.35"
+    assert verified.claims.debug is False
+    # The VCEK was issued 2025-12-05: before that it is not valid.
+    with pytest.raises(CertificateChainError):
+        verify_evidence(data, collateral=vcek, at=datetime(2025, 12, 1, tzinfo=UTC))
+    with pytest.raises(EvidenceSignatureError):
+        verify_evidence(_tamper(data, 0x90), collateral=vcek, at=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_virtee_milan_v2_fields() -> None:
+    r = _snp(VIRTEE_MILAN_V2)
+    assert r.version == 2
+    assert (r.cpuid_fam_id, r.cpuid_mod_id, r.cpuid_step) == (None, None, None)
+    assert r.launch_mit_vector is None
+    assert r.current_mit_vector is None
+    assert r.product is None  # no CPUID in v2: Milan/Genoa layout
+    assert r.policy.raw == 0x30000
+    assert r.platform_info.raw == 1
+    assert r.report_data.hex().startswith("d447b55d197491bfe15cf298f9de9986")
+    assert r.measurement.hex() == (
+        "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d"
+        "3e1a0dc39b2c60bd95b9c480cd81841f"
+    )
+    assert r.report_id.hex() == "92b3b47d59f0a2a10a74c5678868a80238cf593c01a82f3cffb878e904c28d5b"
+    assert r.chip_id.hex().startswith("d49554ec717f4e5b0fe6b143bcf0405b")
+    t = r.reported_tcb
+    assert (t.bootloader, t.tee, t.snp, t.microcode) == (3, 0, 8, 115)
+    assert str(r.current_version) == "1.52.4"
+
+
+def test_routex_genoa_v2_fields() -> None:
+    r = _snp(ROUTEX_GENOA_V2)
+    assert r.version == 2
+    assert r.product is None
+    assert r.policy.raw == 0x30000
+    assert r.platform_info.raw == 1
+    assert r.report_data == bytes(64)
+    assert r.measurement.hex() == (
+        "eb94937547f1f14613dd835752c81c160a98ca954ce2d25b316cbee45540e8f8"
+        "2338b7043ac45e926efd323548beb8cb"
+    )
+    assert r.report_id.hex() == "8c44966159e86a060c1c8972cb739f6f8d8a7ee493877ea43116b3a0ba687c1e"
+    assert r.chip_id.hex().startswith("d932d021261a3010c08aa11c8b5efcfb")
+    t = r.reported_tcb
+    assert (t.bootloader, t.tee, t.snp, t.microcode) == (7, 0, 14, 68)
+    assert str(r.current_version) == str(r.committed_version) == "1.55.21"
+
+
+def test_oak_genoa_v2_verifies_with_its_vcek() -> None:
+    data = OAK_GENOA_V2.read_bytes()
+    r = _snp(OAK_GENOA_V2)
+    assert r.version == 2
+    assert r.cpuid_fam_id is None
+    assert r.report_data.hex() == (
+        "e8c6c542bb712e5d794d69e55be5cc9a88e60863180384d2233a1449cf3be8cf" + "00" * 32
+    )
+    assert r.measurement.hex() == (
+        "de654ed1eb03b69567338d357f86735c64fc771676bcd5d05ca6afe86f3eb9f7"
+        "549222afae6139a8d282a34d09d59f95"
+    )
+    t = r.reported_tcb
+    assert (t.bootloader, t.tee, t.snp, t.microcode) == (7, 0, 15, 62)
+    assert str(r.current_version) == "1.55.24"
+
+    vcek = OAK_GENOA_VCEK.read_bytes()
+    # This VCEK's RSASSA-PSS parameters carry an explicit trailerField (a3 03 02 01 01).
+    assert b"\xa3\x03\x02\x01\x01" in vcek
+    at = datetime(2025, 1, 1, tzinfo=UTC)
+    verified = verify_evidence(data, collateral=vcek, at=at)
+    assert verified.tcb_status is TcbStatus.UP_TO_DATE
+    extra = verified.claims.extra
+    assert extra["product"] == "Genoa"
+    assert extra["product_name"] == "Genoa"
+    assert extra["chip_id"] == r.chip_id.hex()
+    assert extra["chip_id_masked"] is False
+    assert "cpuid" not in extra
+    assert "launch_mit_vector" not in extra
+    assert extra["reported_tcb"] == {
+        "raw": r.reported_tcb.raw,
+        "bootloader": 7,
+        "tee": 0,
+        "snp": 15,
+        "microcode": 62,
+    }
+    with pytest.raises(EvidenceSignatureError):
+        verify_evidence(_tamper(data, 0x50), collateral=vcek, at=at)
+    with pytest.raises(CertificateChainError):
+        verify_evidence(data, collateral=vcek, at=datetime(2031, 7, 1, tzinfo=UTC))
+
+
+def test_oak_turin_v5_fields() -> None:
+    r = _snp(OAK_TURIN_V5)
+    assert r.version == 5
+    assert (r.cpuid_fam_id, r.cpuid_mod_id, r.cpuid_step) == (0x1A, 0x02, 0x01)
+    assert r.product is SnpProduct.TURIN
+    assert r.platform_info.raw == 0x67
+    assert r.platform_info.tsme_enabled
+    assert r.platform_info.alias_check_complete
+    assert r.report_data.hex() == (
+        "e0fd0bdb6aa4030a6ddea9073e1fcec5be6c782a2c8075a0825dfb3d9a81b924" + "00" * 32
+    )
+    assert r.measurement.hex() == (
+        "f924dd18f168df60fbea937f0b086284d51b1b376de872bac43694f61134d579"
+        "67c318018de7335503023dbb50dee624"
+    )
+    # Turin CHIP_ID: 8 bytes, the rest zero.
+    assert r.chip_id == bytes.fromhex("3b42092f69c656d3") + bytes(56)
+    for tcb in (r.current_tcb, r.reported_tcb, r.committed_tcb, r.launch_tcb):
+        assert (tcb.fmc, tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode) == (0, 1, 0, 2, 71)
+    assert str(r.current_version) == "1.55.61"
+    assert (r.launch_mit_vector, r.current_mit_vector) == (0, 0)
+    # Decoding the same TCB in the Milan/Genoa layout would read other bytes.
+    other = parse_snp_report(OAK_TURIN_V5.read_bytes(), product=SnpProduct.GENOA)
+    assert (other.reported_tcb.bootloader, other.reported_tcb.snp) == (0, 0)
+
+
+def test_oak_turin_v5_verifies_with_its_vcek() -> None:
+    data = OAK_TURIN_V5.read_bytes()
+    vcek = OAK_TURIN_VCEK.read_bytes()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    verified = verify_evidence(data, collateral=vcek, at=at)
+    assert verified.tcb_status is TcbStatus.UP_TO_DATE
+    extra = verified.claims.extra
+    assert extra["product"] == "Turin"
+    assert extra["product_name"] == "Turin"
+    assert extra["reported_tcb"]["fmc"] == 0
+    assert extra["reported_tcb"]["microcode"] == 71
+    assert extra["cpuid"] == {"family": 0x1A, "model": 2, "stepping": 1}
+    with pytest.raises(EvidenceSignatureError):
+        verify_evidence(_tamper(data, 0x90), collateral=vcek, at=at)
+    # A Genoa VCEK cannot endorse the Turin report.
+    with pytest.raises((CollateralError, EvidenceSignatureError)):
+        verify_evidence(data, collateral=OAK_GENOA_VCEK.read_bytes(), at=at)
+
+
+def test_snp_describe_is_json_ready() -> None:
+    described = describe_evidence(OAK_TURIN_V5.read_bytes())
+    assert described["evidence_type"] == "sev-snp"
+    fields = described["fields"]
+    assert isinstance(fields, dict)
+    assert fields["version"] == 5
+    assert fields["product"] == "Turin"
+    assert fields["reported_tcb"]["fmc"] == 0
+    assert fields["chip_id"] == "3b42092f69c656d3" + "00" * 56
+
+
+# --- Intel TDX ------------------------------------------------------------------
+
+ALIBABA_TDX_V5 = PUBLIC / "automata-alibaba-tdx-v5" / "quote.hex"
+DCAP_QVL_90C06F = SHARED / "dcap-qvl" / "tdx_quote_outdated_collateral.json"
+
+
+def _raw_sig(sig: bytes) -> bytes:
+    return encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+
+
+def _alibaba() -> tuple[bytes, Quote]:
+    raw = _hex_file(ALIBABA_TDX_V5)
+    quote = parse_evidence(raw)
+    assert isinstance(quote, Quote)
+    return raw, quote
+
+
+def test_alibaba_tdx_v5_layout() -> None:
+    raw, q = _alibaba()
+    assert len(raw) == 5006
+    assert q.size == 5006
+    assert detect_evidence_type(raw) is EvidenceType.TDX
+    assert q.version == 5
+    assert q.header.att_key_type == 2
+    assert q.header.tee_type == 0x81
+    assert q.header.user_data.hex() == "da2c7e326c5696889a6a6ab4f8a64b1700000000"
+    assert q.body_type == BODY_TYPE_TD15
+    body = q.body
+    assert isinstance(body, TdReport15)
+    assert body.tee_tcb_svn.hex() == "05010200000000000000000000000000"
+    assert body.tee_tcb_svn2 == body.tee_tcb_svn
+    assert body.tdx_module_version == 1
+    assert body.td_attributes.hex() == "0000001000000000"
+    assert not body.debug
+    assert body.xfam.hex() == "e742060000000000"
+    assert body.mr_seam.hex().startswith("1cc6a17ab799e9a693fac7536be61c12")
+    assert body.mr_td.hex() == (
+        "157768a71a6a31f5561978c4cde665809d22976ef5dead2952839b7b3ea23b6c"
+        "2931c9148fe1d117c99faefac18bb73b"
+    )
+    assert body.rtmrs[3] == bytes(48)
+    assert body.rtmrs[0].hex().startswith("cdf337cef3d59099")
+    assert body.report_data.hex().startswith("83ded8a0ee745596dbd961624da760cf")
+    # A migration/service TD is bound to this TD: MR_SERVICETD is not zero.
+    assert body.mr_servicetd.hex().startswith("383c87d3bbb047b2d171eaca95312ede")
+    # The signed bytes are header + body descriptor + the 648-byte body.
+    assert q.signed_bytes == raw[: 48 + 6 + 648]
+
+    sd = q.signature_data
+    assert sd.certification_data.cert_type == CERT_TYPE_QE_REPORT
+    assert sd.pck_certification_data.cert_type == CERT_TYPE_PCK_CERT_CHAIN
+    assert sd.qe_auth_data == bytes(range(32))  # a non-empty QE authentication data
+    assert sd.qe_report.isv_svn == 6
+    assert sd.pck_certification_data.data.endswith(b"-----END CERTIFICATE-----\n\x00")
+
+
+def test_alibaba_tdx_v5_signatures_check_independently() -> None:
+    # Every signature inside the quote, checked with pyca/cryptography alone: the bytes
+    # are exactly what the platform produced.
+    _, q = _alibaba()
+    sd = q.signature_data
+    certs = x509.load_pem_x509_certificates(sd.pck_certification_data.data)
+    assert len(certs) == 3
+    for child, parent in zip(certs, [*certs[1:], certs[-1]], strict=True):
+        child.verify_directly_issued_by(parent)
+    pck_key = certs[0].public_key()
+    assert isinstance(pck_key, ec.EllipticCurvePublicKey)
+    pck_key.verify(_raw_sig(sd.qe_report_signature), sd.qe_report.raw, ec.ECDSA(hashes.SHA256()))
+    digest = hashlib.sha256(sd.attestation_key + sd.qe_auth_data).digest()
+    assert sd.qe_report.report_data[:32] == digest
+    att_key = ec.EllipticCurvePublicKey.from_encoded_point(
+        ec.SECP256R1(), b"\x04" + sd.attestation_key
+    )
+    att_key.verify(_raw_sig(sd.signature), q.signed_bytes, ec.ECDSA(hashes.SHA256()))
+
+    ext = parse_pck_extension(
+        certs[0]
+        .extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSION_OID))
+        .value.value  # type: ignore[attr-defined]
+    )
+    assert ext.fmspc.hex() == "90c06f000000"
+    assert ext.pce_id == b"\x00\x00"
+    assert ext.pce_svn == 13
+    assert ext.tcb_components == (2, 2, 2, 2, 3, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+@pytest.mark.skipif(not DCAP_QVL_90C06F.exists(), reason="shared vectors not present")
+def test_alibaba_tdx_v5_against_intel_collateral_for_its_fmspc() -> None:
+    # dcap-qvl's collateral for FMSPC 90C06F000000 (Intel-signed TCB info, QE identity
+    # and CRLs) also covers this platform. Its SGX components match the second TCB
+    # level (OutOfDate, 2024-03-13) and its TDX module (TDX_01, SVN 5) the OutOfDate
+    # level with isvsvn 4.
+    raw, _ = _alibaba()
+    at = datetime(2026, 3, 5, 10, 50, 3, tzinfo=UTC)
+    verified = verify_evidence(raw, collateral=DCAP_QVL_90C06F.read_bytes(), at=at)
+    assert verified.tcb_status is TcbStatus.OUT_OF_DATE
+    assert verified.advisory_ids == (
+        "INTEL-SA-01036",
+        "INTEL-SA-01079",
+        "INTEL-SA-01099",
+        "INTEL-SA-01103",
+        "INTEL-SA-01111",
+    )
+    extra = verified.claims.extra
+    assert extra["qe_tcb_status"] == "UpToDate"
+    assert extra["platform_tcb_status"] == "OutOfDate"
+    assert extra["td_relaunch_advised"] is False
+    assert extra["tcb_date"] == "2024-03-13T00:00:00Z"
+    assert extra["fmspc"] == "90c06f000000"
+    assert verified.claims.extra["mr_servicetd"].startswith("383c87d3")
+    with pytest.raises(EvidenceSignatureError):
+        verify_evidence(_tamper(raw, 48 + 6 + 136), collateral=DCAP_QVL_90C06F.read_bytes(), at=at)
+
+
+def test_alibaba_tdx_v5_parse_quote_matches_parse_evidence() -> None:
+    raw, q = _alibaba()
+    again = parse_quote(raw + bytes(70))  # trailing bytes are ignored
+    assert again.size == q.size
+    assert again.signed_bytes == q.signed_bytes
