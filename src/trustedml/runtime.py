@@ -130,7 +130,7 @@ class _WorkerKeyStore(_CachedRelease):
     def _own_store(self, refused: BrokerRefusedError) -> KeyStore:
         if refused.code not in self._OWN_ATTESTATION:
             raise refused
-        if os.environ.get(ENV_BROKER_URL) != self._session.url:
+        if (os.environ.get(ENV_BROKER_URL) or "").rstrip("/") != self._session.url:
             raise BrokerRefusedError(
                 f"{refused}; this process was not launched by `trustedml submit "
                 f"--broker {self._session.url}`, so it cannot attest itself",
