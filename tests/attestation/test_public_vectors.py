@@ -31,6 +31,7 @@ from trustedml.attestation import (
 from trustedml.errors import (
     CertificateChainError,
     CollateralError,
+    CollateralExpiredError,
     EvidenceSignatureError,
 )
 from trustedml.hazmat.attestation.intel import (
@@ -38,6 +39,7 @@ from trustedml.hazmat.attestation.intel import (
     CERT_TYPE_PCK_CERT_CHAIN,
     CERT_TYPE_QE_REPORT,
     SGX_EXTENSION_OID,
+    PckExtension,
     Quote,
     TdReport15,
     parse_pck_extension,
@@ -392,3 +394,239 @@ def test_alibaba_tdx_v5_parse_quote_matches_parse_evidence() -> None:
     again = parse_quote(raw + bytes(70))  # trailing bytes are ignored
     assert again.size == q.size
     assert again.signed_bytes == q.signed_bytes
+
+
+# --- Intel SGX v3 and TDX v4 from Platform-CA platforms, with Intel collateral ------------
+
+ATA_SGX_V3 = PUBLIC / "ata-sgx-v3-platform-ca"
+ATA_TDX_V4 = PUBLIC / "ata-tdx-v4-platform-ca"
+# The origin's frozen verification time (1789139978).
+ATA_AT = datetime(2026, 9, 11, 15, 19, 38, tzinfo=UTC)
+
+
+def _quote_from(folder: Path) -> tuple[bytes, Quote]:
+    raw = _hex_file(folder / "quote.hex")
+    quote = parse_evidence(raw)
+    assert isinstance(quote, Quote)
+    return raw, quote
+
+
+def _pck_certs(q: Quote) -> list[x509.Certificate]:
+    sd = q.signature_data
+    chain = sd.pck_certification_data if q.version >= 4 else sd.certification_data
+    assert chain.cert_type == CERT_TYPE_PCK_CERT_CHAIN
+    return x509.load_pem_x509_certificates(chain.data)
+
+
+def _pck_ext(cert: x509.Certificate) -> PckExtension:
+    return parse_pck_extension(
+        cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSION_OID)).value.value  # type: ignore[attr-defined]
+    )
+
+
+def test_ata_sgx_v3_layout() -> None:
+    raw, q = _quote_from(ATA_SGX_V3)
+    assert len(raw) == q.size == 4734
+    assert hashlib.sha256(raw).hexdigest() == (
+        "93aeaad2128ee866149de0491f4857ebc90e9336adec003919e4f47f3289b550"
+    )
+    assert detect_evidence_type(raw) is EvidenceType.SGX
+    h = q.header
+    assert (q.version, h.att_key_type, h.tee_type, h.qe_svn, h.pce_svn) == (3, 2, 0, 11, 16)
+    assert h.user_data.hex() == "958a27bd734d30d998a46126252f61f500000000"
+    body = q.body
+    assert body.cpusvn.hex() == "10101110ffff01000000000000000000"
+    assert body.attributes.hex() == "0500000000000000e700000000000000"
+    assert body.mrenclave.hex() == (
+        "6b2fb25e0084ad6ecbf6cfcefe09e2fa0fca2b84092f72c01f8fe98e9d7db5cd"
+    )
+    assert body.mrsigner.hex() == (
+        "334d8d7c1be636f4a2811c97bb31cb25419acf287f8acd548e1e2adc30b2c7f9"
+    )
+    assert (body.isv_prod_id, body.isv_svn) == (0, 0)
+    assert body.report_data.hex() == (
+        "c28cac196a6a0a3456bfcc15bbc34abacf72bd27b576f206dac4217c135553bf" + "00" * 32
+    )
+    assert q.signed_bytes == raw[: 48 + 384]
+    sd = q.signature_data
+    assert sd.certification_data.cert_type == CERT_TYPE_PCK_CERT_CHAIN
+    assert sd.certification_data.data.endswith(b"-----END CERTIFICATE-----\n\x00")
+    assert sd.qe_auth_data == bytes(range(32))
+    assert (sd.qe_report.isv_prod_id, sd.qe_report.isv_svn) == (1, 11)
+    certs = _pck_certs(q)
+    assert [c.subject.rfc4514_string().split("CN=")[1] for c in certs] == [
+        "Intel SGX PCK Certificate",
+        "Intel SGX PCK Platform CA",
+        "Intel SGX Root CA",
+    ]
+    ext = _pck_ext(certs[0])
+    assert ext.fmspc.hex() == "00606a000000"
+    assert ext.pce_svn == 13
+    assert ext.tcb_components == (16, 16, 3, 3, 255, 255, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    assert ext.sgx_type == 1  # Scalable
+    # A Platform-CA PCK certificate carries the platform instance ID and configuration.
+    assert ext.platform_instance_id is not None
+    assert ext.platform_instance_id.hex() == "9cd2ff73db174b44746e3f2b6abf79d9"
+    assert (ext.dynamic_platform, ext.cached_keys, ext.smt_enabled) == (True, False, False)
+
+
+def test_ata_sgx_v3_verdict_with_intel_collateral() -> None:
+    raw, _ = _quote_from(ATA_SGX_V3)
+    collateral = (ATA_SGX_V3 / "collateral.json").read_bytes()
+    verified = verify_evidence(raw, collateral=collateral, at=ATA_AT)
+    assert verified.tcb_status is TcbStatus.SW_HARDENING_NEEDED
+    assert verified.advisory_ids == ("INTEL-SA-00615",)
+    extra = verified.claims.extra
+    assert extra["quote_version"] == 3
+    assert extra["fmspc"] == "00606a000000"
+    assert extra["pce_svn"] == 13
+    assert extra["cpusvn"] == "10100303ffff01000000000000000000"
+    assert extra["sgx_type"] == "Scalable"
+    assert extra["qe_svn"] == 11
+    assert extra["qe_tcb_status"] == "UpToDate"
+    assert extra["platform_tcb_status"] == "SWHardeningNeeded"
+    assert extra["tcb_date"] == "2025-08-13T00:00:00Z"
+    assert extra["tcb_evaluation_data_number"] == 20
+    assert verified.claims.debug is False
+    assert verified.collateral_issued == datetime(2026, 9, 10, 13, 56, 26, tzinfo=UTC)
+    assert verified.collateral_expires == datetime(2026, 10, 10, 13, 56, 26, tzinfo=UTC)
+    with pytest.raises(EvidenceSignatureError):
+        verify_evidence(_tamper(raw, 48 + 64), collateral=collateral, at=ATA_AT)
+    # After the PCK CRL's nextUpdate the collateral is stale.
+    with pytest.raises(CollateralExpiredError):
+        verify_evidence(raw, collateral=collateral, at=datetime(2026, 10, 11, tzinfo=UTC))
+
+
+def test_ata_tdx_v4_layout() -> None:
+    raw, q = _quote_from(ATA_TDX_V4)
+    assert len(raw) == q.size == 4935
+    assert hashlib.sha256(raw).hexdigest() == (
+        "4538f18e97ebc66dcec1a00c5e5d942784a5e8ca507221b090d128a4081f8dc8"
+    )
+    assert detect_evidence_type(raw) is EvidenceType.TDX
+    assert (q.version, q.header.tee_type, q.header.att_key_type) == (4, 0x81, 2)
+    assert q.header.user_data == bytes(20)
+    body = q.body
+    assert not isinstance(body, TdReport15)
+    assert body.tee_tcb_svn.hex() == "0f010a00000000000000000000000000"
+    assert body.tdx_module_version == 1
+    assert body.mr_seam.hex().startswith("ab62561a173acbd18ee50ff37750db44")
+    assert body.mr_signer_seam == bytes(48)
+    assert body.td_attributes.hex() == "0000001000000000"
+    assert not body.debug
+    assert body.xfam.hex() == "e702060000000000"
+    assert body.mr_td.hex() == (
+        "c1ee9c16e3afc506cfe042c5b846a368528f3b37618eafb27469bc114cf914e9"
+        "222c91618470e7f2b28ac360968270a5"
+    )
+    assert body.mr_config_id == bytes(48)
+    assert body.mr_owner.hex().startswith("0d54cd0bfbf78c00d8fb827052cbd94b")
+    assert body.mr_owner_config == bytes(48)
+    assert [r.hex()[:16] for r in body.rtmrs] == [
+        "995eeda4ddf8499f",
+        "4c40f4f67311bdaf",
+        "d94af65abf90ea31",
+        "77396dcda5b1dc14",
+    ]
+    assert body.report_data == bytes(64)
+    assert q.signed_bytes == raw[: 48 + 584]
+    sd = q.signature_data
+    assert sd.certification_data.cert_type == CERT_TYPE_QE_REPORT
+    assert sd.qe_auth_data == bytes(32)
+    assert (sd.qe_report.isv_prod_id, sd.qe_report.isv_svn) == (2, 6)
+    # No NUL after the PEM chain here (the SGX quote above has one).
+    assert sd.pck_certification_data.data.endswith(b"-----END CERTIFICATE-----\n")
+    ext = _pck_ext(_pck_certs(q)[0])
+    assert ext.fmspc.hex() == "00806f050000"
+    assert ext.pce_svn == 11
+    assert ext.tcb_components == (9, 9, 2, 2, 4, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0)
+    assert (ext.dynamic_platform, ext.cached_keys, ext.smt_enabled) == (True, False, True)
+    # The padded original (3065 zero bytes after the quote) parses to the same quote.
+    again = parse_quote(raw + bytes(3065))
+    assert again.size == 4935
+    assert again.signed_bytes == q.signed_bytes
+
+
+def test_ata_tdx_v4_verdict_with_intel_collateral() -> None:
+    raw, _ = _quote_from(ATA_TDX_V4)
+    collateral = (ATA_TDX_V4 / "collateral.json").read_bytes()
+    verified = verify_evidence(raw, collateral=collateral, at=ATA_AT)
+    assert verified.tcb_status is TcbStatus.UP_TO_DATE
+    assert verified.advisory_ids == ()
+    extra = verified.claims.extra
+    assert extra["quote_version"] == 4
+    assert extra["fmspc"] == "00806f050000"
+    assert extra["qe_svn"] == 6
+    assert extra["qe_tcb_status"] == "UpToDate"
+    assert extra["platform_tcb_status"] == "UpToDate"
+    assert extra["tcb_date"] == "2025-08-13T00:00:00Z"
+    assert extra["tee_tcb_svn"] == "0f010a00000000000000000000000000"
+    assert "mr_servicetd" not in extra
+    assert verified.claims.debug is False
+    with pytest.raises(EvidenceSignatureError):
+        verify_evidence(_tamper(raw, 48 + 136), collateral=collateral, at=ATA_AT)
+    # An SGX collateral set (QE identity "QE", SGX TCB info) does not fit a TDX quote.
+    with pytest.raises(CollateralError):
+        verify_evidence(raw, collateral=(ATA_SGX_V3 / "collateral.json").read_bytes(), at=ATA_AT)
+
+
+# --- AMD SEV-SNP report v3 (Azure Genoa) ---------------------------------------------
+
+AZURE_GENOA_V3 = PUBLIC / "trustee-azure-genoa-v3" / "report.bin"
+AZURE_GENOA_VCEK = PUBLIC / "trustee-azure-genoa-v3" / "vcek-genoa.pem"
+
+
+def test_azure_genoa_v3_fields() -> None:
+    r = _snp(AZURE_GENOA_V3)
+    assert r.version == 3
+    assert r.guest_svn == 0x1000B
+    assert r.policy.raw == 0x3001F
+    assert (r.policy.abi_minor, r.policy.abi_major) == (31, 0)
+    assert r.policy.smt
+    assert not r.policy.debug
+    assert r.family_id.hex() == "01232000" + "00" * 12
+    assert r.image_id.hex() == "02" + "00" * 15
+    assert r.platform_info.raw == 0x24
+    assert not r.platform_info.smt_enabled
+    assert r.platform_info.ecc_enabled
+    assert r.platform_info.alias_check_complete
+    assert (r.cpuid_fam_id, r.cpuid_mod_id, r.cpuid_step) == (0x19, 0x11, 0x01)
+    assert r.product is SnpProduct.GENOA
+    assert r.launch_mit_vector is None  # version 3: no mitigation vectors
+    assert r.report_data.hex() == (
+        "b581f12e29a2d7d64e5e0b738d563879a78b51c644d0fa0cce02b48699f6bf5f" + "00" * 32
+    )
+    assert r.measurement.hex() == (
+        "f57dc09a507c6ecd82369bffb600f0003792f4d99bc26e985ec0c266fc34faf3"
+        "706faf814c9e61065768a6ff917c89ae"
+    )
+    assert r.id_key_digest.hex().startswith("942fd93ebde6ea7a96efadeafc60f1c6")
+    assert r.author_key_digest == bytes(48)
+    assert r.report_id.hex() == "8c678f0cba548b25bc8ed1f723231570447886c74b1fa1f7eb23699755cb4801"
+    assert r.chip_id.hex().startswith("0506ffba875e939c2729d20c74eb72b4")
+    for tcb in (r.current_tcb, r.reported_tcb, r.committed_tcb, r.launch_tcb):
+        assert (tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode, tcb.fmc) == (10, 0, 23, 84, None)
+    assert str(r.current_version) == str(r.committed_version) == "1.55.40"
+
+
+def test_azure_genoa_v3_verifies_with_its_vcek() -> None:
+    data = AZURE_GENOA_V3.read_bytes()
+    vcek = AZURE_GENOA_VCEK.read_bytes()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    verified = verify_evidence(data, collateral=vcek, at=at)
+    assert verified.tcb_status is TcbStatus.UP_TO_DATE
+    extra = verified.claims.extra
+    assert extra["product"] == "Genoa"
+    assert extra["version"] == 3
+    assert extra["cpuid"] == {"family": 0x19, "model": 0x11, "stepping": 1}
+    assert "launch_mit_vector" not in extra
+    assert extra["guest_svn"] == 0x1000B
+    assert extra["reported_tcb"]["snp"] == 23
+    assert extra["current_firmware"] == "1.55.40"
+    with pytest.raises(EvidenceSignatureError):
+        verify_evidence(_tamper(data, 0x50), collateral=vcek, at=at)
+    with pytest.raises(CertificateChainError):
+        verify_evidence(data, collateral=vcek, at=datetime(2025, 1, 1, tzinfo=UTC))
+    # Another Genoa chip's VCEK does not endorse this report.
+    with pytest.raises((CollateralError, EvidenceSignatureError)):
+        verify_evidence(data, collateral=OAK_GENOA_VCEK.read_bytes(), at=at)
