@@ -250,3 +250,29 @@ def test_job_reads_and_writes_encrypted_data_with_its_keks(
     lines = csv.read_text().splitlines()
     assert lines[0] == "day,sum(value)"
     assert sorted(lines[1:])[0] == f"2014-07-01,{sum(range(48))}"
+
+
+def test_a_dead_worker_fails_the_job_clearly_and_leaves_no_output(
+    session_keys: KeyDirectory, session_passphrase_file: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from trustedml import LocalKeyStore
+
+    keys = tmp_path / "keys"
+    shutil.copytree(session_keys.path, keys)
+    LocalKeyStore(KeyDirectory(keys), Secret(PASSPHRASE)).create_kek("out")
+    out = tmp_path / "out"
+    result = run_cli(
+        ["submit", "--keys", str(keys), "--passphrase-file", str(session_passphrase_file),
+         "--kek", "out", "--no-ui", str(APPS / "dead_worker.py"), str(out), "out"]
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "unreachable" not in result.stdout
+    assert "Python worker exited unexpectedly" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "error: dead_worker.py failed with exit status 1; its output above says why"
+    # Files of the partitions that finished were removed when the job aborted; the
+    # killed task can leave only its hidden, never-renamed temporary file.
+    left = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert all(name.startswith(".part-") and name.endswith(".part") for name in left), left

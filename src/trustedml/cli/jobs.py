@@ -371,6 +371,18 @@ def submit_command(
         expected_measurement=expected,
         on_plan=show_plan(evidence_out),
     )
+    _exit(code, app.name)
+
+
+def _exit(code: int, what: str) -> None:
+    """Exit with the job's status; a failure ends with one line saying so, since
+    Spark's own account of it can be pages of JVM and Python tracebacks."""
+    if code > 128:
+        err_console.print(f"error: {what} was killed by signal {code - 128} (exit {code})")
+    elif code:
+        err_console.print(
+            f"error: {what} failed with exit status {code}; its output above says why"
+        )
     sys.exit(code)
 
 
@@ -397,4 +409,4 @@ def run_command(command: tuple[str, ...], **options: Any) -> None:
         expected_measurement=expected,
         on_plan=show_plan(evidence_out),
     )
-    sys.exit(code)
+    _exit(code, command[0])

@@ -194,8 +194,11 @@ def parquet_schema(ring: KeyStore, path: str) -> StructType:
 
 
 class _CommitMessage(WriterCommitMessage):
-    def __init__(self, files: list[str]) -> None:
-        self.files = files
+    """What a task wrote: hidden staged files (readers skip dot files) and the names
+    they take when the job commits."""
+
+    def __init__(self, staged: list[tuple[str, str]]) -> None:
+        self.staged = staged
 
 
 class _Writer(DataSourceArrowWriter):
@@ -244,15 +247,19 @@ class _Writer(DataSourceArrowWriter):
                 else:
                     _write_text(writer, iterator, self._header)
                 writer.close()
-            os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return _CommitMessage([str(final)])
+        # Renamed into view only when the whole job commits: a task that finishes
+        # while the job is failing must not leave a visible part of the output.
+        return _CommitMessage([(str(tmp), str(final))])
 
     def commit(self, messages: list[WriterCommitMessage | None]) -> None:
-        written = {f for m in messages if isinstance(m, _CommitMessage) for f in m.files}
+        staged = [pair for m in messages if isinstance(m, _CommitMessage) for pair in m.staged]
+        for tmp, final in staged:
+            os.replace(tmp, final)
         if self._overwrite:
+            written = {final for _, final in staged}
             for old in Path(self._path).glob(f"part-*{SUFFIX}"):
                 if str(old) not in written:
                     old.unlink()
@@ -261,8 +268,8 @@ class _Writer(DataSourceArrowWriter):
     def abort(self, messages: list[WriterCommitMessage | None]) -> None:
         for m in messages:
             if isinstance(m, _CommitMessage):
-                for f in m.files:
-                    Path(f).unlink(missing_ok=True)
+                for tmp, _ in m.staged:
+                    Path(tmp).unlink(missing_ok=True)
 
 
 def _write_text(
