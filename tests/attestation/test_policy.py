@@ -558,3 +558,66 @@ def test_load_errors(tmp_path: Path) -> None:
 def test_policy_errors_are_config_errors() -> None:
     with pytest.raises(ConfigError):
         Policy.from_dict({"nope": 1})
+
+
+# -- minimum SEV-SNP TCB: judged on a real report (GCP Milan, reported TCB 4/0/27/222) ----
+
+GCP = Path(__file__).parent / "vectors" / "public" / "teekit-sev-gcp"
+
+
+def _gcp_verified() -> VerifiedEvidence:
+    from trustedml.attestation import verify_evidence
+
+    report = bytes.fromhex("".join((GCP / "sev-gcp.hex").read_text().split()))
+    return verify_evidence(
+        report,
+        collateral=(GCP / "sev-gcp-vcek.pem").read_bytes(),
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+def _snp_policy(**levels: int) -> Policy:
+    return Policy(allow=(Identity(evidence_type=EvidenceType.SNP),), min_snp_tcb=levels)
+
+
+def test_min_snp_tcb_accepts_a_report_at_or_above_every_level() -> None:
+    verified = _gcp_verified()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    ok = _snp_policy(bootloader=4, tee=0, snp=27, microcode=222, fmc=9).appraise(verified, at=at)
+    assert ok.accepted, ok.reasons  # fmc exists on Turin only: it does not apply to Milan
+
+
+def test_min_snp_tcb_names_every_component_below_its_level() -> None:
+    verified = _gcp_verified()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    refused = _snp_policy(snp=28, microcode=230, bootloader=3).appraise(verified, at=at)
+    assert refused.reasons == (
+        "SEV-SNP reported TCB is below the policy minimum: snp 27 < 28, microcode 222 < 230",
+    )
+    # Other evidence types are not judged by it.
+    assert (
+        Policy(
+            allow_simulated=True,
+            allow=(Identity(measurement=SIM_MEASUREMENT),),
+            min_snp_tcb={"snp": 99},
+        )
+        .appraise(sim_verified(), at=AT)
+        .accepted
+    )
+
+
+def test_min_snp_tcb_file_form_round_trips_and_rejects_bad_values() -> None:
+    policy = Policy.from_dict(tomllib.loads("[min_snp_tcb]\nsnp = 22\nmicrocode = 213\n"))
+    assert dict(policy.min_snp_tcb or {}) == {"snp": 22, "microcode": 213}
+    assert Policy.from_dict(tomllib.loads(tomli_w.dumps(policy.to_dict()))) == policy
+    assert hash(policy) == hash(Policy.from_dict(policy.to_dict()))
+    with pytest.raises(PolicyError, match=r"min_snp_tcb\.snpp: unknown key; did you mean 'snp'"):
+        Policy.from_dict({"min_snp_tcb": {"snpp": 1}})
+    with pytest.raises(
+        PolicyError, match=r"min_snp_tcb\.tee: expected an integer 0\.\.255, got 256"
+    ):
+        Policy.from_dict({"min_snp_tcb": {"tee": 256}})
+    with pytest.raises(PolicyError, match="min_snp_tcb: expected at least one of"):
+        Policy.from_dict({"min_snp_tcb": {}})
+    with pytest.raises(PolicyError, match="min_snp_tcb: expected a table"):
+        Policy(min_snp_tcb=[1, 2])  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import difflib
 import json
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -328,6 +328,9 @@ class Policy:
     min_tcb_status: TcbStatus = TcbStatus.UP_TO_DATE
     allowed_advisory_ids: frozenset[str] = frozenset()
     max_collateral_age: timedelta | None = None
+    # SEV-SNP has no TCB-info collateral: a VCEK that verifies only says which firmware
+    # the chip ran. Minimum security patch levels per component, of the reported TCB.
+    min_snp_tcb: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.allow, Identity) or not isinstance(self.allow, Iterable):
@@ -359,6 +362,8 @@ class Policy:
                 "max_collateral_age",
                 parse_duration(self.max_collateral_age, "max_collateral_age"),
             )
+        if self.min_snp_tcb is not None:
+            object.__setattr__(self, "min_snp_tcb", _snp_tcb(self.min_snp_tcb))
 
     # -- appraisal ---------------------------------------------------------------------
 
@@ -400,6 +405,8 @@ class Policy:
             reasons.append(
                 f"security advisories not allowed by this policy: {', '.join(refused_ids)}"
             )
+        if self.min_snp_tcb and claims.evidence_type is EvidenceType.SNP:
+            reasons.extend(_snp_tcb_reasons(self.min_snp_tcb, claims))
         if self.max_collateral_age is not None and verified.collateral_issued is not None:
             issued = verified.collateral_issued
             if issued.tzinfo is None:
@@ -477,6 +484,8 @@ class Policy:
             kwargs["max_collateral_age"] = parse_duration(
                 data["max_collateral_age"], "max_collateral_age"
             )
+        if "min_snp_tcb" in data:
+            kwargs["min_snp_tcb"] = _snp_tcb(data["min_snp_tcb"])
         if "allow" in data:
             entries = data["allow"]
             if not isinstance(entries, list):
@@ -524,6 +533,8 @@ class Policy:
         # TOML has no null, so an unset age is left out rather than written as None.
         if self.max_collateral_age is not None:
             out["max_collateral_age"] = format_duration(self.max_collateral_age)
+        if self.min_snp_tcb is not None:
+            out["min_snp_tcb"] = dict(self.min_snp_tcb)
         out["allow"] = [identity.to_dict() for identity in self.allow]
         return out
 
@@ -535,7 +546,9 @@ _POLICY_KEYS = (
     "min_tcb_status",
     "allowed_advisory_ids",
     "max_collateral_age",
+    "min_snp_tcb",
 )
+_SNP_TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 _IDENTITY_KEYS = ("type", *(f.name for f in fields(Identity) if f.name != "evidence_type"))
 
 
@@ -622,3 +635,67 @@ def _identity_from_dict(entry: object, where: str) -> Identity:
     except PolicyError as exc:
         # Identity's messages start with the field's name, which is also its key here.
         raise PolicyError(f"{where}.{exc}") from None
+
+
+class _Levels(Mapping[str, int]):
+    """Component levels: read-only and hashable, as a frozen policy must be."""
+
+    def __init__(self, levels: Mapping[str, int]) -> None:
+        self._levels = dict(levels)
+
+    def __getitem__(self, name: str) -> int:
+        return self._levels[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._levels)
+
+    def __len__(self) -> int:
+        return len(self._levels)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._levels.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(other) == self._levels
+
+    def __repr__(self) -> str:
+        return repr(self._levels)
+
+
+def _snp_tcb(value: object) -> Mapping[str, int]:
+    if not isinstance(value, Mapping):
+        raise PolicyError(
+            f"min_snp_tcb: expected a table of component levels like "
+            f"{{snp = 22, microcode = 213}}, got {_kind(value)}"
+        )
+    _check_keys("min_snp_tcb", value, _SNP_TCB_COMPONENTS)
+    out: dict[str, int] = {}
+    for name in _SNP_TCB_COMPONENTS:
+        if name not in value:
+            continue
+        level = value[name]
+        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 0xFF:
+            raise PolicyError(f"min_snp_tcb.{name}: expected an integer 0..255, got {_kind(level)}")
+        out[name] = level
+    if not out:
+        raise PolicyError(
+            f"min_snp_tcb: expected at least one of {', '.join(_SNP_TCB_COMPONENTS)}, got none"
+        )
+    return _Levels(out)
+
+
+def _snp_tcb_reasons(minimum: Mapping[str, int], claims: Claims) -> list[str]:
+    reported = claims.extra.get("reported_tcb")
+    if not isinstance(reported, Mapping):
+        return ["min_snp_tcb is set but the evidence reports no TCB version"]
+    low = []
+    for name, level in minimum.items():
+        got = reported.get(name)
+        if got is None:
+            # fmc exists on Turin only; a Milan or Genoa TCB has no such component.
+            continue
+        if got < level:
+            low.append(f"{name} {got} < {level}")
+    if not low:
+        return []
+    return [f"SEV-SNP reported TCB is below the policy minimum: {', '.join(low)}"]
