@@ -384,3 +384,16 @@ def test_settings_that_need_a_host_secret_are_refused_before_any_file_is_written
         submit(PI, [], settings=settings, tee=backend)
     assert names in str(info.value)
     assert not (tmp_path / "manifests").exists()
+
+
+@pytest.mark.usefixtures("no_gramine")
+def test_measure_predicts_the_gramine_job_measurement(tmp_path: Path) -> None:
+    manifests = tmp_path / "manifests"
+    args = ["--insecure", "--tee", "gramine", "--dry-run", "--manifest-dir", str(manifests)]
+    dry = run_cli(["submit", *args, str(PI), "4"])
+    assert dry.returncode == 0, dry.stderr
+    (written,) = manifests.glob("*.manifest")
+    launched = tomllib.loads(written.read_text())["loader"]["env"]["TRUSTEDML_JOB_MEASUREMENT"]
+    measured = run_cli(["measure", *args, str(PI), "4"])
+    assert measured.returncode == 0, measured.stderr
+    assert measured.stdout.strip() == launched

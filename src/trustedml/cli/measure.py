@@ -63,7 +63,8 @@ def measure_command(
         master=master,
         rpc_tls=rpc_tls,
         log_level=log_level,
-        ui=not no_ui,
+        # As `submit` does: the UI is always off under --tee gramine.
+        ui=not no_ui and _ignored.get("tee") != "gramine",
         extra=_parse_confs(confs),
         with_keys=bool(keks),
     )
