@@ -249,6 +249,10 @@ def test_enclave_options(tmp_path: Path) -> None:
         GramineBackend(tmp_path, enclave_size="8GB")
     with pytest.raises(ConfigError, match="--threads: expected an integer >= 4, got 2"):
         GramineBackend(tmp_path, max_threads=2)
+    with pytest.raises(ConfigError, match=r"--isv-svn: expected an integer 0\.\.65535, got 65536"):
+        GramineBackend(tmp_path, isv_svn=65536)
+    with pytest.raises(ConfigError, match=r"--isv-prod-id: expected an integer 0\.\.65535, got -1"):
+        GramineBackend(tmp_path, isv_prod_id=-1)
 
 
 @pytest.fixture
@@ -342,13 +346,18 @@ def test_cli_gramine(
     manifests = tmp_path / "manifests"
     dry = run_cli(
         ["submit", "--insecure", "--tee", "gramine", "--dry-run", "--manifest-dir", str(manifests),
-         "--enclave-size", "4G", "--threads", "32", str(PI), "4"]
+         "--enclave-size", "4G", "--threads", "32", "--isv-prod-id", "7", "--isv-svn", "3",
+         str(PI), "4"]
     )  # fmt: skip
     assert dry.returncode == 0, dry.stderr
     (written,) = manifests.glob("*.manifest")
     assert f"--dry-run: manifest written to {written}; not launched" in dry.stderr
     sgx = tomllib.loads(written.read_text())["sgx"]
     assert (sgx["enclave_size"], sgx["max_threads"]) == ("4G", 32)
+    assert (sgx["isvprodid"], sgx["isvsvn"]) == (7, 3)
+    wrong = run_cli(["submit", "--insecure", "--tee", "sim", "--isv-svn", "3", str(PI)])
+    assert wrong.returncode == 2
+    assert "--isv-svn applies to --tee gramine, not --tee sim" in wrong.stderr
 
     keys = ["--keys", str(session_keys.path), "--passphrase-file", str(session_passphrase_file)]
     secure_dir = tmp_path / "secure-manifests"

@@ -131,6 +131,17 @@ def tee_options(func: F) -> F:
             help=f"--tee gramine: maximum enclave threads (default {DEFAULT_MAX_THREADS}).",
         ),
         click.option(
+            "--isv-prod-id",
+            type=int,
+            help="--tee gramine: the enclave's ISV product id, 0..65535 (default 0).",
+        ),
+        click.option(
+            "--isv-svn",
+            type=int,
+            help="--tee gramine: the enclave's security version, 0..65535 (default 0); raise it "
+            "with each release so policies can set min_isv_svn.",
+        ),
+        click.option(
             "--manifest-dir",
             type=click.Path(file_okay=False, path_type=Path),
             help="--tee gramine: where manifests are written "
@@ -162,6 +173,8 @@ def _check_tee_flags(tee: str, **given: Any) -> None:
         "sim_key": ("sim",),
         "enclave_size": ("gramine",),
         "threads": ("gramine",),
+        "isv_prod_id": ("gramine",),
+        "isv_svn": ("gramine",),
         "manifest_dir": ("gramine",),
         "dry_run": ("gramine",),
         "evidence_out": ("sim", "cvm"),
@@ -274,6 +287,8 @@ def build_job(
     threads: int | None,
     manifest_dir: Path | None,
     dry_run: bool,
+    isv_prod_id: int | None = None,
+    isv_svn: int | None = None,
     **spark: Any,
 ) -> tuple[SparkSettings, TeeBackend]:
     """The Spark configuration and the TEE backend the options ask for."""
@@ -287,6 +302,8 @@ def build_job(
         manifest_dir=manifest_dir,
         dry_run=dry_run,
         evidence_out=evidence_out,
+        isv_prod_id=isv_prod_id,
+        isv_svn=isv_svn,
     )
     if tee == "gramine" and not spark.get("no_ui"):
         # The UI's TLS keystore password is a host secret the enclave never receives.
@@ -304,6 +321,8 @@ def build_job(
         options["enclave_size"] = enclave_size or DEFAULT_ENCLAVE_SIZE
         options["max_threads"] = DEFAULT_MAX_THREADS if threads is None else threads
         options["dry_run"] = dry_run
+        options["isv_prod_id"] = isv_prod_id or 0
+        options["isv_svn"] = isv_svn or 0
     return settings, get_backend(tee, **options)
 
 

@@ -124,6 +124,12 @@ def check_enclave_size(value: str) -> str:
     return value
 
 
+def check_isv(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+        raise ConfigError(f"--{name}: expected an integer 0..65535, got {value!r}")
+    return value
+
+
 def check_threads(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < MIN_THREADS:
         raise ConfigError(f"--threads: expected an integer >= {MIN_THREADS}, got {value!r}")
@@ -237,6 +243,8 @@ def build_manifest(
     runtime: GramineRuntime,
     enclave_size: str = DEFAULT_ENCLAVE_SIZE,
     max_threads: int = DEFAULT_MAX_THREADS,
+    isv_prod_id: int = 0,
+    isv_svn: int = 0,
     shell_tools: bool = False,
 ) -> dict[str, Any]:
     """The Gramine manifest (as a dict for TOML) for a measured job."""
@@ -300,6 +308,9 @@ def build_manifest(
             "edmm_enable": False,
             "enclave_size": check_enclave_size(enclave_size),
             "max_threads": check_threads(max_threads),
+            # Policies that allow an MRSIGNER match these rather than each job's MRENCLAVE.
+            "isvprodid": check_isv("isv-prod-id", isv_prod_id),
+            "isvsvn": check_isv("isv-svn", isv_svn),
             "remote_attestation": "dcap",
             "file_check_policy": "strict",
             "trusted_files": list(unique.values()),
@@ -356,6 +367,8 @@ class GramineBackend:
         signing_key: Secret | None = None,
         enclave_size: str = DEFAULT_ENCLAVE_SIZE,
         max_threads: int = DEFAULT_MAX_THREADS,
+        isv_prod_id: int = 0,
+        isv_svn: int = 0,
         dry_run: bool = False,
         runtime: GramineRuntime | None = None,
     ) -> None:
@@ -365,6 +378,8 @@ class GramineBackend:
         self._signing_key = signing_key
         self._enclave_size = check_enclave_size(enclave_size)
         self._max_threads = check_threads(max_threads)
+        self._isv_prod_id = check_isv("isv-prod-id", isv_prod_id)
+        self._isv_svn = check_isv("isv-svn", isv_svn)
         self._dry_run = bool(dry_run)
         self._runtime = runtime
 
@@ -447,6 +462,8 @@ class GramineBackend:
             runtime=self._runtime or gramine_runtime(),
             enclave_size=self._enclave_size,
             max_threads=self._max_threads,
+            isv_prod_id=self._isv_prod_id,
+            isv_svn=self._isv_svn,
             shell_tools=job.launcher == "run",
         )
         manifest_path = Path(f"{base}.manifest")
