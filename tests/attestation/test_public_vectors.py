@@ -6,6 +6,11 @@ vectors do not: SEV-SNP reports from Genoa and Turin, report versions 2 and 5 fr
 several clouds, a Genoa VCEK whose RSASSA-PSS parameters spell out the trailer
 field, a Turin VCEK with an 8-byte hwID and fmcSPL, and a TDX 1.5 quote (v5, body
 type 3) from Alibaba Cloud with a non-empty QE authentication data and MR_SERVICETD.
+Later additions: a TDX 1.5 quote that verifies UpToDate (go-tdx-guest's v5 sample with
+the Intel collateral frozen by Automata), SGX v3 and TDX v4 quotes verified at the
+publisher's frozen time against its frozen collateral (verdicts compared with its
+journal), a TDX v4 quote decoded from Project Oak's protobuf text, and an Azure Milan
+report v3 whose VCEK has serial number 0.
 """
 
 from __future__ import annotations
@@ -630,3 +635,432 @@ def test_azure_genoa_v3_verifies_with_its_vcek() -> None:
     # Another Genoa chip's VCEK does not endorse this report.
     with pytest.raises((CollateralError, EvidenceSignatureError)):
         verify_evidence(data, collateral=OAK_GENOA_VCEK.read_bytes(), at=at)
+
+
+# --- Intel TDX 1.5 quote v5 that verifies (go-tdx-guest sample) ----------------------
+
+GOTDX_V5 = PUBLIC / "gotdx-v5-90c06f"
+# The origin's frozen verification time (1789052566).
+GOTDX_AT = datetime(2026, 9, 10, 15, 2, 46, tzinfo=UTC)
+
+
+def test_gotdx_v5_layout() -> None:
+    raw, q = _quote_from(GOTDX_V5)
+    assert len(raw) == q.size == 5006
+    # The SHA-256 the origin publishes for go-tdx-guest's quote_sample_v5.dat.
+    assert hashlib.sha256(raw).hexdigest() == (
+        "cf77a6e91e48291d5d338c5f3b5d0674225a4d13e7d83ff5e537a4914bf22e1d"
+    )
+    assert detect_evidence_type(raw) is EvidenceType.TDX
+    assert (q.version, q.header.att_key_type, q.header.tee_type) == (5, 2, 0x81)
+    assert q.header.user_data.hex() == "ba103c0e5dffa40351f9d5dd559888eb00000000"
+    assert q.body_type == BODY_TYPE_TD15
+    body = q.body
+    assert isinstance(body, TdReport15)
+    assert body.tee_tcb_svn.hex() == "0b010400000000000000000000000000"
+    # The module loaded now (TEE_TCB_SVN2, SVN 13) is newer than the one the TD runs on.
+    assert body.tee_tcb_svn2.hex() == "0d010400000000000000000000000000"
+    assert body.tdx_module_version == 1
+    assert body.mr_seam.hex().startswith("7bf063280e94fb051f5dd7b1fc59ce9a")
+    assert body.mr_signer_seam == bytes(48)
+    assert body.td_attributes.hex() == "0000001000000000"
+    assert body.xfam.hex() == "e702060000000000"
+    assert body.mr_td.hex() == (
+        "7348651a34b2d2d3462822e3a750ec6110125f36757c78480bbfc69cc0d21fb0"
+        "01a1ced3ee19747dda8f750c3bc8f876"
+    )
+    assert body.mr_config_id == body.mr_owner == body.mr_owner_config == bytes(48)
+    assert [r.hex()[:16] for r in body.rtmrs] == [
+        "5c8daf76063a71ac",
+        "463acaace1b6e97c",
+        "6369b9c9a3b791eb",
+        "0000000000000000",
+    ]
+    assert body.report_data.hex().startswith("945eaacf5abc1f719d8666a942fda03d")
+    assert body.mr_servicetd == bytes(48)
+    assert q.signed_bytes == raw[: 48 + 6 + 648]
+    sd = q.signature_data
+    assert sd.certification_data.cert_type == CERT_TYPE_QE_REPORT
+    assert sd.qe_auth_data == bytes(range(32))
+    assert (sd.qe_report.isv_prod_id, sd.qe_report.isv_svn) == (2, 7)
+    assert sd.pck_certification_data.data.endswith(b"-----END CERTIFICATE-----\n\x00")
+    certs = _pck_certs(q)
+    ext = _pck_ext(certs[0])
+    assert ext.fmspc.hex() == "90c06f000000"
+    assert ext.pce_svn == 13
+    assert ext.tcb_components == (4, 4, 2, 2, 4, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0)
+    assert ext.ppid.hex() == "2734b654f553596897eaadfb5667a954"
+    # Every signature inside the quote checks with pyca/cryptography alone.
+    certs[0].verify_directly_issued_by(certs[1])
+    pck_key = certs[0].public_key()
+    assert isinstance(pck_key, ec.EllipticCurvePublicKey)
+    pck_key.verify(_raw_sig(sd.qe_report_signature), sd.qe_report.raw, ec.ECDSA(hashes.SHA256()))
+    assert (
+        sd.qe_report.report_data[:32]
+        == hashlib.sha256(sd.attestation_key + sd.qe_auth_data).digest()
+    )
+    att_key = ec.EllipticCurvePublicKey.from_encoded_point(
+        ec.SECP256R1(), b"\x04" + sd.attestation_key
+    )
+    att_key.verify(_raw_sig(sd.signature), q.signed_bytes, ec.ECDSA(hashes.SHA256()))
+
+
+def test_gotdx_v5_verifies_up_to_date() -> None:
+    # Platform level 1 (4,4,2,2,4,1,0,5 / PCESVN 13 / TDX microcode 4, UpToDate), module
+    # TDX_01 SVN 11 (UpToDate level), TD_QE ISVSVN 7 >= 4: UpToDate, no advisories. The
+    # origin's frozen journal records status 0 (OK) for this input.
+    raw, _ = _quote_from(GOTDX_V5)
+    collateral = (GOTDX_V5 / "collateral.json").read_bytes()
+    verified = verify_evidence(raw, collateral=collateral, at=GOTDX_AT)
+    assert verified.tcb_status is TcbStatus.UP_TO_DATE
+    assert verified.advisory_ids == ()
+    extra = verified.claims.extra
+    assert extra["quote_version"] == 5
+    assert extra["fmspc"] == "90c06f000000"
+    assert extra["pce_svn"] == 13
+    assert extra["cpusvn"] == "04040202040100050000000000000000"
+    assert extra["qe_svn"] == 7
+    assert extra["qe_tcb_status"] == "UpToDate"
+    assert extra["platform_tcb_status"] == "UpToDate"
+    assert extra["tcb_date"] == "2025-08-13T00:00:00Z"
+    assert extra["tcb_evaluation_data_number"] == 20
+    assert extra["tee_tcb_svn2"] == "0d010400000000000000000000000000"
+    assert extra["td_relaunch_advised"] is False
+    assert extra["mr_servicetd"] == "00" * 48
+    assert verified.claims.debug is False
+    assert verified.collateral_issued == datetime(2026, 9, 10, 13, 56, 26, tzinfo=UTC)
+    assert verified.collateral_expires == datetime(2026, 10, 10, 13, 56, 26, tzinfo=UTC)
+    described = describe_evidence(raw)
+    assert described["evidence_type"] == "tdx-dcap"
+    fields = described["fields"]
+    assert isinstance(fields, dict)
+    assert fields["body_type"] == 3
+    assert fields["body"]["tee_tcb_svn2"] == "0d010400000000000000000000000000"
+    with pytest.raises(EvidenceSignatureError):
+        verify_evidence(_tamper(raw, 48 + 6 + 200), collateral=collateral, at=GOTDX_AT)
+    # Before the TCB info's issueDate (2026-09-10T14:43:57Z) the collateral is not valid yet.
+    with pytest.raises(CollateralExpiredError):
+        verify_evidence(raw, collateral=collateral, at=datetime(2026, 9, 10, 14, 40, tzinfo=UTC))
+
+
+@pytest.mark.skipif(not DCAP_QVL_90C06F.exists(), reason="shared vectors not present")
+def test_gotdx_v5_against_older_collateral_for_its_fmspc() -> None:
+    # dcap-qvl's evaluation-18 collateral for the same FMSPC also covers this quote: its
+    # newest platform level (2024-11-13) already matches this platform.
+    raw, _ = _quote_from(GOTDX_V5)
+    at = datetime(2026, 3, 5, 10, 50, 3, tzinfo=UTC)
+    verified = verify_evidence(raw, collateral=DCAP_QVL_90C06F.read_bytes(), at=at)
+    assert verified.tcb_status is TcbStatus.UP_TO_DATE
+    assert verified.claims.extra["tcb_date"] == "2024-11-13T00:00:00Z"
+    assert verified.claims.extra["tcb_evaluation_data_number"] == 18
+
+
+# --- Intel SGX quote v3 with QE SVN 9 (automata rust-crates sample) ------------------
+
+ATA_SGX_V3_QE9 = PUBLIC / "ata-sgx-v3-qesvn9"
+# The origin's frozen verification time (1755236700).
+ATA_V3_AT = datetime(2025, 8, 15, 5, 45, tzinfo=UTC)
+
+
+def test_ata_sgx_v3_qesvn9_layout() -> None:
+    raw, q = _quote_from(ATA_SGX_V3_QE9)
+    assert len(raw) == q.size == 4734
+    assert hashlib.sha256(raw).hexdigest() == (
+        "c81a90ee23bbc132b4073fe78ad2a58bac8a538a56e4b97b4557216353a0e511"
+    )
+    assert detect_evidence_type(raw) is EvidenceType.SGX
+    h = q.header
+    assert (q.version, h.att_key_type, h.tee_type, h.qe_svn, h.pce_svn) == (3, 2, 0, 9, 14)
+    assert h.user_data.hex() == "f28dda234595e56eaeb7ce9b681a62cd00000000"
+    body = q.body
+    assert body.cpusvn.hex() == "0e0e100fffff01000000000000000000"
+    assert body.attributes.hex() == "0500000000000000e700000000000000"
+    assert body.mrenclave.hex() == (
+        "a4f45c39dac622cb1dd32ddb35a52ec92db41d0fa88a1c911c49e59c534f61cd"
+    )
+    assert body.mrsigner.hex() == (
+        "8f2dbc0f9c5d3378d596974b2deed1f93223cc49242899f83809bcc92546132c"
+    )
+    assert (body.isv_prod_id, body.isv_svn) == (0, 0)
+    assert body.report_data == bytes(64)
+    sd = q.signature_data
+    assert (sd.qe_report.isv_prod_id, sd.qe_report.isv_svn) == (1, 9)
+    assert sd.qe_auth_data == bytes(range(32))
+    certs = _pck_certs(q)
+    assert len(certs) == 3
+    ext = _pck_ext(certs[0])
+    assert ext.fmspc.hex() == "00606a000000"
+    assert ext.pce_svn == 13
+    assert ext.tcb_components == (14, 14, 3, 3, 255, 255, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    assert ext.sgx_type == 1
+    assert (ext.dynamic_platform, ext.cached_keys, ext.smt_enabled) == (True, False, False)
+
+
+def test_ata_sgx_v3_qesvn9_verdict_at_origin_time() -> None:
+    # Evaluation-17 collateral: the PCK TCB matches the first level (2024-03-13,
+    # SWHardeningNeeded); QE ISVSVN 9 >= 8 is UpToDate. The origin's frozen journal records
+    # status 1 (SW_HARDENING_NEEDED) and advisory INTEL-SA-00615.
+    raw, _ = _quote_from(ATA_SGX_V3_QE9)
+    collateral = (ATA_SGX_V3_QE9 / "collateral.json").read_bytes()
+    verified = verify_evidence(raw, collateral=collateral, at=ATA_V3_AT)
+    assert verified.tcb_status is TcbStatus.SW_HARDENING_NEEDED
+    assert verified.advisory_ids == ("INTEL-SA-00615",)
+    extra = verified.claims.extra
+    assert extra["qe_svn"] == 9
+    assert extra["qe_tcb_status"] == "UpToDate"
+    assert extra["tcb_date"] == "2024-03-13T00:00:00Z"
+    assert extra["tcb_evaluation_data_number"] == 17
+    assert extra["cpusvn"] == "0e0e0303ffff01000000000000000000"
+    assert verified.collateral_issued == datetime(2025, 8, 15, 4, 36, 46, tzinfo=UTC)
+    assert verified.collateral_expires == datetime(2025, 9, 14, 4, 36, 46, tzinfo=UTC)
+    with pytest.raises(EvidenceSignatureError):
+        verify_evidence(_tamper(raw, 48 + 64), collateral=collateral, at=ATA_V3_AT)
+
+
+def test_ata_sgx_v3_qesvn9_with_newer_collateral() -> None:
+    # Evaluation 20 (2026-09) moved the same platform down: its TCB now first matches the
+    # 2024-03-13 OutOfDate level.
+    raw, _ = _quote_from(ATA_SGX_V3_QE9)
+    collateral = (ATA_SGX_V3 / "collateral.json").read_bytes()
+    verified = verify_evidence(raw, collateral=collateral, at=ATA_AT)
+    assert verified.tcb_status is TcbStatus.OUT_OF_DATE
+    assert verified.advisory_ids == (
+        "INTEL-SA-01079",
+        "INTEL-SA-01103",
+        "INTEL-SA-00657",
+        "INTEL-SA-00767",
+        "INTEL-SA-01153",
+        "INTEL-SA-00615",
+    )
+    assert verified.claims.extra["tcb_evaluation_data_number"] == 20
+
+
+# --- Intel TDX quote v4 with evaluation-17 collateral (OutOfDate) ---------------------
+
+ATA_TDX_V4_EVAL17 = PUBLIC / "ata-tdx-v4-eval17"
+# The origin's frozen verification time (1749095100).
+ATA_V4_AT = datetime(2025, 6, 5, 3, 45, tzinfo=UTC)
+
+
+def test_ata_tdx_v4_eval17_layout() -> None:
+    raw, q = _quote_from(ATA_TDX_V4_EVAL17)
+    assert len(raw) == q.size == 4935
+    assert hashlib.sha256(raw).hexdigest() == (
+        "4b23198ac8852da84d997a0722f30b93c9b9b95527431e2c0e430b175640c2fa"
+    )
+    assert (q.version, q.header.tee_type) == (4, 0x81)
+    assert q.header.user_data == bytes(20)
+    body = q.body
+    assert not isinstance(body, TdReport15)
+    assert body.tee_tcb_svn.hex() == "04010700000000000000000000000000"
+    assert body.mr_seam.hex().startswith("ffc97a88587660fb04e1f7c851300c96")
+    assert body.xfam.hex() == "e700060000000000"
+    assert body.mr_td.hex() == (
+        "935be7742dd89c6a4df6dba8353d89041ae0f052beef993b1e7f4524d3bc5765"
+        "0df20e5582158352e1240b3f1fed55d8"
+    )
+    assert all(r == bytes(48) for r in body.rtmrs)
+    assert body.report_data == bytes(64)
+    sd = q.signature_data
+    assert (sd.qe_report.isv_prod_id, sd.qe_report.isv_svn) == (2, 6)
+    assert sd.qe_auth_data == bytes(32)
+    ext = _pck_ext(_pck_certs(q)[0])
+    assert ext.fmspc.hex() == "00806f050000"
+    assert ext.pce_svn == 11
+    assert ext.tcb_components == (6, 6, 2, 2, 3, 1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def test_ata_tdx_v4_eval17_verdict_at_origin_time() -> None:
+    # The origin's frozen journal: status 4 (OutOfDate) with three advisories.
+    raw, _ = _quote_from(ATA_TDX_V4_EVAL17)
+    collateral = (ATA_TDX_V4_EVAL17 / "collateral.json").read_bytes()
+    verified = verify_evidence(raw, collateral=collateral, at=ATA_V4_AT)
+    assert verified.tcb_status is TcbStatus.OUT_OF_DATE
+    assert verified.advisory_ids == ("INTEL-SA-00960", "INTEL-SA-00982", "INTEL-SA-00986")
+    extra = verified.claims.extra
+    assert extra["platform_tcb_status"] == "OutOfDate"
+    assert extra["qe_tcb_status"] == "UpToDate"
+    assert extra["tcb_date"] == "2023-08-09T00:00:00Z"
+    assert extra["tcb_evaluation_data_number"] == 17
+    assert extra["qe_svn"] == 6
+    assert verified.collateral_issued == datetime(2025, 6, 4, 9, 19, 31, tzinfo=UTC)
+    assert verified.collateral_expires == datetime(2025, 7, 4, 9, 19, 31, tzinfo=UTC)
+    with pytest.raises(EvidenceSignatureError):
+        verify_evidence(_tamper(raw, 48 + 200), collateral=collateral, at=ATA_V4_AT)
+    # After the PCK CRL's nextUpdate the collateral is stale.
+    with pytest.raises(CollateralExpiredError):
+        verify_evidence(raw, collateral=collateral, at=datetime(2025, 7, 5, tzinfo=UTC))
+
+
+def test_ata_tdx_v4_eval17_with_evaluation_20() -> None:
+    # The same platform against the evaluation-20 TCB info of ../ata-tdx-v4-platform-ca:
+    # the platform still matches the 2023-08-09 level (now with more advisories) and module
+    # TDX_01 SVN 4 an OutOfDate module level; the advisories are the union, platform first.
+    raw, _ = _quote_from(ATA_TDX_V4_EVAL17)
+    collateral = (ATA_TDX_V4 / "collateral.json").read_bytes()
+    verified = verify_evidence(raw, collateral=collateral, at=ATA_AT)
+    assert verified.tcb_status is TcbStatus.OUT_OF_DATE
+    assert verified.claims.extra["tcb_date"] == "2023-08-09T00:00:00Z"
+    assert verified.advisory_ids[:3] == ("INTEL-SA-00960", "INTEL-SA-00982", "INTEL-SA-00986")
+    assert "INTEL-SA-01312" in verified.advisory_ids
+    assert len(set(verified.advisory_ids)) == len(verified.advisory_ids) == 14
+
+
+# --- Intel TDX quote v4 from Project Oak (decoded from protobuf text) -----------------
+
+OAK_TDX_V4 = PUBLIC / "oak-tdx-v4"
+
+
+def test_oak_tdx_v4_layout_and_signatures() -> None:
+    raw, q = _quote_from(OAK_TDX_V4)
+    assert len(raw) == q.size == 4935
+    assert hashlib.sha256(raw).hexdigest() == (
+        "c39a3a2526daa408c849de157d77c42be9d58eff1e6c4c62d033a7a509002f17"
+    )
+    assert (q.version, q.header.tee_type) == (4, 0x81)
+    body = q.body
+    assert not isinstance(body, TdReport15)
+    assert body.tee_tcb_svn.hex() == "08010800000000000000000000000000"
+    assert body.mr_seam.hex().startswith("bfb360ac8e6233a1bca1433caf7382d9")
+    assert body.td_attributes.hex() == "0000001000000000"
+    assert body.xfam.hex() == "e700000000000000"
+    assert body.mr_td.hex() == (
+        "7b5ee9a304d036f963dbd194c329cb2524817ee91bcf1cff23efe88a25af827c"
+        "11e04cbf264ae401e5b17fc2e18736be"
+    )
+    assert body.rtmrs[0] == body.rtmrs[1] == body.rtmrs[3] == bytes(48)
+    assert body.rtmrs[2].hex().startswith("3b5936af913e65c22eb7e9cf8a1460f0")
+    assert body.report_data == bytes(64)
+    sd = q.signature_data
+    assert (sd.qe_report.isv_prod_id, sd.qe_report.isv_svn) == (2, 6)
+    assert sd.qe_auth_data == bytes(32)
+    certs = _pck_certs(q)
+    certs[0].verify_directly_issued_by(certs[1])
+    pck_key = certs[0].public_key()
+    assert isinstance(pck_key, ec.EllipticCurvePublicKey)
+    pck_key.verify(_raw_sig(sd.qe_report_signature), sd.qe_report.raw, ec.ECDSA(hashes.SHA256()))
+    att_key = ec.EllipticCurvePublicKey.from_encoded_point(
+        ec.SECP256R1(), b"\x04" + sd.attestation_key
+    )
+    att_key.verify(_raw_sig(sd.signature), q.signed_bytes, ec.ECDSA(hashes.SHA256()))
+    ext = _pck_ext(certs[0])
+    assert ext.fmspc.hex() == "00806f050000"
+    assert ext.pce_svn == 11
+    assert ext.tcb_components == (8, 8, 2, 2, 4, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0)
+    # The origin's buffer continues with zero bytes after the quote: same parse.
+    assert parse_quote(raw + bytes(3065)).signed_bytes == q.signed_bytes
+
+
+def test_oak_tdx_v4_verdicts_with_collateral_for_its_fmspc() -> None:
+    raw, _ = _quote_from(OAK_TDX_V4)
+    verified = verify_evidence(
+        raw, collateral=(ATA_TDX_V4 / "collateral.json").read_bytes(), at=ATA_AT
+    )
+    assert verified.tcb_status is TcbStatus.OUT_OF_DATE
+    assert verified.advisory_ids == (
+        "INTEL-SA-01192",
+        "INTEL-SA-01245",
+        "INTEL-SA-01312",
+        "INTEL-SA-01313",
+    )
+    extra = verified.claims.extra
+    assert extra["platform_tcb_status"] == "OutOfDate"
+    assert extra["tcb_date"] == "2025-05-14T00:00:00Z"
+    assert extra["qe_tcb_status"] == "UpToDate"
+    assert extra["xfam"] == "e700000000000000"
+    # Under evaluation 17 the same platform and module were the newest listed.
+    older = verify_evidence(
+        raw, collateral=(ATA_TDX_V4_EVAL17 / "collateral.json").read_bytes(), at=ATA_V4_AT
+    )
+    assert older.tcb_status is TcbStatus.UP_TO_DATE
+    assert older.advisory_ids == ()
+    with pytest.raises(EvidenceSignatureError):
+        verify_evidence(
+            _tamper(raw, 48 + 520),
+            collateral=(ATA_TDX_V4 / "collateral.json").read_bytes(),
+            at=ATA_AT,
+        )
+
+
+# --- AMD SEV-SNP report v3 (Azure Milan), VCEK with serial number 0 ------------------
+
+AZURE_MILAN_V3 = PUBLIC / "trustee-azure-milan-v3" / "report.bin"
+AZURE_MILAN_VCEK = PUBLIC / "trustee-azure-milan-v3" / "vcek.der"
+
+
+def test_azure_milan_v3_fields() -> None:
+    data = AZURE_MILAN_V3.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == (
+        "14fd2b6e459c85e71d42f9e499a5e67861414457ca43d2f90a26620068a5453e"
+    )
+    r = _snp(AZURE_MILAN_V3)
+    assert (r.version, r.guest_svn, r.vmpl) == (3, 12, 0)
+    assert r.policy.raw == 0x3001F
+    assert r.family_id.hex() == "02212000" + "00" * 12
+    assert r.image_id.hex() == "02" + "00" * 15
+    assert r.platform_info.raw == 0x25
+    assert (r.cpuid_fam_id, r.cpuid_mod_id, r.cpuid_step) == (0x19, 0x01, 0x01)
+    assert r.product is SnpProduct.MILAN
+    assert r.signing_key is SigningKey.VCEK
+    assert r.report_data.hex() == (
+        "cf7cc0731c50f64876804b3943b2bfbd93dba69f5928e3df223e78ff34dd46ee" + "00" * 32
+    )
+    assert r.measurement.hex() == (
+        "5b0ce64ad1c1f6375dbda5f760b98526ca1bcf91b8195091afc28e7b024251d6"
+        "8fe32e05af34048d6607678cd23283ff"
+    )
+    assert r.host_data == bytes(32)
+    assert r.id_key_digest.hex().startswith("942fd93ebde6ea7a96efadeafc60f1c6")
+    assert r.report_id.hex() == "ad29db593a7c2498cc5e987f9c9f51947fe01e18af0eb68d9b35076ae5437050"
+    assert r.chip_id.hex().startswith("2e0e62a0e6f39bc491381b091ff79cfe")
+    for tcb in (r.current_tcb, r.reported_tcb, r.committed_tcb, r.launch_tcb):
+        assert (tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode, tcb.fmc) == (4, 0, 24, 219, None)
+    assert str(r.current_version) == str(r.committed_version) == "1.55.29"
+
+
+@pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
+def test_azure_milan_v3_verifies_with_its_serial_zero_vcek() -> None:
+    data = AZURE_MILAN_V3.read_bytes()
+    vcek = AZURE_MILAN_VCEK.read_bytes()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    verified = verify_evidence(data, collateral=vcek, at=at)
+    assert verified.tcb_status is TcbStatus.UP_TO_DATE
+    extra = verified.claims.extra
+    assert extra["product"] == "Milan"
+    assert extra["product_name"] == "Milan-B0"
+    assert extra["guest_svn"] == 12
+    assert extra["reported_tcb"]["microcode"] == 219
+    assert extra["cpuid"] == {"family": 0x19, "model": 1, "stepping": 1}
+    assert extra["endorsement_not_after"] == "2032-01-28T16:33:43+00:00"
+    with pytest.raises(EvidenceSignatureError):
+        verify_evidence(_tamper(data, 0x50), collateral=vcek, at=at)
+    with pytest.raises(CertificateChainError):
+        verify_evidence(data, collateral=vcek, at=datetime(2025, 1, 1, tzinfo=UTC))
+    # A Genoa VCEK cannot endorse this Milan report.
+    with pytest.raises((CollateralError, EvidenceSignatureError)):
+        verify_evidence(data, collateral=AZURE_GENOA_VCEK.read_bytes(), at=at)
+
+
+def test_alibaba_tdx_v5_matches_the_origin_journal_with_evaluation_20() -> None:
+    # Automata's alibaba-v5.json verifies this quote with the evaluation-20 collateral of
+    # the go-tdx-guest fixture (same FMSPC) at its frozen time; its journal records status
+    # 4 (OutOfDate) and these nine advisories, in this order.
+    raw, _ = _alibaba()
+    collateral = (GOTDX_V5 / "collateral.json").read_bytes()
+    verified = verify_evidence(raw, collateral=collateral, at=GOTDX_AT)
+    assert verified.tcb_status is TcbStatus.OUT_OF_DATE
+    assert verified.advisory_ids == (
+        "INTEL-SA-01036",
+        "INTEL-SA-01079",
+        "INTEL-SA-01099",
+        "INTEL-SA-01103",
+        "INTEL-SA-01111",
+        "INTEL-SA-01192",
+        "INTEL-SA-01245",
+        "INTEL-SA-01312",
+        "INTEL-SA-01313",
+    )
+    extra = verified.claims.extra
+    assert extra["platform_tcb_status"] == "OutOfDate"
+    assert extra["tcb_date"] == "2024-03-13T00:00:00Z"
+    assert extra["td_relaunch_advised"] is False
