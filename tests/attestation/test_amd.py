@@ -29,6 +29,7 @@ from trustedml.errors import (
     AttestationError,
     CertificateChainError,
     CollateralError,
+    CollateralExpiredError,
     ConfigError,
     EvidenceFormatError,
     EvidenceSignatureError,
@@ -725,3 +726,126 @@ def test_fuzz_collateral(flips: list[tuple[int, int]], form: str) -> None:
         SnpVerifier().verify(vector("attestation.bin"), collateral=collateral, at=AT)
     except AttestationError:
         return
+
+
+# --- AMD's CRL (KDS /vcek/v1/{product}/crl): signed by the ARK, lists revoked ASKs -------
+
+
+def _ask(product: str, kind: str = "ASK") -> x509.Certificate:
+    name = f"SEV-VLEK-{product}" if kind == "ASVK" else f"SEV-{product}"
+    certs = x509.load_pem_x509_certificates(fake_chain(product).roots_pem)
+    (ask,) = [c for c in certs if c.subject.rfc4514_string().startswith(f"CN={name},")]
+    return ask
+
+
+def amd_crl(
+    product: str,
+    *,
+    revoked: Sequence[int] = (),
+    issued: datetime = AT - timedelta(days=1),
+    next_update: datetime = AT + timedelta(days=7),
+    signer: rsa.RSAPrivateKey | None = None,
+    issuer: str | None = None,
+) -> x509.CertificateRevocationList:
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(amd_name(issuer or f"ARK-{product}"))
+        .last_update(issued)
+        .next_update(next_update)
+    )
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(issued - timedelta(days=30))
+            .build()
+        )
+    return builder.sign(signer or rsa_key(0), hashes.SHA384(), rsa_padding=PSS)
+
+
+def _genoa() -> tuple[bytes, bytes]:
+    report = sign_report(build_report(version=3, cpuid=(0x19, 0x11, 0x01), chip_id=GENOA_CHIP))
+    return report, endorsement_cert("Genoa", hwid=b"\x04\x40" + GENOA_CHIP)
+
+
+@pytest.mark.parametrize("form", ["pem", "der"])
+def test_a_current_crl_not_listing_the_ask_dates_the_collateral(form: str) -> None:
+    report, vcek = _genoa()
+    crl = amd_crl("Genoa", revoked=[12345])
+    if form == "pem":
+        collateral = x509.load_der_x509_certificate(vcek).public_bytes(Encoding.PEM)
+        collateral += crl.public_bytes(Encoding.PEM)
+    else:
+        collateral = vcek + crl.public_bytes(Encoding.DER)
+    verified = fake_chain("Genoa").verifier.verify(report, collateral=collateral, at=AT)
+    assert verified.collateral_issued == AT - timedelta(days=1)
+    assert verified.collateral_expires == AT + timedelta(days=7)
+    assert any("SEV-Genoa not revoked (AMD CRL of" in check for check in verified.checks)
+    # Without a CRL there is nothing to date.
+    plain = fake_chain("Genoa").verifier.verify(report, collateral=vcek, at=AT)
+    assert plain.collateral_issued is None
+
+
+def test_a_revoked_ask_is_refused() -> None:
+    report, vcek = _genoa()
+    ask = _ask("Genoa")
+    crl = amd_crl("Genoa", revoked=[7, ask.serial_number])
+    with pytest.raises(
+        CertificateChainError, match=r"ASK SEV-Genoa \(serial [0-9a-f]+\) is revoked"
+    ):
+        fake_chain("Genoa").verifier.verify(
+            report, collateral=vcek + crl.public_bytes(Encoding.DER), at=AT
+        )
+
+
+def test_a_revoked_asvk_is_refused_for_vlek_reports() -> None:
+    report = sign_report(
+        build_report(version=3, cpuid=(0x19, 0x11, 0x01), chip_id=GENOA_CHIP, signing_key=1)
+    )
+    vlek = endorsement_cert("Genoa", kind="VLEK")
+    crl = amd_crl("Genoa", revoked=[_ask("Genoa", "ASVK").serial_number])
+    with pytest.raises(CertificateChainError, match=r"ASVK SEV-VLEK-Genoa .* is revoked"):
+        fake_chain("Genoa").verifier.verify(
+            report, collateral=vlek + crl.public_bytes(Encoding.DER), at=AT
+        )
+
+
+BAD_CRLS = {
+    "signed by another key": (
+        {"signer": 1},
+        CollateralError,
+        "signature does not verify with ARK-Genoa",
+    ),
+    "another issuer": (
+        {"issuer": "ARK-Milan"},
+        CollateralError,
+        "issued by 'ARK-Milan', not ARK-Genoa",
+    ),
+    "past its next update": (
+        {"next_update": AT - timedelta(hours=1)},
+        CollateralExpiredError,
+        "not current at",
+    ),
+    "issued later": ({"issued": AT + timedelta(hours=1)}, CollateralExpiredError, "not current at"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CRLS)
+def test_a_bad_crl_is_refused_by_name(case: str) -> None:
+    options, error, message = BAD_CRLS[case]
+    if "signer" in options:
+        options = {**options, "signer": rsa_key(options["signer"])}
+    report, vcek = _genoa()
+    crl = amd_crl("Genoa", **options)
+    with pytest.raises(error, match=message):
+        fake_chain("Genoa").verifier.verify(
+            report, collateral=vcek + crl.public_bytes(Encoding.DER), at=AT
+        )
+
+
+def test_a_malformed_crl_is_a_collateral_error() -> None:
+    report, vcek = _genoa()
+    pem = x509.load_der_x509_certificate(vcek).public_bytes(Encoding.PEM)
+    broken = b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"
+    with pytest.raises(CollateralError, match="not a valid CRL"):
+        fake_chain("Genoa").verifier.verify(report, collateral=pem + broken, at=AT)

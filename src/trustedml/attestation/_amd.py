@@ -23,11 +23,16 @@ Checks, in order (each failure raises the named error):
    host masked the chip id (MASK_CHIP_KEY or an all-zero CHIP_ID)
    (:class:`CollateralError`);
 8. the SPL extensions (blSPL, teeSPL, snpSPL, ucodeSPL, and fmcSPL on Turin) equal
-   REPORTED_TCB decoded in the product's layout (:class:`CollateralError`).
+   REPORTED_TCB decoded in the product's layout (:class:`CollateralError`);
+9. when the collateral holds AMD's CRL (KDS ``/vcek/v1/{product}/crl``, or the
+   ``vlek`` one; PEM or DER): it is issued and signed by the pinned ARK
+   (:class:`CollateralError`), current at ``at`` (:class:`CollateralExpiredError`), and
+   does not list the ASK/ASVK (:class:`CertificateChainError`). Its dates become the
+   evidence's ``collateral_issued``/``collateral_expires``.
 
 SEV-SNP has no TCB-info collateral: verified evidence is ``UP_TO_DATE``; judging the
-TCB levels is for the appraisal policy (``Claims.extra["reported_tcb"]``). AMD's
-certificate revocation lists are not consulted.
+TCB levels is for the appraisal policy (``min_snp_tcb`` on
+``Claims.extra["reported_tcb"]``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.resources
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -60,6 +66,7 @@ from trustedml.attestation._model import (
 from trustedml.errors import (
     CertificateChainError,
     CollateralError,
+    CollateralExpiredError,
     ConfigError,
     EvidenceFormatError,
     EvidenceSignatureError,
@@ -184,6 +191,43 @@ def _split_der(data: bytes) -> list[bytes] | None:
         parts.append(data[pos:end])
         pos = end
     return parts or None
+
+
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.*?-----END X509 CRL-----\s*", re.DOTALL)
+
+
+def _load_crl(data: bytes, what: str, *, pem: bool) -> x509.CertificateRevocationList:
+    try:
+        crl = x509.load_pem_x509_crl(data) if pem else x509.load_der_x509_crl(data)
+        _ = crl.issuer, crl.last_update_utc
+    except _PARSE_ERRORS as exc:
+        raise CollateralError(f"{what}: not a valid CRL ({exc})") from None
+    return crl
+
+
+def _collateral(
+    data: bytes, what: str
+) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList]]:
+    """Certificates and CRLs from PEM, DER (one or concatenated) or a GHCB
+    certificate table (certificates only)."""
+    if b"-----BEGIN" in data:
+        crls = [_load_crl(m.group(0), what, pem=True) for m in _PEM_CRL.finditer(data)]
+        rest = _PEM_CRL.sub(b"", data)
+        return (_load_pem(rest, what) if b"-----BEGIN" in rest else []), crls
+    parts = _split_der(data)
+    if parts is None:
+        return _certs_from_blob(data, what), []
+    certs: list[x509.Certificate] = []
+    crls = []
+    for part in parts:
+        try:
+            certs.append(_load_der(part, what))
+        except CollateralError as not_a_cert:
+            try:
+                crls.append(x509.load_der_x509_crl(part))
+            except _PARSE_ERRORS:
+                raise not_a_cert from None
+    return certs, crls
 
 
 def _certs_from_blob(data: bytes, what: str) -> list[x509.Certificate]:
@@ -324,6 +368,41 @@ def _product_name(value: bytes | None) -> str | None:
     return value.decode("ascii", "replace")
 
 
+def _check_crl(
+    crl: x509.CertificateRevocationList,
+    ark: x509.Certificate,
+    issuer: x509.Certificate,
+    role: str,
+    at: datetime,
+) -> tuple[datetime, datetime]:
+    """AMD's CRL: issued and signed by the ARK, current at ``at``, not listing the
+    ASK/ASVK that issued the endorsement key. Returns its (issued, next update)."""
+    ark_name = _cn(ark.subject)
+    if crl.issuer != ark.subject:
+        raise CollateralError(f"AMD CRL is issued by {_cn(crl.issuer)!r}, not {ark_name}")
+    try:
+        valid = crl.is_signature_valid(ark.public_key())  # type: ignore[arg-type]
+    except _PARSE_ERRORS:
+        valid = False
+    if not valid:
+        raise CollateralError(f"AMD CRL signature does not verify with {ark_name}")
+    issued, expires = crl.last_update_utc, crl.next_update_utc
+    if expires is None:
+        raise CollateralError("AMD CRL has no nextUpdate")
+    if not issued <= at <= expires:
+        raise CollateralExpiredError(
+            f"AMD CRL is not current at {at.isoformat()}: valid {issued.isoformat()} .. "
+            f"{expires.isoformat()}"
+        )
+    revoked = crl.get_revoked_certificate_by_serial_number(issuer.serial_number)
+    if revoked is not None:
+        raise CertificateChainError(
+            f"{role} {_cn(issuer.subject)} (serial {issuer.serial_number:x}) is revoked by "
+            f"AMD's CRL since {revoked.revocation_date_utc.isoformat()}"
+        )
+    return issued, expires
+
+
 class SnpVerifier:
     """Verifies AMD SEV-SNP attestation reports against AMD's root keys.
 
@@ -362,14 +441,17 @@ class SnpVerifier:
         evidence = bytes(evidence)
         report, table = parse_extended_report(evidence)
         certs = _certs_from_table(table.entries, "extended report certificate table")
+        crls: list[x509.CertificateRevocationList] = []
         if collateral is not None:
-            certs += _certs_from_blob(bytes(collateral), "SEV-SNP collateral")
-        return self._verify(report, certs, at)
+            more, crls = _collateral(bytes(collateral), "SEV-SNP collateral")
+            certs += more
+        return self._verify(report, certs, crls, at)
 
     def _verify(
         self,
         report: SnpReport,
         certs: list[x509.Certificate],
+        crls: list[x509.CertificateRevocationList],
         at: datetime,
     ) -> VerifiedEvidence:
         checks = [f"SEV-SNP report version {report.version} parsed"]
@@ -438,6 +520,13 @@ class SnpVerifier:
 
         self._check_spls(extensions, kind, report.reported_tcb)
         checks.append(f"{kind} SPL extensions == REPORTED_TCB")
+        issued = expires = None
+        for crl in crls:
+            issued, expires = _check_crl(crl, ark, issuer, "ASVK" if kind == "VLEK" else "ASK", at)
+            checks.append(
+                f"{_cn(issuer.subject)} not revoked (AMD CRL of {issued.isoformat()}, "
+                f"next update {expires.isoformat()})"
+            )
 
         policy = report.policy
         extra: dict[str, Any] = {
@@ -487,7 +576,11 @@ class SnpVerifier:
             extra=extra,
         )
         return VerifiedEvidence(
-            claims=claims, tcb_status=TcbStatus.UP_TO_DATE, checks=tuple(checks)
+            claims=claims,
+            tcb_status=TcbStatus.UP_TO_DATE,
+            collateral_issued=issued,
+            collateral_expires=expires,
+            checks=tuple(checks),
         )
 
     def _chain(
