@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_only_the_measured_job_gets_keys(tmp_path: Path) -> None:
             *common,
         ]  # fmt: skip
         ran = run_cli([*submit, str(app), *args])
-        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert ran.returncode == 0, ran.stdout + ran.stderr[-5000:]
         assert "rows: 10320 days: 215" in ran.stdout
         assert "NO HARDWARE PROTECTION" in ran.stderr
         outputs = [
@@ -95,3 +96,46 @@ def test_only_the_measured_job_gets_keys(tmp_path: Path) -> None:
         broker.terminate()
     verified = run_cli(["broker", "audit", "verify", "--db", str(broker.db), *common])
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_workers_outliving_the_shared_session_attest_themselves(tmp_path: Path) -> None:
+    keys = init_key_directory(tmp_path / "keys", Secret(PASSPHRASE), kdf=FAST_KDF)
+    passphrase = write_passphrase_file(tmp_path / "passphrase")
+    sim = SimKey.generate()
+    sim_private = tmp_path / "sim-key.pem"
+    sim.save(sim_private)
+    os.chmod(sim_private, 0o600)
+    (tmp_path / "sim-pub.pem").write_bytes(sim.public_key_pem())
+    broker = spawn_broker(
+        keys,
+        tmp_path / "broker.db",
+        tmp_path / "broker",
+        sim_key_pem=tmp_path / "sim-pub.pem",
+        extra=("--token-ttl", "3"),
+    )
+    try:
+        common = ["--keys", str(keys.path), "--passphrase-file", str(passphrase)]
+        token = tmp_path / "admin-token"
+        assert run_cli(["broker", "admin-token", *common, "--out", str(token)]).returncode == 0
+        admin = ["--url", broker.url, "--ca", str(keys.ca_cert), "--admin-token-file", str(token)]
+        app, args = str(APPS / "long_job.py"), ["k", "4"]
+        job = run_cli(["measure", "--no-ui", app, *args]).stdout.strip()
+        policy = tmp_path / "policy.toml"
+        policy.write_text(
+            f'allow_simulated = true\n[[allow]]\ntype = "sim"\nmeasurement = "{job}"\n'
+        )
+        created = run_cli(["broker", "key", "create", "k", "--policy", str(policy), *admin])
+        assert created.returncode == 0, created.stderr
+        submit = ["submit", "--tee", "sim", "--broker", broker.url, "--sim-key", str(sim_private)]
+        ran = run_cli([*submit, *common, "--no-ui", app, *args])
+        assert ran.returncode == 0, ran.stdout + ran.stderr[-5000:]
+        assert "worker keys: 2" in ran.stdout
+        audit = run_cli(["broker", "audit", "show", "--json", "--limit", "1000", *admin])
+        assert audit.returncode == 0, audit.stderr
+        entries = [json.loads(line) for line in audit.stdout.splitlines()]
+        attests = [e for e in entries if e["event"] == "attest"]
+        # The driver's, then at least one of the workers' own (and the driver's renewal).
+        assert len(attests) >= 3
+        assert {e["outcome"] for e in attests} == {"ok"}
+    finally:
+        broker.terminate()
