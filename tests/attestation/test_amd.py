@@ -849,3 +849,27 @@ def test_a_malformed_crl_is_a_collateral_error() -> None:
     broken = b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"
     with pytest.raises(CollateralError, match="not a valid CRL"):
         fake_chain("Genoa").verifier.verify(report, collateral=pem + broken, at=AT)
+
+
+def test_collateral_files_join_into_one_bundle_as_kds_serves_them() -> None:
+    from trustedml.attestation._verify import join_collateral
+
+    report, vcek = _genoa()
+    crl = amd_crl("Genoa", revoked=[12345])
+    ask_pem = x509.load_pem_x509_certificates(fake_chain("Genoa").roots_pem)[1].public_bytes(
+        Encoding.PEM
+    )
+    joined = join_collateral([vcek, ask_pem, crl.public_bytes(Encoding.DER)])
+    assert joined is not None
+    assert joined.count(b"-----BEGIN CERTIFICATE-----") == 2
+    assert joined.count(b"-----BEGIN X509 CRL-----") == 1
+    verified = fake_chain("Genoa").verifier.verify(report, collateral=joined, at=AT)
+    assert verified.collateral_issued == AT - timedelta(days=1)
+    assert join_collateral([vcek]) == vcek
+    assert join_collateral([]) is None
+    with pytest.raises(ConfigError, match="collateral 2: Intel collateral is one JSON document"):
+        join_collateral([vcek, b' {"tcb_info": "..."}'])
+    with pytest.raises(
+        ConfigError, match="collateral 1: expected PEM, or a DER certificate or CRL"
+    ):
+        join_collateral([b"\x30\x03\x02\x01\x00", vcek])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ATTESTATION_VECTORS, cli_env, run_cli
+from tests.conftest import ATTESTATION_VECTORS, ROOT, cli_env, run_cli
 
 INTEL = ATTESTATION_VECTORS / "dcap-qvl"
 AMD = ATTESTATION_VECTORS / "go-sev-guest"
@@ -178,3 +178,15 @@ def test_sim_quote_round_trip_needs_a_policy_that_allows_simulation(tmp_path: Pa
     forged = run_cli(["attest", "verify", str(evidence), "--sim-key", str(other_pub)])
     assert forged.returncode == 1
     assert "untrusted key" in forged.stderr
+
+
+def test_verify_takes_collateral_in_several_files() -> None:
+    vector = ROOT / "tests" / "attestation" / "vectors" / "public" / "oak-turin-v5"
+    roots = ROOT / "src" / "trustedml" / "attestation" / "roots" / "amd_turin.pem"
+    result = run_cli(
+        ["attest", "verify", str(vector / "report.bin"), "--collateral", str(vector / "vcek.der"),
+         "--collateral", str(roots), "--at", "2026-01-01T00:00:00Z"]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "verdict: ACCEPTED" in result.stdout
+    assert "Warning" not in result.stderr

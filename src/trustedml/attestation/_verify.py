@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
 import struct
@@ -9,7 +10,8 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from trustedml.attestation._model import EvidenceType, VerifiedEvidence, Verifier, require_aware
-from trustedml.errors import UnsupportedEvidenceError
+from trustedml.errors import ConfigError, EvidenceFormatError, UnsupportedEvidenceError
+from trustedml.hazmat.attestation._der import read_tlv
 
 SIM_MAGIC = b"TMLSIM01"
 _TEE_TYPE_SGX = 0x00000000
@@ -142,3 +144,58 @@ def describe_evidence(evidence: bytes) -> dict[str, object]:
     kind = detect_evidence_type(evidence)
     fields = _jsonable(parse_evidence(evidence))
     return {"evidence_type": kind.value, "fields": fields}
+
+
+def join_collateral(parts: Sequence[bytes]) -> bytes | None:
+    """Several collateral files as the one blob a verifier takes: SEV-SNP
+    certificates and CRLs in PEM or DER (as AMD's KDS serves them, e.g. the VCEK in
+    DER, ``cert_chain`` in PEM, ``crl`` in DER) become one PEM bundle. Intel
+    collateral is a single JSON document and cannot be joined."""
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return bytes(parts[0])
+    out = []
+    for number, part in enumerate(parts, 1):
+        data = bytes(part)
+        if data.lstrip().startswith(b"{"):
+            raise ConfigError(
+                f"collateral {number}: Intel collateral is one JSON document; give it alone"
+            )
+        if b"-----BEGIN" in data:
+            out.append(data if data.endswith(b"\n") else data + b"\n")
+            continue
+        label = _der_label(data)
+        if label is None:
+            raise ConfigError(
+                f"collateral {number}: expected PEM, or a DER certificate or CRL, got "
+                f"{len(data)} bytes of neither"
+            )
+        # Wrapped, not parsed: the verifier parses (and judges) every certificate itself.
+        body = base64.encodebytes(data).replace(b"\n", b"")
+        lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+        out.append(
+            b"-----BEGIN %s-----\n%s\n-----END %s-----\n" % (label, b"\n".join(lines), label)
+        )
+    return b"".join(out)
+
+
+def _der_label(data: bytes) -> bytes | None:
+    """The PEM label of one DER certificate or CRL (told apart by the first field of
+    the signed part: a certificate's explicit [0] version, a CRL's INTEGER version or
+    signature algorithm), or None."""
+    try:
+        outer, end = read_tlv(data, 0, "collateral")
+        if outer.tag != 0x30 or end != len(data):
+            return None
+        tbs, _ = read_tlv(outer.value, 0, "collateral")
+        if tbs.tag != 0x30:
+            return None
+        first, _ = read_tlv(tbs.value, 0, "collateral")
+    except EvidenceFormatError:
+        return None
+    if first.tag == 0xA0:
+        return b"CERTIFICATE"
+    if first.tag in (0x02, 0x30):
+        return b"X509 CRL"
+    return None

@@ -23,6 +23,7 @@ from trustedml.attestation import (
     get_provider,
     verify_evidence,
 )
+from trustedml.attestation._verify import join_collateral
 from trustedml.cli._common import default_sim_key_path, err_console, handle_errors, out_console
 from trustedml.errors import ConfigError
 from trustedml.tee import ENV_SIM_KEY
@@ -101,8 +102,10 @@ def show_command(evidence: Path, as_json: bool) -> None:
 @click.argument("evidence", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option(
     "--collateral",
+    multiple=True,
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Intel collateral JSON (SGX/TDX) or the VCEK/VLEK certificate(s) (SEV-SNP).",
+    help="Intel collateral JSON (SGX/TDX), or SEV-SNP certificates and AMD's CRL, PEM or "
+    "DER (repeatable: e.g. the VCEK, cert_chain and crl as KDS serves them).",
 )
 @click.option("--at", "at", metavar="TIME", help="Verify as of this time (ISO 8601); default now.")
 @click.option(
@@ -126,7 +129,7 @@ def show_command(evidence: Path, as_json: bool) -> None:
 @handle_errors
 def verify_command(
     evidence: Path,
-    collateral: Path | None,
+    collateral: tuple[Path, ...],
     at: str | None,
     policy: Path | None,
     report_data: str | None,
@@ -141,7 +144,7 @@ def verify_command(
     expected = _hex(report_data, "--report-data", 64) if report_data is not None else None
     verified = verify_evidence(
         data,
-        collateral=collateral.read_bytes() if collateral is not None else None,
+        collateral=join_collateral([p.read_bytes() for p in collateral]),
         at=when,
         sim_keys=[p.read_bytes() for p in sim_keys],
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +14,7 @@ from rich.table import Table
 from trustedml import ConfigError, KeyDirectory, Secret
 from trustedml._fs import write_private
 from trustedml.attestation import EvidenceProvider, Policy, SimKey, get_provider
+from trustedml.attestation._verify import join_collateral
 from trustedml.broker import (
     ADMIN_TOKEN_SECRET,
     MASTER_KEY_SECRET,
@@ -120,9 +121,10 @@ def evidence_options(func: F) -> F:
     """How this process proves what it is to the broker."""
     func = click.option(
         "--collateral",
+        multiple=True,
         type=click.Path(dir_okay=False, exists=True, path_type=Path),
-        help="Verification collateral sent with the evidence (Intel collateral JSON, "
-        "SEV-SNP VCEK).",
+        help="Verification collateral sent with the evidence (Intel collateral JSON, or "
+        "SEV-SNP certificates and CRL, PEM or DER; repeatable).",
     )(func)
     func = click.option(
         "--job-measurement",
@@ -182,7 +184,7 @@ def make_broker_client(
     sim_key: Path | None,
     sim_measurement: str | None,
     job_measurement: str | None,
-    collateral: Path | None,
+    collateral: Sequence[Path] = (),
 ) -> KeyBrokerClient:
     provider = make_provider(evidence_provider, sim_key, sim_measurement)
     return KeyBrokerClient(
@@ -190,7 +192,7 @@ def make_broker_client(
         provider=provider,
         ca=ca,
         job_measurement=_hex(job_measurement, "--job-measurement") if job_measurement else None,
-        collateral=collateral.read_bytes() if collateral else None,
+        collateral=join_collateral([p.read_bytes() for p in collateral]),
     )
 
 
