@@ -306,8 +306,11 @@ def build_job(
         isv_svn=isv_svn,
     )
     if tee == "gramine" and not spark.get("no_ui"):
-        # The UI's TLS keystore password is a host secret the enclave never receives.
-        err_console.print("--tee gramine: the Spark web UI is off (its TLS password stays out)")
+        # With TLS the UI needs a host secret the enclave never receives; without, it
+        # would serve the job's data in the clear to the host.
+        err_console.print(
+            "--tee gramine: the Spark web UI is off (its TLS password stays outside the enclave)"
+        )
         spark["no_ui"] = True
     settings, enclave_key = _build_settings(
         **spark, want_enclave_key=tee == "gramine" and not dry_run
