@@ -12,7 +12,7 @@ import pytest
 
 from tests.broker.conftest import spawn_broker
 from tests.conftest import APPS, DATASETS, FAST_KDF, PASSPHRASE, run_cli, write_passphrase_file
-from trustedml import Secret, init_key_directory
+from trustedml import KeyDirectory, Secret, init_key_directory
 from trustedml.attestation import SimKey
 from trustedml.hazmat.framing import MAGIC
 
@@ -23,7 +23,8 @@ OWNER = hashlib.sha384(b"test data owner").hexdigest()
 
 
 @pytest.mark.skipif(not NYC.is_file(), reason=f"dataset not at {NYC}")
-def test_only_the_measured_job_gets_keys(tmp_path: Path) -> None:
+def _parties(tmp_path: Path) -> tuple[KeyDirectory, Path, Path, Path]:
+    """A key directory, its passphrase file, and a sim key (private, public PEM)."""
     keys = init_key_directory(tmp_path / "keys", Secret(PASSPHRASE), kdf=FAST_KDF)
     passphrase = write_passphrase_file(tmp_path / "passphrase")
     sim = SimKey.generate()
@@ -32,6 +33,11 @@ def test_only_the_measured_job_gets_keys(tmp_path: Path) -> None:
     os.chmod(sim_private, 0o600)
     sim_public = tmp_path / "sim-pub.pem"
     sim_public.write_bytes(sim.public_key_pem())
+    return keys, passphrase, sim_private, sim_public
+
+
+def test_only_the_measured_job_gets_keys(tmp_path: Path) -> None:
+    keys, passphrase, sim_private, sim_public = _parties(tmp_path)
     broker = spawn_broker(keys, tmp_path / "broker.db", tmp_path / "broker", sim_key_pem=sim_public)
     try:
         ca = str(keys.ca_cert)
@@ -99,18 +105,12 @@ def test_only_the_measured_job_gets_keys(tmp_path: Path) -> None:
 
 
 def test_workers_outliving_the_shared_session_attest_themselves(tmp_path: Path) -> None:
-    keys = init_key_directory(tmp_path / "keys", Secret(PASSPHRASE), kdf=FAST_KDF)
-    passphrase = write_passphrase_file(tmp_path / "passphrase")
-    sim = SimKey.generate()
-    sim_private = tmp_path / "sim-key.pem"
-    sim.save(sim_private)
-    os.chmod(sim_private, 0o600)
-    (tmp_path / "sim-pub.pem").write_bytes(sim.public_key_pem())
+    keys, passphrase, sim_private, sim_public = _parties(tmp_path)
     broker = spawn_broker(
         keys,
         tmp_path / "broker.db",
         tmp_path / "broker",
-        sim_key_pem=tmp_path / "sim-pub.pem",
+        sim_key_pem=sim_public,
         extra=("--token-ttl", "3"),
     )
     try:
