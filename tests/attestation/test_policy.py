@@ -621,3 +621,52 @@ def test_min_snp_tcb_file_form_round_trips_and_rejects_bad_values() -> None:
         Policy.from_dict({"min_snp_tcb": {}})
     with pytest.raises(PolicyError, match="min_snp_tcb: expected a table"):
         Policy(min_snp_tcb=[1, 2])  # type: ignore[arg-type]
+
+
+# -- SEV-SNP ID block identity: judged on a real report (Azure Genoa, guest SVN 0x1000b) --
+
+AZURE = Path(__file__).parent / "vectors" / "public" / "trustee-azure-genoa-v3"
+AZURE_ID_KEY = bytes.fromhex(
+    "942fd93ebde6ea7a96efadeafc60f1c6b3d10e703b1dafd7555b92f7f3d32d0e"
+    "006767648cba5b102af3d65756af4177"
+)
+
+
+def _azure_verified() -> VerifiedEvidence:
+    from trustedml.attestation import verify_evidence
+
+    return verify_evidence(
+        (AZURE / "report.bin").read_bytes(),
+        collateral=(AZURE / "vcek-genoa.pem").read_bytes(),
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+def test_snp_id_block_identity_matches_the_id_key_and_guest_svn() -> None:
+    verified = _azure_verified()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    ok = Policy(allow=(Identity(id_key_digest=AZURE_ID_KEY, min_guest_svn=0x1000B),))
+    assert ok.appraise(verified, at=at).accepted
+    newer = Policy(allow=(Identity(id_key_digest=AZURE_ID_KEY, min_guest_svn=0x1000C),))
+    assert newer.appraise(verified, at=at).reasons == (
+        "no allowed identity matches; closest: allow[0] (guest_svn: expected ≥ 65548, got 65547)",
+    )
+    author = Policy(allow=(Identity(author_key_digest=bytes([7]) * 48),))
+    (reason,) = author.appraise(verified, at=at).reasons
+    assert "author_key_digest: expected 0707070707070707…, got 0000000000000000…" in reason
+
+
+def test_snp_id_block_fields_in_the_file_form() -> None:
+    text = (
+        '[[allow]]\ntype = "sev-snp"\n'
+        f'id_key_digest = "{AZURE_ID_KEY.hex()}"\nmin_guest_svn = 65547\n'
+    )
+    policy = Policy.from_dict(tomllib.loads(text))
+    assert policy.allow[0].id_key_digest == AZURE_ID_KEY
+    assert Policy.from_dict(policy.to_dict()) == policy
+    with pytest.raises(PolicyError, match=r"allow\[0\]\.min_guest_svn: expected an integer in"):
+        Policy.from_dict({"allow": [{"type": "sev-snp", "min_guest_svn": -1}]})
+    with pytest.raises(PolicyError, match=r"allow\[0\]\.id_key_digest: expected 48 bytes"):
+        Policy.from_dict({"allow": [{"type": "sev-snp", "id_key_digest": "ab" * 32}]})
+    with pytest.raises(PolicyError, match="id_key_digest: applies to sev-snp evidence, not sgx"):
+        Identity(evidence_type=EvidenceType.SGX, id_key_digest=AZURE_ID_KEY)

@@ -45,9 +45,20 @@ _FIELD_TYPES: dict[str, frozenset[EvidenceType]] = {
     "rtmrs": _TDX,
     "measurement": frozenset({EvidenceType.SNP, EvidenceType.SIM}),
     "host_data": _SNP,
+    "id_key_digest": _SNP,
+    "author_key_digest": _SNP,
+    "min_guest_svn": _SNP,
     "job_measurement": _ANY,
 }
-_FIXED_SIZES = {"mrenclave": 32, "mrsigner": 32, "mrtd": 48, "host_data": 32}
+_FIXED_SIZES = {
+    "mrenclave": 32,
+    "mrsigner": 32,
+    "mrtd": 48,
+    "host_data": 32,
+    "id_key_digest": 48,
+    "author_key_digest": 48,
+}
+_MAX_U32 = 0xFFFFFFFF
 _RTMR_SIZE = 48
 _RTMR_COUNT = 4
 _SNP_MEASUREMENT_SIZE = 48
@@ -127,9 +138,9 @@ def _check_bytes(name: str, value: object, low: int, high: int) -> None:
         )
 
 
-def _check_u16(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_U16:
-        raise PolicyError(f"{name}: expected an integer in 0..{_MAX_U16}, got {_kind(value)}")
+def _check_u16(name: str, value: object, high: int = _MAX_U16) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+        raise PolicyError(f"{name}: expected an integer in 0..{high}, got {_kind(value)}")
 
 
 @dataclass(frozen=True)
@@ -137,8 +148,10 @@ class Identity:
     """One ``[[allow]]`` entry: every field that is set must match the claims.
 
     ``rtmrs`` lists RTMR0..3 (``None`` = don't care); ``measurement`` is the
-    SEV-SNP launch digest or the sim measurement; ``job_measurement`` is matched
-    against ``Claims.extra["job_measurement"]`` (hex).
+    SEV-SNP launch digest or the sim measurement; ``id_key_digest``,
+    ``author_key_digest`` and ``min_guest_svn`` match the SEV-SNP ID block the guest
+    was launched with; ``job_measurement`` is matched against
+    ``Claims.extra["job_measurement"]`` (hex).
     """
 
     evidence_type: EvidenceType | None = None
@@ -150,6 +163,9 @@ class Identity:
     rtmrs: tuple[bytes | None, ...] | None = None
     measurement: bytes | None = None
     host_data: bytes | None = None
+    id_key_digest: bytes | None = None
+    author_key_digest: bytes | None = None
+    min_guest_svn: int | None = None
     job_measurement: bytes | None = None
 
     def __post_init__(self) -> None:
@@ -184,6 +200,8 @@ class Identity:
         for name in ("isv_prod_id", "min_isv_svn"):
             if (value := getattr(self, name)) is not None:
                 _check_u16(name, value)
+        if self.min_guest_svn is not None:
+            _check_u16("min_guest_svn", self.min_guest_svn, _MAX_U32)
         rtmrs: object = self.rtmrs
         if isinstance(rtmrs, list):
             object.__setattr__(self, "rtmrs", tuple(rtmrs))
@@ -245,6 +263,15 @@ class Identity:
             claims.isv_svn is None or claims.isv_svn < self.min_isv_svn
         ):
             out.append(f"isv_svn: expected ≥ {self.min_isv_svn}, got {claims.isv_svn}")
+        for name in ("id_key_digest", "author_key_digest"):
+            want = getattr(self, name)
+            got_digest = _extra_bytes(claims, name)
+            if want is not None and got_digest != want:
+                out.append(f"{name}: {_pair(want, got_digest)}")
+        if self.min_guest_svn is not None:
+            svn = claims.extra.get("guest_svn")
+            if not isinstance(svn, int) or svn < self.min_guest_svn:
+                out.append(f"guest_svn: expected ≥ {self.min_guest_svn}, got {svn}")
         if self.rtmrs is not None:
             have = claims.rtmrs or ()
             for index, want_rtmr in enumerate(self.rtmrs):
@@ -274,11 +301,15 @@ class Identity:
         return out
 
 
-def _job_measurement(claims: Claims) -> bytes | None:
-    value = claims.extra.get("job_measurement")
+def _extra_bytes(claims: Claims, name: str) -> bytes | None:
+    value = claims.extra.get(name)
     if not isinstance(value, str) or not _HEX.fullmatch(value) or len(value) % 2:
         return None
     return bytes.fromhex(value)
+
+
+def _job_measurement(claims: Claims) -> bytes | None:
+    return _extra_bytes(claims, "job_measurement")
 
 
 @dataclass(frozen=True)
@@ -618,6 +649,9 @@ def _identity_from_dict(entry: object, where: str) -> Identity:
                 ) from None
         elif key in ("isv_prod_id", "min_isv_svn"):
             _check_u16(f"{where}.{key}", value)
+            kwargs[key] = value
+        elif key == "min_guest_svn":
+            _check_u16(f"{where}.{key}", value, _MAX_U32)
             kwargs[key] = value
         elif key == "rtmrs":
             if not isinstance(value, list):
