@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from tests.hazmat.attestation.test_intel_layout import integer, oid, tlv
 from trustedml.attestation import _intel
 from trustedml.attestation._intel import INTEL_SGX_ROOT_CA_SHA256, IntelVerifier, parse_quote
 from trustedml.attestation._model import EvidenceType, TcbStatus, Verifier
@@ -356,43 +357,20 @@ def _pem(*certs: x509.Certificate) -> str:
     return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
 
 
-def _der(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    length = bytes([n]) if n < 0x80 else bytes([0x82]) + n.to_bytes(2, "big")
-    return bytes([tag]) + length + content
-
-
-def _oid(dotted: str) -> bytes:
-    arcs = [int(a) for a in dotted.split(".")]
-    out = bytearray()
-    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        out += bytes(reversed(chunk))
-    return _der(0x06, bytes(out))
-
-
-def _int(value: int, tag: int = 0x02) -> bytes:
-    return _der(tag, value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big"))
-
-
 def _entry(suffix: str, value: bytes) -> bytes:
-    return _der(0x30, _oid(f"{SGX_EXTENSION_OID}.{suffix}") + value)
+    return tlv(0x30, oid(f"{SGX_EXTENSION_OID}.{suffix}") + value)
 
 
 def sgx_extension(components: tuple[int, ...], pce_svn: int, fmspc: str, pce_id: str) -> bytes:
-    tcb = b"".join(_entry(f"2.{i + 1}", _int(svn)) for i, svn in enumerate(components))
-    tcb += _entry("2.17", _int(pce_svn)) + _entry("2.18", _der(0x04, bytes(components)))
-    return _der(
+    tcb = b"".join(_entry(f"2.{i + 1}", integer(svn)) for i, svn in enumerate(components))
+    tcb += _entry("2.17", integer(pce_svn)) + _entry("2.18", tlv(0x04, bytes(components)))
+    return tlv(
         0x30,
-        _entry("1", _der(0x04, b"\x42" * 16))
-        + _entry("2", _der(0x30, tcb))
-        + _entry("3", _der(0x04, bytes.fromhex(pce_id)))
-        + _entry("4", _der(0x04, bytes.fromhex(fmspc)))
-        + _entry("5", _int(0, tag=0x0A)),
+        _entry("1", tlv(0x04, b"\x42" * 16))
+        + _entry("2", tlv(0x30, tcb))
+        + _entry("3", tlv(0x04, bytes.fromhex(pce_id)))
+        + _entry("4", tlv(0x04, bytes.fromhex(fmspc)))
+        + _entry("5", integer(0, tag=0x0A)),
     )
 
 
