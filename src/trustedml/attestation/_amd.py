@@ -216,7 +216,13 @@ def _collateral(
         return (_load_pem(rest, what) if b"-----BEGIN" in rest else []), crls
     parts = _split_der(data)
     if parts is None:
-        return _certs_from_blob(data, what), []
+        try:
+            table = parse_cert_table(data)
+        except EvidenceFormatError as exc:
+            raise CollateralError(
+                f"{what}: neither PEM, DER nor a GHCB certificate table ({exc})"
+            ) from None
+        return _certs_from_table(table.entries, what), []
     certs: list[x509.Certificate] = []
     crls = []
     for part in parts:
@@ -224,26 +230,10 @@ def _collateral(
             certs.append(_load_der(part, what))
         except CollateralError as not_a_cert:
             try:
-                crls.append(x509.load_der_x509_crl(part))
-            except _PARSE_ERRORS:
+                crls.append(_load_crl(part, what, pem=False))
+            except CollateralError:
                 raise not_a_cert from None
     return certs, crls
-
-
-def _certs_from_blob(data: bytes, what: str) -> list[x509.Certificate]:
-    """Certificates from PEM, DER (one or concatenated) or a GHCB certificate table."""
-    if b"-----BEGIN" in data:
-        return _load_pem(data, what)
-    parts = _split_der(data)
-    if parts is not None:
-        return [_load_der(part, what) for part in parts]
-    try:
-        table = parse_cert_table(data)
-    except EvidenceFormatError as exc:
-        raise CollateralError(
-            f"{what}: neither PEM, DER nor a GHCB certificate table ({exc})"
-        ) from None
-    return _certs_from_table(table.entries, what)
 
 
 def _certs_from_table(entries: Iterable[CertTableEntry], what: str) -> list[x509.Certificate]:

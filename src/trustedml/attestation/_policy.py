@@ -279,7 +279,7 @@ class Identity:
                 if want_rtmr is not None and got_rtmr != want_rtmr:
                     out.append(f"rtmr{index}: {_pair(want_rtmr, got_rtmr)}")
         if self.job_measurement is not None:
-            got_job = _job_measurement(claims)
+            got_job = _extra_bytes(claims, "job_measurement")
             if got_job != self.job_measurement:
                 out.append(f"job_measurement: {_pair(self.job_measurement, got_job)}")
         return out
@@ -306,10 +306,6 @@ def _extra_bytes(claims: Claims, name: str) -> bytes | None:
     if not isinstance(value, str) or not _HEX.fullmatch(value) or len(value) % 2:
         return None
     return bytes.fromhex(value)
-
-
-def _job_measurement(claims: Claims) -> bytes | None:
-    return _extra_bytes(claims, "job_measurement")
 
 
 @dataclass(frozen=True)

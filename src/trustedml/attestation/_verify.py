@@ -172,7 +172,7 @@ def join_collateral(parts: Sequence[bytes]) -> bytes | None:
                 f"{len(data)} bytes of neither"
             )
         # Wrapped, not parsed: the verifier parses (and judges) every certificate itself.
-        body = base64.encodebytes(data).replace(b"\n", b"")
+        body = base64.b64encode(data)
         lines = [body[i : i + 64] for i in range(0, len(body), 64)]
         out.append(
             b"-----BEGIN %s-----\n%s\n-----END %s-----\n" % (label, b"\n".join(lines), label)
