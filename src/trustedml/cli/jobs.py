@@ -279,6 +279,13 @@ def _build_settings(
     return settings, enclave_key
 
 
+def no_ui_for(tee: str, no_ui: bool) -> bool:
+    """Whether the job runs without the web UI: as asked, and always under Gramine,
+    where with TLS it needs a host secret the enclave never receives and without TLS
+    it would serve the job's data in the clear to the host."""
+    return no_ui or tee == "gramine"
+
+
 def build_job(
     *,
     tee: str,
@@ -305,9 +312,8 @@ def build_job(
         isv_prod_id=isv_prod_id,
         isv_svn=isv_svn,
     )
-    if tee == "gramine" and not spark.get("no_ui"):
-        # With TLS the UI needs a host secret the enclave never receives; without, it
-        # would serve the job's data in the clear to the host.
+    asked = bool(spark.get("no_ui"))
+    if no_ui_for(tee, asked) != asked:
         err_console.print(
             "--tee gramine: the Spark web UI is off (its TLS password stays outside the enclave)"
         )

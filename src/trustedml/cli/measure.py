@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from trustedml.cli._common import handle_errors
-from trustedml.cli.jobs import _parse_confs, spark_options, tee_options
+from trustedml.cli.jobs import _parse_confs, no_ui_for, spark_options, tee_options
 from trustedml.tee import measure_job, measurement_settings
 
 
@@ -63,8 +63,7 @@ def measure_command(
         master=master,
         rpc_tls=rpc_tls,
         log_level=log_level,
-        # As `submit` does: the UI is always off under --tee gramine.
-        ui=not no_ui and _ignored.get("tee") != "gramine",
+        ui=not no_ui_for(_ignored.get("tee", "none"), no_ui),
         extra=_parse_confs(confs),
         with_keys=bool(keks),
     )
