@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,42 @@ def test_show_on_a_non_key_directory(tmp_path: Path) -> None:
     result = run_cli(["keys", "show", str(tmp_path)])
     assert result.returncode == 1
     assert "is not a key directory" in result.stderr
+
+
+def test_list_keks_prints_ids_and_the_directory_is_private(
+    initialised: tuple[Path, Path], tmp_path: Path
+) -> None:
+    keys_dir = tmp_path / "keys"
+    shutil.copytree(initialised[0], keys_dir)
+    _, pp = initialised
+    made = run_cli(["keys", "new-kek", str(keys_dir), "models", "--passphrase-file", str(pp)])
+    assert made.returncode == 0, made.stderr
+    listed = run_cli(["keys", "list-keks", str(keys_dir), "--passphrase-file", str(pp)])
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["models"]
+    # What `keys init` made: private directories and files.
+    assert stat.S_IMODE(initialised[0].stat().st_mode) == 0o700
+    for path in initialised[0].rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
+
+
+@pytest.mark.parametrize(
+    ("where", "mode", "expected"),
+    [(".", 0o755, "0700"), (".", 0o711, "0700"), ("secrets.sealed", 0o644, "0600")],
+)
+def test_list_keks_names_the_mode_a_directory_or_file_needs(
+    initialised: tuple[Path, Path], tmp_path: Path, where: str, mode: int, expected: str
+) -> None:
+    keys_dir = tmp_path / "keys"
+    shutil.copytree(initialised[0], keys_dir)
+    target = keys_dir / where
+    target.chmod(mode)
+    _, pp = initialised
+    result = run_cli(["keys", "list-keks", str(keys_dir), "--passphrase-file", str(pp)])
+    assert result.returncode == 1
+    assert result.stdout == ""
+    shown = keys_dir if where == "." else target
+    assert result.stderr.strip() == (
+        f"error: permissions too open on {shown}: expected {expected} (or stricter), "
+        f"got {mode:04o} (chmod {expected[1:]} {shown})"
+    )

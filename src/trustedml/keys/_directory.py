@@ -396,10 +396,14 @@ class KeyDirectory:
         return self.file(self.manifest.tls_server_cert)
 
     def _check_private(self, path: Path) -> None:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        st = path.stat()
+        mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
+            # A directory needs its x bit to be entered: 0700 is its private mode.
+            expected = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
             raise KeyDirectoryError(
-                f"permissions too open on {path}: expected 0600 (or stricter), got {mode:04o}"
+                f"permissions too open on {path}: expected {expected:04o} (or stricter), "
+                f"got {mode:04o} (chmod {expected:o} {path})"
             )
 
     def unseal(self, passphrase: Secret) -> SealedSecrets:
