@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 __all__ = [
     "AttestationError",
@@ -33,6 +34,8 @@ __all__ = [
     "UnsealError",
     "UnsupportedEvidenceError",
 ]
+
+E = TypeVar("E", bound=BaseException)
 
 
 class TrustedMLError(Exception):
@@ -159,3 +162,14 @@ class AuditLogError(KeyBrokerError, IntegrityError):
     def __init__(self, message: str, *, seq: int | None = None) -> None:
         super().__init__(message)
         self.seq = seq
+
+
+def reworded(exc: E, message: str) -> E:
+    """A copy of ``exc`` with ``message``: same type and attributes (a broker refusal
+    keeps its status and code), for adding context such as a file name at a layer
+    boundary. Raise it ``from exc``."""
+    # Not type(exc)(message): some subclasses take keyword-only arguments.
+    copy = type(exc).__new__(type(exc))
+    copy.__dict__.update(exc.__dict__)
+    copy.args = (message,)
+    return copy

@@ -9,6 +9,7 @@ import pytest
 from trustedml import (
     ConfigError,
     IntegrityError,
+    KeyNotFoundError,
     KeyRing,
     NotEncryptedError,
     decrypt_file,
@@ -77,8 +78,19 @@ def test_wrong_key_leaves_no_output(tmp_path: Path) -> None:
     src = tmp_path / "a"
     src.write_bytes(b"rows")
     encrypt_file(src, tmp_path / "a.tml", key_id="k", keystore=RING)
-    with pytest.raises(IntegrityError, match="cannot unwrap"):
+    with pytest.raises(IntegrityError, match=r"^.*/a\.tml: cannot unwrap the data key"):
         decrypt_file(tmp_path / "a.tml", tmp_path / "out", keystore=OTHER)
+    _no_leftovers(tmp_path, {"a", "a.tml"})
+
+
+def test_missing_kek_names_the_file(tmp_path: Path) -> None:
+    src = tmp_path / "a"
+    src.write_bytes(b"rows")
+    with pytest.raises(KeyNotFoundError, match=r"^.*/a: no key-encryption key 'absent'"):
+        encrypt_file(src, tmp_path / "a.tml", key_id="absent", keystore=RING)
+    encrypt_file(src, tmp_path / "a.tml", key_id="k", keystore=RING)
+    with pytest.raises(KeyNotFoundError, match=r"^.*/a\.tml: no key-encryption key 'k'"):
+        decrypt_file(tmp_path / "a.tml", tmp_path / "out", keystore=KeyRing({"j": b"\x07" * 32}))
     _no_leftovers(tmp_path, {"a", "a.tml"})
 
 
@@ -147,5 +159,5 @@ def test_bytes_round_trip_and_wrong_key(tmp_path: Path) -> None:
     res = write_encrypted_bytes(model, tmp_path / "m.pt.tml", key_id="k", keystore=RING)
     assert res.plaintext_bytes == len(model)
     assert read_encrypted_bytes(res.target, keystore=RING) == model
-    with pytest.raises(IntegrityError, match="cannot unwrap"):
+    with pytest.raises(IntegrityError, match=r"m\.pt\.tml: cannot unwrap"):
         read_encrypted_bytes(res.target, keystore=OTHER)

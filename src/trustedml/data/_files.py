@@ -1,3 +1,5 @@
+"""Whole-file recipes: encrypt or decrypt a file or a directory tree, leaving no partial output."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trustedml._progress import NoProgress, Progress
-from trustedml.data._keystore import KeyStore, check_key_id
+from trustedml.data._keystore import DataKey, KeyStore, check_key_id
 from trustedml.data._streams import DecryptingReader, EncryptingWriter
-from trustedml.errors import ConfigError
+from trustedml.errors import ConfigError, KeyStoreError, reworded
 from trustedml.hazmat import framing
 
 SUFFIX = ".tml"
@@ -46,6 +48,14 @@ def _atomic_output(target: Path) -> Iterator[Path]:
         raise
 
 
+def _data_key_for(path: Path, key_id: str, keystore: KeyStore) -> DataKey:
+    """A fresh data key for encrypting ``path``; a refusal names the file."""
+    try:
+        return keystore.generate_data_key(key_id)
+    except KeyStoreError as exc:
+        raise reworded(exc, f"{path}: {exc}") from exc
+
+
 def _check_pair(source: Path, target: Path) -> None:
     if not source.is_file():
         raise ConfigError(f"{source}: expected an existing file")
@@ -70,7 +80,7 @@ def encrypt_file(
     _check_pair(src, dst)
     check_key_id(key_id)
     progress = progress or NoProgress()
-    data_key = keystore.generate_data_key(key_id)
+    data_key = _data_key_for(src, key_id, keystore)
     progress.start(f"encrypt {src.name}", src.stat().st_size)
     try:
         with _atomic_output(dst) as tmp, src.open("rb") as fin, tmp.open("wb") as fout:
@@ -203,7 +213,7 @@ def write_encrypted_bytes(
     """Encrypt in-memory ``data`` (a model, a result) into ``target``, atomically."""
     dst = Path(target)
     check_key_id(key_id)
-    data_key = keystore.generate_data_key(key_id)
+    data_key = _data_key_for(dst, key_id, keystore)
     with _atomic_output(dst) as tmp, tmp.open("wb") as fout:
         writer = EncryptingWriter(fout, data_key, log2_chunk=log2_chunk)
         writer.write(data)

@@ -1,3 +1,5 @@
+"""Streaming encryption: a chunked writer and a random-access, authenticating reader."""
+
 from __future__ import annotations
 
 import io
@@ -6,7 +8,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from trustedml.data._keystore import DataKey, KeyStore
-from trustedml.errors import ConfigError, IntegrityError
+from trustedml.errors import ConfigError, IntegrityError, KeyStoreError, reworded
 from trustedml.hazmat import framing
 from trustedml.hazmat.framing import ChunkCipher, Header, Layout
 
@@ -133,7 +135,11 @@ class DecryptingReader(io.RawIOBase):
         self.header = Header.parse(raw.read(framing.MAX_HEADER_SIZE), name)
         size = raw.seek(0, os.SEEK_END)
         self.layout = Layout.of(self.header, size, name)
-        key = keystore.unwrap_data_key(self.header.key_id, self.header.wrapped_key)
+        try:
+            key = keystore.unwrap_data_key(self.header.key_id, self.header.wrapped_key)
+        except (IntegrityError, KeyStoreError) as exc:
+            # The key store does not know which file the wrapped key came from.
+            raise reworded(exc, f"{name}: {exc}") from exc
         self._cipher = ChunkCipher(key.reveal(), self.header)
         self._pos = 0
         self._cached: tuple[int, bytes] | None = None
