@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import socket
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.broker.conftest import Broker
+from tests.broker.conftest import (
+    MEASUREMENT,
+    Broker,
+    save_sim_private_key,
+    sim_policy,
+    start_broker,
+)
 from tests.broker.peer import RawPeer, b64
-from trustedml.broker import BrokerRefusedError, client_ssl_context
+from tests.broker.rawhttp import assert_json_answer, exchange, request_bytes
+from tests.conftest import run_cli
+from trustedml import ConfigError, KeyDirectory, KeyRing
+from trustedml.attestation import SimKey
+from trustedml.broker import BrokerConfig, BrokerRefusedError, client_ssl_context
+from trustedml.broker._http import MAX_REQUEST_HEAD
 
 
 @pytest.fixture
@@ -218,3 +231,182 @@ def test_hostile_evidence_is_a_4xx_with_a_reason(broker: Broker, data: st.DataOb
     assert response.status_code in (400, 401, 403, 404), response.text
     assert response.json()["message"]
     peer.http.close()
+
+
+# -- issue #12: what an attacker's review found -------------------------------------------
+
+
+def test_a_key_id_with_a_trailing_newline_is_refused_before_sending(broker: Broker) -> None:
+    key_id = broker.new_key()
+    before = broker.admin().stats()["audit_seq"]
+    client = broker.client()
+    for bad in (f"{key_id}\n", "sales\n", "sales\r\n", "\nsales"):
+        with pytest.raises(ConfigError, match="key id: expected"):
+            client.generate_data_key(bad)
+        with pytest.raises(ConfigError, match="key id: expected"):
+            client.unwrap_data_key(bad, b"x" * 60)
+        with pytest.raises(ConfigError, match="key id: expected"):
+            broker.admin().create_key(bad, sim_policy())
+        with pytest.raises(ConfigError):
+            KeyRing({bad: bytes(32)})
+    # Nothing reached the broker: no challenge, no attestation, no admin call audited.
+    assert broker.admin().stats()["audit_seq"] == before
+
+
+def test_the_broker_refuses_a_key_id_with_a_newline(broker: Broker, http: httpx.Client) -> None:
+    admin = {"Authorization": f"Bearer {broker.config.admin_token.reveal_text()}"}
+    doc = _error(http.post("/v1/admin/keys", json={"key_id": "sales\n"}, headers=admin), 400)
+    assert "key id: expected" in str(doc["message"])
+    for path in ("/v1/keys/sales%0A/unwrap", "/v1/admin/keys/sales%0A", "/v1/health%0A"):
+        doc = _error(http.post(path, json={}, headers=admin), 400)
+        assert doc["error"] == "bad_request"
+    peer = RawPeer(broker)
+    body = peer.attest_body(peer.challenge(), ["sales\n"])
+    assert "key_ids[]" in str(_error(peer.http.post("/v1/attest", json=body), 400)["message"])
+    body = peer.attest_body(peer.challenge(), ["k"])
+    body["job_measurement"] = "aaa\n"
+    assert "job_measurement" in str(_error(peer.http.post("/v1/attest", json=body), 400)["message"])
+
+
+def test_cli_encrypt_with_a_newline_in_the_key_id_exits_2(broker: Broker, tmp_path: Path) -> None:
+    source = tmp_path / "plain.txt"
+    source.write_text("x")
+    sim = save_sim_private_key(broker.sim_key, tmp_path / "sim.pem")
+    result = run_cli(
+        ["encrypt", str(source), str(tmp_path / "out.tml"), "--key-id", "sales\n",
+         "--broker", broker.url, "--ca", str(broker.ca), "--evidence-provider", "sim",
+         "--sim-key", str(sim), "--sim-measurement", MEASUREMENT.hex()]
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "key id: expected" in lines[0]
+    assert "'sales\\n'" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out.tml").exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"[" * 100_000, "nested at most 16 levels"),
+        (b'{"a":' * 5000 + b"1" + b"}" * 5000, "nested at most 16 levels"),
+        (b'{"nonce":' + b"7" * 5000 + b"}", "at most 40 characters, got one of 5000"),
+        (b'{"nonce":1' + b"0" * 5000 + b".5}", "at most 40 characters"),
+        (b'{"nonce":1e999}', "finite number"),
+        (b'{"nonce":NaN}', "standard JSON, got NaN"),
+        (b'{"nonce":-Infinity}', "standard JSON, got -Infinity"),
+        (b'{"nonce":"a","nonce":"b"}', "unique member names"),
+        (b'{"nonce":"\\udc00"}', "lone surrogate"),
+        (b'\xef\xbb\xbf{"nonce":"a"}', "expected JSON"),
+        (b'{"nonce":"\xff"}', "expected UTF-8"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/attest", "/v1/keys/k/unwrap", "/v1/admin/keys"])
+def test_hostile_json_is_400_naming_the_limit(
+    broker: Broker, http: httpx.Client, path: str, body: bytes, fragment: str
+) -> None:
+    admin = {"Authorization": f"Bearer {broker.config.admin_token.reveal_text()}"}
+    if len(body) > broker.config.max_body and path != "/v1/attest":
+        body = body[: broker.config.max_body]  # stays hostile, under the size limit
+    doc = _error(http.post(path, content=body, headers=admin), 400)
+    assert doc["error"] == "bad_request"
+    assert fragment in str(doc["message"]), doc
+
+
+def test_a_policy_with_hostile_json_is_400(broker: Broker, http: httpx.Client) -> None:
+    key_id = broker.new_key()
+    admin = {"Authorization": f"Bearer {broker.config.admin_token.reveal_text()}"}
+    for body in (
+        b'{"policy":' * 40 + b"null" + b"}" * 40,
+        b'{"policy":{"min_isv_svn":' + b"9" * 5000 + b"}}",
+    ):
+        doc = _error(http.put(f"/v1/admin/keys/{key_id}/policy", content=body, headers=admin), 400)
+        assert doc["error"] == "bad_request"
+
+
+def test_an_8_mib_header_is_431_json(broker: Broker) -> None:
+    huge = request_bytes("GET", "/v1/health", headers=[(b"X-Big", b"a" * (8 << 20))])
+    response = exchange(broker, huge)
+    assert response.status == 431
+    assert response.headers["cache-control"] == "no-store"
+    assert response.json()["error"] == "header_too_large"
+    assert "16384" in response.json()["message"]
+    # Many small headers count too, and so does a long request line.
+    many = [(f"X-H{i}".encode(), b"v" * 100) for i in range(400)]
+    assert exchange(broker, request_bytes("GET", "/v1/health", headers=many)).status == 431
+    assert exchange(broker, request_bytes("GET", "/v1/health?" + "q" * 40_000)).status == 431
+    # A head just under the limit is served.
+    fits = request_bytes("GET", "/v1/health", headers=[(b"X-Pad", b"p" * (MAX_REQUEST_HEAD - 200))])
+    assert assert_json_answer(exchange(broker, fits))["status"] == "ok"
+
+
+def test_trailing_slash_is_a_json_404_not_a_redirect(http: httpx.Client) -> None:
+    for path in ("/v1/health/", "/v1/challenge/", "/v1/admin/keys/"):
+        response = http.request("GET", path)
+        assert response.status_code in (404, 405), (path, response.status_code)
+        assert "location" not in response.headers
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["error"] in ("not_found", "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"POST /v1/challenge HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET /v1/health\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"BREW /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+)
+def test_malformed_http_gets_a_json_400(broker: Broker, request_: bytes) -> None:
+    response = exchange(broker, request_)
+    assert response.status == 400
+    assert_json_answer(response)
+    assert response.json()["error"] == "bad_request"
+
+
+def test_over_the_connection_limit_is_a_json_503(
+    tmp_path: Path, base_config: BrokerConfig, broker_keys: KeyDirectory, sim_key: SimKey
+) -> None:
+    limited = start_broker(base_config, broker_keys, sim_key, tmp_path / "b.db", max_connections=1)
+    try:
+        response = exchange(limited, request_bytes("GET", "/v1/health"))
+    finally:
+        limited.server.stop()
+    assert response.status == 503
+    assert response.headers["cache-control"] == "no-store"
+    assert response.json()["error"] == "busy"
+
+
+def test_access_log_has_no_query_string(
+    tmp_path: Path,
+    base_config: BrokerConfig,
+    broker_keys: KeyDirectory,
+    sim_key: SimKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logged = start_broker(base_config, broker_keys, sim_key, tmp_path / "b.db", access_log=True)
+    try:
+        with caplog.at_level(logging.INFO, logger="trustedml.broker.access"):
+            http = httpx.Client(base_url=logged.url, verify=client_ssl_context(logged.ca))
+            with http:
+                http.get("/v1/admin/audit?after=0&limit=5&token=s3cr3t-in-query")
+                http.get("/v1/health", params={"password": "hunter2"})
+                http.get("/v1/nothing%0Aforged line")
+    finally:
+        logged.server.stop()
+    lines = [r for r in caplog.records if r.name == "trustedml.broker.access"]
+    assert [(r.method, r.path, r.status) for r in lines] == [  # type: ignore[attr-defined]
+        ("GET", "/v1/admin/audit", 401),
+        ("GET", "/v1/health", 200),
+        ("GET", "/v1/nothing%0Aforged%20line", 400),
+    ]
+    text = "\n".join(r.getMessage() for r in lines)
+    for leaked in ("?", "s3cr3t", "hunter2"):
+        assert leaked not in text
+    assert text.count("\n") == 2
+    assert all(r.duration_ms >= 0 for r in lines)  # type: ignore[attr-defined]

@@ -11,12 +11,14 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from trustedml._version import __version__
 from trustedml.broker._config import BrokerConfig
+from trustedml.broker._http import EdgeMiddleware
 from trustedml.broker._service import BrokerService, Refusal
 from trustedml.broker._store import BrokerStore
 
@@ -24,6 +26,7 @@ log = logging.getLogger("trustedml.broker")
 
 _NO_STORE = {"Cache-Control": "no-store"}
 MAX_AUDIT_PAGE = 1000
+MAX_AUDIT_SEQ = 2**63 - 1  # SQLite INTEGER
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -65,6 +68,19 @@ async def read_body(request: Request, limit: int) -> bytes:
         chunks.append(chunk)
     return b"".join(chunks)
 
+
+def _query_int(request: Request, name: str, default: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    # Plain ASCII digits only, and short: int() would take "1_000", " 7 ", "١٢" and
+    # raise on thousands of digits.
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        raise ValueError(name)
+    return int(text)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -167,13 +183,15 @@ def create_app(
 
     async def audit_get(request: Request) -> Any:
         try:
-            after = int(request.query_params.get("after", "0"))
-            limit = int(request.query_params.get("limit", "100"))
+            after = _query_int(request, "after", 0)
+            limit = _query_int(request, "limit", 100)
         except ValueError:
             raise Refusal(400, "bad_request", "after and limit must be integers") from None
-        if after < 0 or not 1 <= limit <= MAX_AUDIT_PAGE:
+        if not 0 <= after <= MAX_AUDIT_SEQ or not 1 <= limit <= MAX_AUDIT_PAGE:
             raise Refusal(
-                400, "bad_request", f"expected after >= 0 and 1 <= limit <= {MAX_AUDIT_PAGE}"
+                400,
+                "bad_request",
+                f"expected 0 <= after <= {MAX_AUDIT_SEQ} and 1 <= limit <= {MAX_AUDIT_PAGE}",
             )
         return await service.read_audit(after, limit)
 
@@ -223,10 +241,11 @@ def create_app(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        status = exc.status_code
+        code = _HTTP_CODES.get(status, "bad_request" if status < 500 else "internal")
         return json_response(
             {"error": code, "message": str(exc.detail), "reasons": []},
-            exc.status_code,
+            status,
             dict(exc.headers or {}),
         )
 
@@ -244,8 +263,11 @@ def create_app(
 
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(EdgeMiddleware, log_access=config.access_log)],
         exception_handlers={HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )
+    # "/v1/health/" is a 404 like any unknown path, not a plain-text redirect.
+    app.router.redirect_slashes = False
     app.state.broker = service
     return app

@@ -28,6 +28,7 @@ from trustedml._secret import Secret
 from trustedml.broker._app import create_app
 from trustedml.broker._config import BrokerConfig
 from trustedml.broker._errors import BrokerUnavailableError
+from trustedml.broker._http import BrokerHttpProtocol
 from trustedml.broker._service import BrokerService
 from trustedml.broker._store import BrokerStore
 from trustedml.errors import ConfigError
@@ -201,14 +202,16 @@ class BrokerServer:
             self.app,
             lifespan="on",
             log_config=None,
-            access_log=self.config.access_log,
+            # The app writes its own access line (no query string): _http.EdgeMiddleware.
+            access_log=False,
+            http=BrokerHttpProtocol,
+            ws="none",
             server_header=False,
             proxy_headers=False,
             limit_concurrency=self.config.max_connections,
             timeout_keep_alive=30,
             timeout_graceful_shutdown=int(self.config.graceful_shutdown),
             ssl_context_factory=lambda _config, _default: ctx,
-            h11_max_incomplete_event_size=32 * 1024,
         )
         return _UvicornServer(config)
 

@@ -48,6 +48,7 @@ from trustedml.broker._store import (
     VersionRow,
     open_store,
 )
+from trustedml.broker._wire import WireFormatError, loads_object
 from trustedml.data._keystore import KEY_ID_PATTERN
 from trustedml.errors import (
     ConfigError,
@@ -63,7 +64,7 @@ log = logging.getLogger("trustedml.broker")
 DEK_SIZE = 32
 MAX_KEY_IDS = 64
 MAX_WRAPPED = 1024
-_HEX = re.compile(r"^[0-9a-fA-F]*$")
+_HEX = re.compile(r"[0-9a-fA-F]*")  # fullmatch: `$` would let a trailing newline in
 _PURGE_EVERY = 1.0
 
 
@@ -98,15 +99,11 @@ def bad_request(message: str) -> Refusal:
 
 
 def parse_object(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, within the wire limits (broker/_wire.py)."""
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad_request(
-            f"request body: expected a JSON object, got invalid JSON ({exc})"
-        ) from None
-    if not isinstance(doc, dict):
-        raise bad_request(f"request body: expected a JSON object, got {type(doc).__name__}")
-    return doc
+        return loads_object(body)
+    except WireFormatError as exc:
+        raise bad_request(str(exc)) from None
 
 
 def _b64(
@@ -144,7 +141,7 @@ def _required_b64(doc: Mapping[str, Any], name: str, **kwargs: Any) -> bytes:
 
 
 def check_key_id(key_id: object, what: str = "key id") -> str:
-    if not isinstance(key_id, str) or not KEY_ID_PATTERN.match(key_id):
+    if not isinstance(key_id, str) or not KEY_ID_PATTERN.fullmatch(key_id):
         shown = key_id if isinstance(key_id, str) else type(key_id).__name__
         raise bad_request(
             f"{what}: expected 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter "
@@ -510,7 +507,7 @@ class BrokerService:
         if job is not None:
             if (
                 not isinstance(job, str)
-                or not _HEX.match(job)
+                or not _HEX.fullmatch(job)
                 or len(job) % 2
                 or not 2 <= len(job) <= 2 * envelope.MAX_JOB_MEASUREMENT_SIZE
             ):
@@ -973,11 +970,8 @@ class BrokerService:
 
     async def set_policy(self, client: str, key_id: str, body: bytes) -> dict[str, Any]:
         key = self._key(key_id)
-        try:
-            value = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise bad_request(f"request body: expected a policy as JSON ({exc})") from None
-        if not isinstance(value, dict) or "policy" not in value:
+        value = parse_object(body)
+        if "policy" not in value:
             raise bad_request('request body: expected {"policy": <policy object or null>}')
         policy = self._parse_policy(value["policy"])
         key.policy = policy

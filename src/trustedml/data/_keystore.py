@@ -1,3 +1,5 @@
+"""Key stores: the KeyStore protocol, KeyRing (KEKs in memory), LocalKeyStore (a vault)."""
+
 from __future__ import annotations
 
 import base64
@@ -15,12 +17,13 @@ from trustedml.hazmat import keywrap
 from trustedml.hazmat.framing import DEK_SIZE
 from trustedml.keys import KeyDirectory
 
-KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Used with fullmatch: a `$` anchor would also accept a trailing newline.
+KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 KEK_PREFIX = "kek:"
 
 
 def check_key_id(key_id: str) -> str:
-    if not isinstance(key_id, str) or not KEY_ID_PATTERN.match(key_id):
+    if not isinstance(key_id, str) or not KEY_ID_PATTERN.fullmatch(key_id):
         raise ConfigError(
             "key id: expected 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter "
             f"or digit, got {key_id!r}"
