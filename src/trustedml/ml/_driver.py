@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from trustedml.errors import ConfigError, TrustedMLError
-from trustedml.runtime import job_keyring
+from trustedml.errors import ConfigError, TrustedMLError, reworded
+from trustedml.ml._io import check_key
 
 
 class _Result(Protocol):
@@ -28,10 +28,10 @@ def check_model_out(model_out: Path | None, key_id: str) -> None:
         return
     if not model_out.resolve().parent.is_dir():
         raise ConfigError(f"--model-out {model_out}: its directory does not exist")
-    if key_id not in job_keyring().key_ids():
-        raise ConfigError(
-            f"--model-key-id {key_id}: this job has no such key (start it with --kek {key_id})"
-        )
+    try:
+        check_key(key_id)
+    except TrustedMLError as exc:
+        raise reworded(exc, f"--model-key-id {key_id}: {exc}") from None
 
 
 def train_on_spark(app_name: str, train_fn: Callable[..., R], *args: Any) -> int:

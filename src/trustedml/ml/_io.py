@@ -1,5 +1,11 @@
 """Inputs and models of a workload: plaintext paths like the origin's, or encrypted
-copies (``*.tml``) opened with the job's keys (``trustedml submit --kek ID``)."""
+copies (``*.tml``) opened with the job's keys: released by the key broker after
+attestation (``--tee ... --broker URL``), or given with ``--kek ID``.
+
+Every process of a job, TorchDistributor's training processes included, gets its
+keys itself from :func:`~trustedml.runtime.job_keystore`: they inherit the job's
+environment (broker URL and TEE, or the ``--kek`` keyring), and nothing key-bearing
+goes through the plaintext files pyspark pickles their arguments into."""
 
 from __future__ import annotations
 
@@ -7,9 +13,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trustedml.data import KeyRing
 from trustedml.data._files import SUFFIX, read_encrypted_bytes, write_encrypted_bytes
 from trustedml.errors import ConfigError
-from trustedml.runtime import job_keystore
+from trustedml.runtime import AttestedKeyStore, job_keystore
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -42,6 +49,20 @@ def read_table(spark: SparkSession, path: str | os.PathLike[str], fmt: str = "cs
     if "schema" in options:
         reader = reader.schema(options["schema"])
     return reader.format(fmt).load(str(p))
+
+
+def check_key(key_id: str) -> None:
+    """Raise unless this job may encrypt under KEK ``key_id``: with ``--kek``, one of
+    the keys it was given; with ``--broker``, a key the broker releases to this job
+    (this attests now, so a refusal comes before any work)."""
+    store = job_keystore()
+    if isinstance(store, AttestedKeyStore):
+        store.client.attest([key_id])
+    elif isinstance(store, KeyRing) and key_id not in (key_ids := store.key_ids()):
+        raise ConfigError(
+            f"this job has no such key (it has {', '.join(key_ids) or 'none'}; "
+            f"start it with --kek {key_id})"
+        )
 
 
 def save_model(data: bytes, path: str | os.PathLike[str], key_id: str) -> Path:

@@ -32,10 +32,10 @@ from torch.utils.data import DistributedSampler, TensorDataset
 
 from trustedml.data._files import SUFFIX
 from trustedml.data._streams import open_encrypted
-from trustedml.errors import ConfigError, IntegrityError, TrustedMLError
+from trustedml.errors import ConfigError, TrustedMLError, reworded
 from trustedml.ml._io import is_encrypted, load_model, save_model
 from trustedml.ml._mnist import load_mnist
-from trustedml.runtime import job_keyring
+from trustedml.runtime import job_keystore
 
 __all__ = [
     "LeNet5",
@@ -56,6 +56,7 @@ _MEAN, _STD = 0.1307, 0.3081
 _EVAL_BATCH = 1000
 
 R = TypeVar("R")
+E = TypeVar("E", bound=BaseException)
 
 
 class TrainingError(TrustedMLError):
@@ -198,17 +199,24 @@ def report_worker_errors(func: Callable[..., R]) -> Callable[..., R]:
 
 def check_inputs(*paths: str | os.PathLike[str]) -> None:
     """Fail now, in this process, if an input is missing or an encrypted one cannot be
-    opened with the job's keys (only headers are read), rather than in every
-    training process with torchrun's report around it."""
+    opened with the job's keys (only headers are read; under ``--broker`` this attests
+    and has each file's data key released), rather than in every training process
+    with torchrun's report around it."""
     for path in paths:
         if not Path(path).is_file():
             raise ConfigError(f"{path}: expected an existing input file")
         if is_encrypted(path):
             try:
-                with open_encrypted(path, job_keyring()):
+                with open_encrypted(path, job_keystore()):
                     pass
-            except IntegrityError as exc:
-                raise type(exc)(f"cannot open input {path}: {exc}") from None
+            except TrustedMLError as exc:
+                raise about(exc, "cannot open input", path) from None
+
+
+def about(exc: E, what: str, path: str | os.PathLike[str]) -> E:
+    """``exc`` (same type) as "``what`` PATH: reason", PATH named once."""
+    reason = str(exc).removeprefix(f"{os.fspath(path)}: ")
+    return reworded(exc, f"{what} {os.fspath(path)}: {reason}")
 
 
 def run_distributed(train_fn: Callable[..., R], *args: Any) -> R:
@@ -323,9 +331,9 @@ def open_model(path: str | os.PathLike[str]) -> bytes:
     """The decrypted bytes of a model file, with errors that name the file."""
     try:
         return load_model(path)
-    except IntegrityError as exc:
+    except TrustedMLError as exc:
         # Same type (a missing key stays KeyNotFoundError), message naming the model.
-        raise type(exc)(f"cannot open model {path}: {exc}") from None
+        raise about(exc, "cannot open model", path) from None
 
 
 def load_lenet(path: str | os.PathLike[str]) -> LeNet5:

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from trustedml.data._files import SUFFIX
-from trustedml.errors import ConfigError, IntegrityError
+from trustedml.errors import ConfigError
 from trustedml.ml._io import read_input_bytes
 
 __all__ = ["idx_path", "load_mnist", "parse_idx", "read_idx"]
@@ -89,13 +89,8 @@ def parse_idx(data: bytes, name: str, ndim: int | None = None) -> npt.NDArray[np
 def read_idx(path: str | os.PathLike[str], ndim: int | None = None) -> npt.NDArray[np.uint8]:
     """The array in an IDX file (plaintext, gzip, or encrypted ``.tml`` read with the
     job's keys)."""
-    try:
-        data = read_input_bytes(path)
-    except IntegrityError as exc:
-        if str(path) in str(exc):
-            raise
-        # Same type (a missing key stays KeyNotFoundError), message naming the file.
-        raise type(exc)(f"{path}: {exc}") from None
+    # Its errors name the file already: the decrypting reader adds it.
+    data = read_input_bytes(path)
     return parse_idx(data, str(path), ndim)
 
 

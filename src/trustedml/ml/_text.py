@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from trustedml.errors import ConfigError, IntegrityError
+from trustedml.errors import ConfigError
 from trustedml.ml._io import read_input_bytes, save_model
 from trustedml.ml._lenet import (
     NUM_PROCESSES,
@@ -123,13 +123,8 @@ def parse_reviews(data: bytes, name: str) -> tuple[list[str], npt.NDArray[np.int
 
 def load_reviews(path: str | os.PathLike[str]) -> tuple[list[str], npt.NDArray[np.int64]]:
     """Texts and labels of a reviews file: plaintext, bz2, or encrypted ``.tml``."""
-    try:
-        data = read_input_bytes(path)
-    except IntegrityError as exc:
-        if str(path) in str(exc):
-            raise
-        # Same type (a missing key stays KeyNotFoundError), message naming the file.
-        raise type(exc)(f"{path}: {exc}") from None
+    # Its errors name the file already: the decrypting reader adds it.
+    data = read_input_bytes(path)
     return parse_reviews(data, str(path))
 
 
