@@ -5,6 +5,9 @@ trustedml example --keys K --kek models [--kek data] lenet --data-path DIR
 trustedml example --keys K --kek models lenet --evaluate-only PATH.tml --data-path DIR
 
 DIR holds the four MNIST IDX files, plaintext, gzip or encrypted (``*.tml``).
+With ``--tee sim|gramine|cvm --broker URL`` instead of ``--kek``, every key comes from
+the broker after attestation, in the driver and in each training process
+(docs/spark-data.md, "The ML examples' keys").
 """
 
 from __future__ import annotations

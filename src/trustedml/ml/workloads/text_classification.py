@@ -7,6 +7,8 @@ trustedml example --keys K --kek models text-classification --evaluate-only PATH
 
 FILE is the reviews CSV (columns category, text), plaintext, bz2 or encrypted
 (``*.tml``); 20% of it, stratified by label, is held out to measure accuracy.
+With ``--tee sim|gramine|cvm --broker URL`` instead of ``--kek``, every key comes from
+the broker after attestation (docs/spark-data.md, "The ML examples' keys").
 """
 
 from __future__ import annotations
