@@ -11,21 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from trustedml.data._keystore import KeyRing
 from trustedml.errors import TrustedMLError
+from trustedml.ml._datasets import default_dataset, default_help, missing_default
 from trustedml.ml._io import save_model
 from trustedml.runtime import job_keystore
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-# <repo>/../shared/datasets: this file is <repo>/src/trustedml/ml/_tabular.py.
-DATASETS = Path(__file__).resolve().parents[3].parent / "shared" / "datasets"
-
 SEED = 42
-
-
-def default_dataset(name: str) -> Path:
-    """The shared copy of dataset ``name``; users pass their own with ``--file-path``."""
-    return DATASETS / name
 
 
 def spark_session(app_name: str) -> SparkSession:
@@ -50,7 +43,7 @@ def xgboost_parser(
         "--file-path",
         type=Path,
         default=default_dataset(dataset),
-        help="CSV input, plaintext or encrypted (.tml) with the job's keys",
+        help=f"CSV, plaintext or .tml encrypted with the job's keys ({default_help(dataset)})",
     )
     parser.add_argument("--num-workers", type=_positive_int, default=2)
     parser.add_argument("--max-depth", type=_positive_int, default=max_depth)
@@ -85,12 +78,21 @@ def require_key(parser: argparse.ArgumentParser, option: str, key_id: str) -> No
         )
 
 
+def check_input(parser: argparse.ArgumentParser, path: Path) -> None:
+    """Stop with a usage error when ``--file-path`` does not exist, saying so plainly when
+    it is the parser's default that is absent."""
+    message = missing_default("--file-path", path, parser.get_default("file_path"))
+    if message is not None:
+        parser.error(message)
+    if not path.exists():
+        parser.error(f"--file-path {path}: no such file or directory")
+
+
 def parse_checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse an XGBoost workload's arguments; stop with a usage error, before Spark
     starts, on a missing input or a model that could not be encrypted."""
     args = parser.parse_args(argv)
-    if not args.file_path.exists():
-        parser.error(f"--file-path {args.file_path}: no such file or directory")
+    check_input(parser, args.file_path)
     if args.model_out is not None:
         require_key(parser, "--model-key-id", args.model_key_id)
     return args

@@ -17,13 +17,8 @@ import sys
 from pathlib import Path
 
 from trustedml.errors import ConfigError
+from trustedml.ml._datasets import default_dataset, default_help, missing_default
 from trustedml.ml._driver import check_model_out, run_main, train_on_spark
-
-
-def _default_data_path() -> Path | None:
-    # <repo>/src/trustedml/ml/workloads/lenet.py -> <repo>/../shared/datasets/mnist
-    candidate = Path(__file__).resolve().parents[4].parent / "shared" / "datasets" / "mnist"
-    return candidate if candidate.is_dir() else None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,8 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-path",
         type=Path,
-        default=_default_data_path(),
-        help="directory of the MNIST IDX files (default: ../shared/datasets/mnist)",
+        default=default_dataset("mnist"),
+        help=f"directory of the MNIST IDX files ({default_help('mnist')})",
     )
     parser.add_argument("--max-epoch", type=int, default=2)
     parser.add_argument(
@@ -115,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     def body() -> int:
-        if args.data_path is None:
-            raise ConfigError("--data-path: expected the MNIST directory (no default found)")
+        missing = missing_default("--data-path", args.data_path, default_dataset("mnist"))
+        if missing is not None:
+            raise ConfigError(missing)
         data_dir = args.data_path.resolve()
         if args.evaluate_only is not None:
             return _evaluate(args, data_dir)

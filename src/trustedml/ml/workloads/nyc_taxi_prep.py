@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustedml.errors import TrustedMLError
+from trustedml.ml._datasets import default_dataset, default_help
 from trustedml.ml._io import read_table
-from trustedml.ml._tabular import default_dataset, require_key, spark_session
+from trustedml.ml._tabular import check_input, require_key, spark_session
 from trustedml.runtime import job_keystore
 from trustedml.spark import write_encrypted_pandas
 
@@ -43,7 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--file-path",
         type=Path,
         default=default_dataset("nyc_taxi.csv"),
-        help="CSV input with header timestamp,value; plaintext or encrypted (.tml)",
+        help="CSV input with header timestamp,value; plaintext or encrypted (.tml) "
+        f"({default_help('nyc_taxi.csv')})",
     )
     parser.add_argument(
         "--output",
@@ -56,8 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--overwrite", action="store_true", help="replace an existing --output directory"
     )
     args = parser.parse_args(argv)
-    if not args.file_path.exists():
-        parser.error(f"--file-path {args.file_path}: no such file or directory")
+    check_input(parser, args.file_path)
     if args.output is not None:
         require_key(parser, "--key-id", args.key_id)
         if not args.overwrite and args.output.exists() and any(args.output.iterdir()):

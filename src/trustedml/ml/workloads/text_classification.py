@@ -18,14 +18,10 @@ import sys
 from pathlib import Path
 
 from trustedml.errors import ConfigError
+from trustedml.ml._datasets import default_dataset, default_help, missing_default
 from trustedml.ml._driver import check_model_out, run_main, train_on_spark
 
-
-def _default_file_path() -> Path | None:
-    # <repo>/src/trustedml/ml/workloads/x.py -> <repo>/../shared/datasets/rotten_tomatoes...
-    shared = Path(__file__).resolve().parents[4].parent / "shared" / "datasets"
-    candidate = shared / "rotten_tomatoes.csv.bz2"
-    return candidate if candidate.is_file() else None
+REVIEWS = "rotten_tomatoes.csv.bz2"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--file-path",
         type=Path,
-        default=_default_file_path(),
-        help="reviews CSV (default: ../shared/datasets/rotten_tomatoes.csv.bz2)",
+        default=default_dataset(REVIEWS),
+        help=f"reviews CSV ({default_help(REVIEWS)})",
     )
     parser.add_argument("--max-epoch", type=int, default=3)
     parser.add_argument(
@@ -121,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     def body() -> int:
-        if args.file_path is None:
-            raise ConfigError("--file-path: expected the reviews CSV (no default found)")
+        missing = missing_default("--file-path", args.file_path, default_dataset(REVIEWS))
+        if missing is not None:
+            raise ConfigError(missing)
         file_path = args.file_path.resolve()
         if not file_path.is_file():
             raise ConfigError(f"--file-path {args.file_path}: expected an existing file")
