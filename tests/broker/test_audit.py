@@ -14,7 +14,8 @@ from trustedml import Secret
 from trustedml.broker import AuditLogError, SQLiteStore, verify_audit_log
 from trustedml.broker._audit import AuditChain, canonical_json, entry_mac
 from trustedml.broker._master import MasterKey
-from trustedml.broker._store import AppendAudit, SetAuditHead
+from trustedml.broker._check import Sealer
+from trustedml.broker._store import AppendAudit
 from trustedml.errors import ConfigError, IntegrityError
 
 MASTER_SECRET = MasterKey.generate()
@@ -27,6 +28,7 @@ def _log(tmp_path: Path, rows: int = ROWS) -> Path:
     store = SQLiteStore(path)
     store.initialize(MASTER.check_value)
     chain = AuditChain(MASTER.audit_key, None)
+    sealer = Sealer(MASTER, {}, None)  # the broker's writer adds the head and the seal
     for i in range(rows):
         entry = chain.append(
             time=1_800_000_000.0 + i,
@@ -38,7 +40,8 @@ def _log(tmp_path: Path, rows: int = ROWS) -> Path:
             reasons=() if i % 3 else ("nope",),
             details={"version": 1, "i": i},
         )
-        store.write([AppendAudit(entry), SetAuditHead(chain.head())])
+        ops = [AppendAudit(entry)]
+        store.write([*ops, *sealer(ops)])
     store.close()
     return path
 

@@ -7,8 +7,9 @@ Each entry's MAC covers the previous entry's MAC and the canonical JSON of the e
 
 and the database keeps a MAC'd head (sequence number and MAC of the last entry), so
 editing, deleting, reordering or truncating entries is detected, even by someone who
-can write the database but does not hold the master key. docs/broker-protocol.md
-specifies the encoding.
+can write the database but does not hold the master key. The seal (broker/_integrity.py),
+also kept in a head file beside the database, catches a wiped log or an older copy of
+the database. docs/broker-protocol.md specifies the encoding.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ EVENTS = (
     "key.policy",
     "admin.refused",
     "broker.start",
+    "broker.migrate",
+    "key.integrity",
 )
 OUTCOMES = ("ok", "refused")
 

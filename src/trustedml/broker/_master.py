@@ -21,6 +21,8 @@ ADMIN_TOKEN_SECRET = "broker_admin_token"  # noqa: S105
 _KEK_WRAP_INFO = b"trustedml/broker/kek-wrap/v1"
 _AUDIT_INFO = b"trustedml/broker/audit-key/v1"
 _CHECK_INFO = b"trustedml/broker/master-check/v1"
+_ROW_INFO = b"trustedml/broker/row-mac/v1"
+_SEAL_INFO = b"trustedml/broker/seal/v1"
 
 
 def _derive(master: bytes, info: bytes) -> bytes:
@@ -32,10 +34,12 @@ class MasterKey:
 
     * ``kek_wrapping_key`` wraps the key-encryption keys stored in the database;
     * ``audit_key`` keys the audit log's MAC chain;
+    * ``row_key`` keys the MACs of the key rows (docs/broker-protocol.md, "Integrity");
+    * ``seal_key`` keys the store seal kept in the database and in its head file;
     * ``check_value`` is stored in the database to recognise the right master key.
     """
 
-    __slots__ = ("_audit", "_check", "_kek_wrap")
+    __slots__ = ("_audit", "_check", "_kek_wrap", "_row", "_seal")
 
     def __init__(self, key: Secret) -> None:
         raw = key.reveal()
@@ -46,6 +50,8 @@ class MasterKey:
         self._kek_wrap = _derive(raw, _KEK_WRAP_INFO)
         self._audit = _derive(raw, _AUDIT_INFO)
         self._check = _derive(raw, _CHECK_INFO)
+        self._row = _derive(raw, _ROW_INFO)
+        self._seal = _derive(raw, _SEAL_INFO)
 
     @classmethod
     def generate(cls) -> Secret:
@@ -64,6 +70,14 @@ class MasterKey:
     @property
     def audit_key(self) -> bytes:
         return self._audit
+
+    @property
+    def row_key(self) -> bytes:
+        return self._row
+
+    @property
+    def seal_key(self) -> bytes:
+        return self._seal
 
     @property
     def check_value(self) -> str:

@@ -34,7 +34,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from trustedml._version import __version__
 from trustedml.attestation import Policy, VerifiedEvidence, verify_evidence
 from trustedml.broker._audit import AuditChain, AuditEntry, AuditHead, utc_timestamp
+from trustedml.broker._check import Sealer, check_state
 from trustedml.broker._config import BrokerConfig
+from trustedml.broker._integrity import key_row_mac, version_row_mac
 from trustedml.broker._master import MasterKey, kek_aad_name
 from trustedml.broker._store import (
     AppendAudit,
@@ -178,6 +180,11 @@ class _Key:
     created_at: str
     updated_at: str
     keks: dict[int, bytes] = field(default_factory=dict, repr=False)
+    row_seq: int = 0
+    mac: str = ""
+    version_macs: dict[int, str] = field(default_factory=dict)
+    # Why the stored row does not verify: the key is never released (docs: Integrity).
+    problems: list[str] = field(default_factory=list)
 
     def row(self) -> KeyRow:
         return KeyRow(
@@ -188,10 +195,18 @@ class _Key:
             self.policy_revision,
             self.created_at,
             self.updated_at,
+            self.row_seq,
+            self.mac,
         )
 
+    def sealed_row(self, row_key: bytes, seq: int) -> KeyRow:
+        """The row as written by the audit entry ``seq``, with its MAC."""
+        self.row_seq = seq
+        self.mac = key_row_mac(row_key, self.row(), self.version_macs)
+        return self.row()
+
     def info(self) -> dict[str, Any]:
-        return {
+        out = {
             "key_id": self.key_id,
             "state": self.state,
             "current_version": self.current_version,
@@ -201,6 +216,9 @@ class _Key:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
+        if self.problems:
+            out["integrity_problems"] = list(self.problems)
+        return out
 
 
 @dataclass
@@ -267,36 +285,60 @@ class BrokerService:
         if self.opened:
             return
         try:
-            self._keys = self._load_keys()
-            self._chain = AuditChain(self._master.audit_key, self._store.audit_head())
+            self._store.initialize(self._master.check_value)
+            state = self._store.state()
+            check = check_state(state, self._master)
+            if check.problems:
+                raise IntegrityError(
+                    f"{self.config.db}: the broker's store does not verify: "
+                    + "; ".join(check.problems)
+                    + " (`trustedml broker audit verify` reports everything)"
+                )
+            self._keys = self._load_keys(state.keys, state.versions, check.keys)
+            self._chain = AuditChain(self._master.audit_key, state.audit_head)
         except BaseException:
             self._store.close()
             raise
-        self._writer = GroupCommitWriter(self._store, head_of=self._chain.head_of)
+        sealer = Sealer(self._master, check.index, state.audit_head)
+        self._writer = GroupCommitWriter(self._store, sealer=sealer)
         self._writer.start()
         self.opened = True
-        entry = self._chain.append(
-            time=self._clock(),
-            event="broker.start",
-            outcome="ok",
-            details={"version": __version__, "keys": len(self._keys)},
-        )
-        self._writer.submit([AppendAudit(entry)]).result()
+        ops = [
+            AppendAudit(
+                self._chain.append(
+                    time=self._clock(),
+                    event="broker.start",
+                    outcome="ok",
+                    details={"version": __version__, "keys": len(self._keys)},
+                )
+            )
+        ]
+        for key_id, problems in [*sorted(check.keys.items()), *((k, []) for k in check.missing)]:
+            reasons = problems or ["its row was deleted (the sealed key index still names it)"]
+            # No secret here: which key, and which check failed.
+            log.warning("key %r does not verify: %s", key_id, "; ".join(reasons))
+            ops.append(self._audit("key.integrity", "refused", key_id=key_id, reasons=reasons))
+        self._writer.submit(ops).result()
         log.info("broker store open", extra={"db": self.config.db, "keys": len(self._keys)})
 
-    def _load_keys(self) -> dict[str, _Key]:
-        self._store.initialize(self._master.check_value)
-        rows, versions = self._store.load_keys()
+    def _load_keys(
+        self,
+        rows: Sequence[KeyRow],
+        versions: Sequence[VersionRow],
+        problems: Mapping[str, list[str]],
+    ) -> dict[str, _Key]:
         keys: dict[str, _Key] = {}
         for row in rows:
+            bad = list(problems.get(row.key_id, ()))
             policy = None
             if row.policy is not None:
                 try:
                     policy = Policy.from_dict(json.loads(row.policy))
-                except (ValueError, PolicyError) as exc:
-                    raise ConfigError(
-                        f"stored policy of key {row.key_id!r} is invalid: {exc}"
-                    ) from None
+                except (ValueError, PolicyError, ConfigError, TypeError) as exc:
+                    if not bad:  # a row that verifies holds what the broker wrote
+                        raise ConfigError(
+                            f"stored policy of key {row.key_id!r} is invalid: {exc}"
+                        ) from None
             keys[row.key_id] = _Key(
                 row.key_id,
                 row.state,
@@ -306,25 +348,26 @@ class BrokerService:
                 row.policy_revision,
                 row.created_at,
                 row.updated_at,
+                row_seq=row.row_seq,
+                mac=row.mac,
+                problems=bad,
             )
         for v in versions:
             key = keys.get(v.key_id)
             if key is None:
                 continue
+            key.version_macs[v.version] = v.mac
             try:
                 key.keks[v.version] = keywrap.unwrap(
                     self._master.kek_wrapping_key, kek_aad_name(v.key_id, v.version), v.wrapped_kek
                 )
             except IntegrityError:
-                raise IntegrityError(
-                    f"stored key {v.key_id!r} version {v.version} does not unwrap under the "
-                    "broker master key (the database was modified)"
-                ) from None
-        for key in keys.values():
-            if key.current_version not in key.keks:
-                raise IntegrityError(
-                    f"stored key {key.key_id!r} lacks its current version {key.current_version}"
+                key.problems.append(
+                    f"version {v.version} does not unwrap under the broker master key"
                 )
+        for key in keys.values():
+            if key.current_version not in key.keks and not key.problems:
+                key.problems.append(f"lacks its current version {key.current_version}")
         return keys
 
     def close(self) -> None:
@@ -412,6 +455,43 @@ class BrokerService:
             extra={"event": event, "code": code, "key_id": key_id, "client": client},
         )
         raise Refusal(status, code, message, reasons)
+
+    async def _refuse_tampered(
+        self,
+        key: _Key,
+        client: str,
+        *,
+        event: str = "key.integrity",
+        status: int = 403,
+        ctx: Mapping[str, Any] | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> NoReturn:
+        """Refuse ``key``: its stored row does not verify (docs/broker-protocol.md,
+        "Integrity"). Logged as a warning and audited, with the failed checks."""
+        message = (
+            f"key {key.key_id!r} is refused: its stored row does not verify under the "
+            "broker master key (the database was modified); an administrator must "
+            "delete it or restore the database"
+        )
+        log.warning(
+            "%s refused: key %r does not verify: %s",
+            event,
+            key.key_id,
+            "; ".join(key.problems),
+            extra={"event": event, "code": "key_integrity", "key_id": key.key_id},
+        )
+        fields = dict(ctx or {})
+        fields.setdefault("key_id", key.key_id)
+        fields["client"] = client
+        fields["details"] = {**fields.get("details", {}), **(details or {})}
+        await self._refuse(
+            status,
+            "key_integrity",
+            message,
+            event=event,
+            reasons=[message, *(f"key {key.key_id!r}: {p}" for p in key.problems)],
+            **fields,
+        )
 
     def _purge(self, now: float) -> None:
         if now < self._next_purge:
@@ -629,6 +709,14 @@ class BrokerService:
                 measurement=measurement,
                 details=details,
             )
+        for key_id in key_ids:
+            if self._keys[key_id].problems:
+                await self._refuse_tampered(
+                    self._keys[key_id],
+                    client,
+                    event="attest",
+                    ctx={"key_id": audit_key, "measurement": measurement, "details": details},
+                )
         reasons: list[str] = []
         revisions: dict[str, int] = {}
         for key_id in key_ids:
@@ -762,6 +850,8 @@ class BrokerService:
         key = self._keys.get(key_id)
         if key is None:
             await self._refuse(404, "unknown_key", f"no key {key_id!r}", event=event, **ctx)
+        if key.problems:
+            await self._refuse_tampered(key, client, event=event, ctx=ctx)
         if key.state != "enabled":
             await self._refuse(
                 403, "key_disabled", f"key {key_id!r} is disabled", event=event, **ctx
@@ -879,7 +969,19 @@ class BrokerService:
         wrapped = keywrap.wrap(
             self._master.kek_wrapping_key, kek_aad_name(key.key_id, version), kek
         )
-        return PutVersion(VersionRow(key.key_id, version, wrapped, stamp))
+        row = VersionRow(key.key_id, version, wrapped, stamp)
+        mac = version_row_mac(self._master.row_key, row)
+        key.version_macs[version] = mac
+        return PutVersion(dataclasses.replace(row, mac=mac))
+
+    def _put(self, key: _Key, audit: AppendAudit) -> PutKey:
+        """The key's row, MAC'd and bound to the audit entry that records the change."""
+        return PutKey(key.sealed_row(self._master.row_key, audit.entry.seq))
+
+    async def _check_intact(self, key: _Key, client: str, action: str) -> None:
+        """Refuse to change a key whose stored row does not verify (delete it instead)."""
+        if key.problems:
+            await self._refuse_tampered(key, client, details={"action": action}, status=409)
 
     @staticmethod
     def _policy_json(policy: Policy | None) -> str | None:
@@ -897,19 +999,14 @@ class BrokerService:
         key = _Key(key_id, "enabled", 1, policy, self._policy_json(policy), 1, stamp, stamp)
         version = self._new_version(key, 1, stamp)
         self._keys[key_id] = key
-        await self._commit(
-            [
-                PutKey(key.row()),
-                version,
-                self._audit(
-                    "key.create",
-                    "ok",
-                    key_id=key_id,
-                    client=client,
-                    details={"version": 1, "policy": key.policy_json is not None},
-                ),
-            ]
+        audit = self._audit(
+            "key.create",
+            "ok",
+            key_id=key_id,
+            client=client,
+            details={"version": 1, "policy": key.policy_json is not None},
         )
+        await self._commit([self._put(key, audit), version, audit])
         log.info("key created", extra={"key_id": key_id, "client": client})
         return key.info()
 
@@ -921,31 +1018,27 @@ class BrokerService:
 
     async def rotate_key(self, client: str, key_id: str) -> dict[str, Any]:
         key = self._key(key_id)
+        await self._check_intact(key, client, "key.rotate")
         stamp = utc_timestamp(self._clock())
         version = key.current_version + 1
         put_version = self._new_version(key, version, stamp)
         key.current_version = version
         key.updated_at = stamp
-        await self._commit(
-            [
-                put_version,
-                PutKey(key.row()),
-                self._audit(
-                    "key.rotate", "ok", key_id=key_id, client=client, details={"version": version}
-                ),
-            ]
+        audit = self._audit(
+            "key.rotate", "ok", key_id=key_id, client=client, details={"version": version}
         )
+        await self._commit([put_version, self._put(key, audit), audit])
         log.info("key rotated", extra={"key_id": key_id, "version": version})
         return key.info()
 
     async def set_state(self, client: str, key_id: str, enabled: bool) -> dict[str, Any]:
         key = self._key(key_id)
+        event = "key.enable" if enabled else "key.disable"
+        await self._check_intact(key, client, event)
         key.state = "enabled" if enabled else "disabled"
         key.updated_at = utc_timestamp(self._clock())
-        event = "key.enable" if enabled else "key.disable"
-        await self._commit(
-            [PutKey(key.row()), self._audit(event, "ok", key_id=key_id, client=client)]
-        )
+        audit = self._audit(event, "ok", key_id=key_id, client=client)
+        await self._commit([self._put(key, audit), audit])
         log.info("key %s", key.state, extra={"key_id": key_id})
         return key.info()
 
@@ -974,27 +1067,22 @@ class BrokerService:
         if "policy" not in value:
             raise bad_request('request body: expected {"policy": <policy object or null>}')
         policy = self._parse_policy(value["policy"])
+        await self._check_intact(key, client, "key.policy")
         key.policy = policy
         key.policy_json = self._policy_json(policy)
         key.policy_revision += 1
         key.updated_at = utc_timestamp(self._clock())
-        await self._commit(
-            [
-                PutKey(key.row()),
-                self._audit(
-                    "key.policy",
-                    "ok",
-                    key_id=key_id,
-                    client=client,
-                    details={
-                        "policy_revision": key.policy_revision,
-                        "policy_sha256": hashlib.sha256(
-                            (key.policy_json or "null").encode()
-                        ).hexdigest(),
-                    },
-                ),
-            ]
+        audit = self._audit(
+            "key.policy",
+            "ok",
+            key_id=key_id,
+            client=client,
+            details={
+                "policy_revision": key.policy_revision,
+                "policy_sha256": hashlib.sha256((key.policy_json or "null").encode()).hexdigest(),
+            },
         )
+        await self._commit([self._put(key, audit), audit])
         log.info("key policy set", extra={"key_id": key_id, "revision": key.policy_revision})
         return key.info()
 

@@ -22,9 +22,10 @@ from typing import Protocol, runtime_checkable
 
 from trustedml.broker._audit import AuditEntry, AuditHead
 from trustedml.broker._errors import AuditLogError, KeyBrokerError
+from trustedml.broker._integrity import Seal, head_path, read_head_file, write_head_file
 from trustedml.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: row MACs, key index and seal (1: run `trustedml broker migrate`)
 KEY_STATES = ("enabled", "disabled")
 
 _SCHEMA = """
@@ -39,13 +40,16 @@ CREATE TABLE IF NOT EXISTS keys (
     policy          TEXT,
     policy_revision INTEGER NOT NULL,
     created_at      TEXT NOT NULL,
-    updated_at      TEXT NOT NULL
+    updated_at      TEXT NOT NULL,
+    row_seq         INTEGER NOT NULL DEFAULT 0,
+    mac             TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS key_versions (
     key_id      TEXT NOT NULL REFERENCES keys (key_id) ON DELETE CASCADE,
     version     INTEGER NOT NULL CHECK (version >= 1),
     wrapped_kek BLOB NOT NULL,
     created_at  TEXT NOT NULL,
+    mac         TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (key_id, version)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS audit (
@@ -73,6 +77,8 @@ class KeyRow:
     policy_revision: int
     created_at: str
     updated_at: str
+    row_seq: int = 0  # audit seq of the entry that recorded this row
+    mac: str = ""  # docs/broker-protocol.md, "Integrity"
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ class VersionRow:
     version: int
     wrapped_kek: bytes
     created_at: str
+    mac: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,38 @@ class SetAuditHead:
     head: AuditHead
 
 
-StoreOp = PutKey | PutVersion | DeleteKey | AppendAudit | SetAuditHead
+@dataclass(frozen=True)
+class SetKeyIndex:
+    """Record the key index: key id -> row_seq of its current row (canonical JSON)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class SetSeal:
+    """Record the seal in the database and, once committed, in the head file."""
+
+    seal: Seal
+
+
+StoreOp = PutKey | PutVersion | DeleteKey | AppendAudit | SetAuditHead | SetKeyIndex | SetSeal
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """Everything the integrity check reads, from one snapshot of the database (and the
+    head file, read just before it: the broker writes the file after each commit, so
+    the file is never ahead of the snapshot unless the database went back)."""
+
+    keys: list[KeyRow]
+    versions: list[VersionRow]
+    audit_head: AuditHead | None
+    seal_text: str | None
+    key_index_text: str | None
+    last_entry: tuple[int, str] | None  # (seq, mac) of the last audit row
+    head_file: Path
+    head_text: str | None
+    head_anchor_mac: str | None  # MAC of the audit row the head file names
 
 
 @runtime_checkable
@@ -137,6 +175,10 @@ class BrokerStore(Protocol):
     def load_keys(self) -> tuple[list[KeyRow], list[VersionRow]]: ...
 
     def audit_head(self) -> AuditHead | None: ...
+
+    def state(self) -> StoreState:
+        """What :mod:`trustedml.broker._check` verifies."""
+        ...
 
     def write(self, ops: Sequence[StoreOp]) -> None: ...
 
@@ -191,11 +233,36 @@ def _entry_from_row(row: sqlite3.Row) -> AuditEntry:
         raise AuditLogError(f"audit log row seq={seq} is malformed", seq=seq) from exc
 
 
+def _read_keys(conn: sqlite3.Connection) -> tuple[list[KeyRow], list[VersionRow]]:
+    keys = [
+        KeyRow(
+            r["key_id"],
+            r["state"],
+            int(r["current_version"]),
+            r["policy"],
+            int(r["policy_revision"]),
+            r["created_at"],
+            r["updated_at"],
+            int(r["row_seq"]),
+            str(r["mac"]),
+        )
+        for r in conn.execute("SELECT * FROM keys ORDER BY key_id")
+    ]
+    versions = [
+        VersionRow(
+            r["key_id"], int(r["version"]), bytes(r["wrapped_kek"]), r["created_at"], str(r["mac"])
+        )
+        for r in conn.execute("SELECT * FROM key_versions ORDER BY key_id, version")
+    ]
+    return keys, versions
+
+
 class SQLiteStore:
     """The embedded store: one SQLite database file (WAL, synchronous=FULL)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self.head_file = head_path(self.path)
         if not self.path.parent.is_dir():
             raise ConfigError(f"database directory {self.path.parent} does not exist")
         _create_private(self.path)
@@ -246,6 +313,14 @@ class SQLiteStore:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     self._conn.execute(statement)
                 meta = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
+                if meta.get("schema_version") == "1":
+                    # Row MACs came with schema 2: adopting a v1 database is explicit.
+                    self._conn.execute("ROLLBACK")
+                    raise ConfigError(
+                        f"{self.path}: schema version 1 has no row MACs; check it with "
+                        "`trustedml broker audit verify`, then run `trustedml broker migrate` "
+                        "once"
+                    )
                 if not meta:
                     self._conn.executemany(
                         "INSERT INTO meta (name, value) VALUES (?, ?)",
@@ -298,28 +373,39 @@ class SQLiteStore:
 
     def load_keys(self) -> tuple[list[KeyRow], list[VersionRow]]:
         with self._reader() as conn:
-            keys = [
-                KeyRow(
-                    r["key_id"],
-                    r["state"],
-                    int(r["current_version"]),
-                    r["policy"],
-                    int(r["policy_revision"]),
-                    r["created_at"],
-                    r["updated_at"],
-                )
-                for r in conn.execute("SELECT * FROM keys ORDER BY key_id")
-            ]
-            versions = [
-                VersionRow(r["key_id"], int(r["version"]), bytes(r["wrapped_kek"]), r["created_at"])
-                for r in conn.execute("SELECT * FROM key_versions ORDER BY key_id, version")
-            ]
-        return keys, versions
+            return _read_keys(conn)
 
     def audit_head(self) -> AuditHead | None:
         with self._reader() as conn:
             row = conn.execute("SELECT value FROM meta WHERE name = 'audit_head'").fetchone()
         return _head_from_text(row[0] if row else None)
+
+    def state(self) -> StoreState:
+        head_text = read_head_file(self.head_file)  # before the snapshot: see StoreState
+        anchor: int | None = None
+        if head_text is not None:
+            with contextlib.suppress(AuditLogError):
+                anchor = Seal.from_text(head_text, "head file").audit_seq
+        with self._reader() as conn:
+            keys, versions = _read_keys(conn)
+            meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+            last = conn.execute("SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            anchor_row = (
+                conn.execute("SELECT mac FROM audit WHERE seq = ?", (anchor,)).fetchone()
+                if anchor
+                else None
+            )
+        return StoreState(
+            keys=keys,
+            versions=versions,
+            audit_head=_head_from_text(meta.get("audit_head")),
+            seal_text=meta.get("seal"),
+            key_index_text=meta.get("key_index"),
+            last_entry=(int(last[0]), str(last[1])) if last else None,
+            head_file=self.head_file,
+            head_text=head_text,
+            head_anchor_mac=str(anchor_row[0]) if anchor_row else None,
+        )
 
     def audit_snapshot(
         self, after: int = 0, limit: int | None = None
@@ -334,6 +420,7 @@ class SQLiteStore:
 
     def write(self, ops: Sequence[StoreOp]) -> None:
         head: AuditHead | None = None
+        seal: Seal | None = None
         audit: list[tuple[object, ...]] = []
         with self._lock:
             conn = self._conn
@@ -363,17 +450,26 @@ class SQLiteStore:
                         audit = []
                     if isinstance(op, SetAuditHead):
                         head = op.head
+                    elif isinstance(op, SetSeal):
+                        seal = op.seal
+                    elif isinstance(op, SetKeyIndex):
+                        conn.execute(
+                            "INSERT OR REPLACE INTO meta (name, value) VALUES ('key_index', ?)",
+                            (op.text,),
+                        )
                     elif isinstance(op, PutKey):
                         k = op.row
                         conn.execute(
                             # An upsert, not INSERT OR REPLACE: a replace deletes the
                             # row first, and the cascade would take the key's versions.
                             "INSERT INTO keys (key_id, state, current_version, policy, "
-                            "policy_revision, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                            "policy_revision, created_at, updated_at, row_seq, mac) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                             "ON CONFLICT (key_id) DO UPDATE SET state = excluded.state, "
                             "current_version = excluded.current_version, "
                             "policy = excluded.policy, policy_revision = excluded.policy_revision, "
-                            "updated_at = excluded.updated_at",
+                            "updated_at = excluded.updated_at, row_seq = excluded.row_seq, "
+                            "mac = excluded.mac",
                             (
                                 k.key_id,
                                 k.state,
@@ -382,14 +478,16 @@ class SQLiteStore:
                                 k.policy_revision,
                                 k.created_at,
                                 k.updated_at,
+                                k.row_seq,
+                                k.mac,
                             ),
                         )
                     elif isinstance(op, PutVersion):
                         v = op.row
                         conn.execute(
-                            "INSERT INTO key_versions (key_id, version, wrapped_kek, created_at) "
-                            "VALUES (?, ?, ?, ?)",
-                            (v.key_id, v.version, v.wrapped_kek, v.created_at),
+                            "INSERT INTO key_versions (key_id, version, wrapped_kek, created_at, "
+                            "mac) VALUES (?, ?, ?, ?, ?)",
+                            (v.key_id, v.version, v.wrapped_kek, v.created_at, v.mac),
                         )
                     else:
                         conn.execute("DELETE FROM key_versions WHERE key_id = ?", (op.key_id,))
@@ -401,11 +499,20 @@ class SQLiteStore:
                         "INSERT OR REPLACE INTO meta (name, value) VALUES ('audit_head', ?)",
                         (json.dumps(head.to_dict(), sort_keys=True),),
                     )
+                if seal is not None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO meta (name, value) VALUES ('seal', ?)",
+                        (seal.to_text(),),
+                    )
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise KeyBrokerError(f"{self.path}: write failed: {exc}") from exc
+            if seal is not None:
+                # After the commit: a crash in between leaves the file behind the
+                # database, which the check accepts (never ahead of it).
+                write_head_file(self.head_file, seal)
 
     @staticmethod
     def _insert_audit(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
@@ -451,6 +558,9 @@ class GroupCommitWriter:
     """One thread that writes queued operations to a :class:`BrokerStore`, committing
     everything queued at that moment in one durable transaction.
 
+    ``sealer`` (:class:`trustedml.broker._check.Sealer`) adds the audit head, key index
+    and seal operations each batch needs; without one, ``head_of`` adds the audit head.
+
     A failed write fails every request of its batch and stops the writer for good:
     the in-memory state is then ahead of the disk, so the broker must restart.
     """
@@ -460,10 +570,12 @@ class GroupCommitWriter:
         store: BrokerStore,
         *,
         head_of: Callable[[AuditEntry], AuditHead] | None = None,
+        sealer: Callable[[Sequence[StoreOp]], list[StoreOp]] | None = None,
         max_batch: int = 2048,
     ) -> None:
         self._store = store
         self._head_of = head_of
+        self._sealer = sealer
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="broker-writer", daemon=True)
@@ -506,7 +618,9 @@ class GroupCommitWriter:
                 batch.append(nxt)
             jobs: list[tuple[tuple[StoreOp, ...], concurrent.futures.Future[None]]] = batch  # type: ignore[assignment]
             ops: list[StoreOp] = [op for job_ops, _ in jobs for op in job_ops]
-            if self._head_of is not None:
+            if self._sealer is not None:
+                ops.extend(self._sealer(ops))
+            elif self._head_of is not None:
                 last = next((op for op in reversed(ops) if isinstance(op, AppendAudit)), None)
                 if last is not None:
                     ops.append(SetAuditHead(self._head_of(last.entry)))
