@@ -13,9 +13,10 @@ from trustedml import KeyDirectory, ScryptParams, Secret, init_key_directory
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 APPS = Path(__file__).resolve().parent / "apps"
-SHARED = ROOT.parent / "shared"
-DATASETS = SHARED / "datasets"
-ATTESTATION_VECTORS = SHARED / "attestation-vectors"
+# Everything the tests read is in the repository (datasets/README.md, the vectors'
+# MANIFEST.md files): a fresh clone runs the whole suite with nothing beside it.
+DATASETS = ROOT / "datasets"
+ATTESTATION_VECTORS = ROOT / "tests" / "attestation" / "vectors"
 
 PASSPHRASE = "test passphrase, not a real one"
 # Tests use a cheap scrypt cost; the format records it, so every path still runs.

@@ -45,15 +45,10 @@ from trustedml.hazmat.attestation.snp import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-VECTORS = ROOT.parent / "shared" / "attestation-vectors" / "go-sev-guest"
+VECTORS = Path(__file__).parent / "vectors" / "go-sev-guest"
 ROOTS = ROOT / "src" / "trustedml" / "attestation" / "roots"
 AT = datetime(2023, 1, 1, tzinfo=UTC)
 VCEK_NOT_AFTER = datetime(2029, 9, 24, 0, 55, 28, tzinfo=UTC)
-
-needs_vectors = pytest.mark.skipif(
-    not (VECTORS / "attestation.bin").is_file(),
-    reason=f"go-sev-guest vectors not found at {VECTORS}",
-)
 
 
 @functools.cache
@@ -84,7 +79,6 @@ def cert_table(entries: Sequence[tuple[uuid.UUID, bytes]]) -> bytes:
 # --- the real go-sev-guest vector (Milan, report v2, VCEK) -----------------------------
 
 
-@needs_vectors
 def test_real_vector_verifies_with_the_pinned_milan_root() -> None:
     verified = SnpVerifier().verify(
         vector("attestation.bin"), collateral=vector("vcek.testcer"), at=AT
@@ -124,7 +118,6 @@ def test_real_vector_verifies_with_the_pinned_milan_root() -> None:
     assert claims.to_dict()["extra"]["reported_tcb"]["microcode"] == 68
 
 
-@needs_vectors
 def test_real_vcek_extensions_match_the_report() -> None:
     vcek = load_vcek()
     report = parse_snp_report(vector("attestation.bin"))
@@ -144,7 +137,6 @@ def test_real_vcek_extensions_match_the_report() -> None:
     assert (tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode) == (2, 0, 5, 68)
 
 
-@needs_vectors
 @pytest.mark.parametrize(
     "form", ["der", "pem", "pem+chain", "der+der", "cert table", "extended report"]
 )
@@ -165,7 +157,6 @@ def test_collateral_forms(form: str) -> None:
     assert verified.claims.extra["chip_id"] == parse_snp_report(report).chip_id.hex()
 
 
-@needs_vectors
 @pytest.mark.parametrize(
     "at",
     [
@@ -179,7 +170,6 @@ def test_outside_vcek_validity(at: datetime) -> None:
         SnpVerifier().verify(vector("attestation.bin"), collateral=vector("vcek.testcer"), at=at)
 
 
-@needs_vectors
 def test_last_valid_second_and_other_time_zones() -> None:
     verifier = SnpVerifier()
     verifier.verify(vector("attestation.bin"), collateral=vector("vcek.testcer"), at=VCEK_NOT_AFTER)
@@ -187,7 +177,6 @@ def test_last_valid_second_and_other_time_zones() -> None:
     verifier.verify(vector("attestation.bin"), collateral=vector("vcek.testcer"), at=east)
 
 
-@needs_vectors
 def test_naive_time_is_refused() -> None:
     with pytest.raises(ConfigError, match="timezone-aware"):
         SnpVerifier().verify(
@@ -195,14 +184,12 @@ def test_naive_time_is_refused() -> None:
         )
 
 
-@needs_vectors
 def test_vlek_chain_cannot_anchor_a_vcek() -> None:
     verifier = SnpVerifier(ark_pems={"Milan": vector("ask_ark_milan_vlek.pem")})
     with pytest.raises(CertificateChainError, match="not signed by a known SEV-Milan"):
         verifier.verify(vector("attestation.bin"), collateral=vector("vcek.testcer"), at=AT)
 
 
-@needs_vectors
 def test_vcek_with_only_the_asvk_in_collateral_and_vlek_roots() -> None:
     verifier = SnpVerifier(ark_pems={"milan": vector("ask_ark_milan_vlek.pem")})
     collateral = vector("vcek.testcer") + der_of_pem(vector("ask_ark_milan_vlek.pem"))[0]
@@ -210,7 +197,6 @@ def test_vcek_with_only_the_asvk_in_collateral_and_vlek_roots() -> None:
         verifier.verify(vector("attestation.bin"), collateral=collateral, at=AT)
 
 
-@needs_vectors
 def test_other_products_roots_do_not_anchor_milan() -> None:
     verifier = SnpVerifier(ark_pems={"Genoa": (ROOTS / "amd_genoa.pem").read_bytes()})
     with pytest.raises(CertificateChainError, match="no trusted AMD root key for Milan"):
@@ -219,7 +205,6 @@ def test_other_products_roots_do_not_anchor_milan() -> None:
         SnpVerifier(ark_pems={"Milan": (ROOTS / "amd_genoa.pem").read_bytes()})
 
 
-@needs_vectors
 def test_missing_collateral() -> None:
     verifier = SnpVerifier()
     with pytest.raises(CollateralError, match="no VCEK certificate"):
@@ -230,7 +215,6 @@ def test_missing_collateral() -> None:
         verifier.verify(vector("attestation.bin"), collateral=b"\x01" * 40, at=AT)
 
 
-@needs_vectors
 def test_bad_extended_report_tail() -> None:
     with pytest.raises(EvidenceFormatError, match="certificate table"):
         SnpVerifier().verify(vector("attestation.bin") + b"\x01" * 30, collateral=None, at=AT)
@@ -280,7 +264,6 @@ TAMPER_REPORT = {
 }
 
 
-@needs_vectors
 @pytest.mark.parametrize("case", TAMPER_REPORT)
 def test_tampered_report(case: str) -> None:
     offset, mask, error = TAMPER_REPORT[case]
@@ -304,7 +287,6 @@ TAMPER_VCEK = {
 }
 
 
-@needs_vectors
 @pytest.mark.parametrize("case", TAMPER_VCEK)
 def test_tampered_vcek(case: str) -> None:
     offset, error = TAMPER_VCEK[case]
@@ -315,7 +297,6 @@ def test_tampered_vcek(case: str) -> None:
     assert type(info.value) is error
 
 
-@needs_vectors
 def test_foreign_root_in_collateral_is_refused() -> None:
     key = ec.generate_private_key(ec.SECP384R1())
     rogue = signed_cert("ARK-Milan", "ARK-Milan", key.public_key(), key, ca=True)
@@ -705,7 +686,6 @@ def test_fuzz_verify_never_raises_anything_else(
         return
 
 
-@needs_vectors
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.tuples(st.integers(0, 1359), st.integers(1, 255)), min_size=1, max_size=3),

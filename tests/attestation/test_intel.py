@@ -38,14 +38,11 @@ from trustedml.errors import (
 from trustedml.hazmat.attestation.intel import INTEL_QE_VENDOR_ID, SGX_EXTENSION_OID
 
 ROOT = Path(__file__).resolve().parents[2]
-VECTORS = ROOT.parent / "shared" / "attestation-vectors" / "dcap-qvl"
+VECTORS = Path(__file__).parent / "vectors" / "dcap-qvl"
 KAT: dict[str, Any] = json.loads(
     (Path(__file__).parent / "vectors" / "intel_dcap.json").read_text()
 )
 NAMES = sorted(name for name in KAT if not name.startswith("_"))
-needs_vectors = pytest.mark.skipif(
-    not VECTORS.is_dir(), reason=f"shared attestation vectors not found at {VECTORS}"
-)
 
 
 def when(text: str) -> datetime:
@@ -66,7 +63,6 @@ def vector(name: str) -> tuple[bytes, bytes, IntelVerifier, datetime]:
 # --- real vectors -----------------------------------------------------------------------
 
 
-@needs_vectors
 @pytest.mark.parametrize("name", NAMES)
 def test_vector_verdict(name: str) -> None:
     exp = KAT[name]
@@ -110,7 +106,6 @@ def test_vector_verdict(name: str) -> None:
     json.dumps(claims.to_dict())
 
 
-@needs_vectors
 @pytest.mark.parametrize("name", NAMES)
 def test_vector_expires(name: str) -> None:
     evidence, collateral, verifier, _ = vector(name)
@@ -154,7 +149,6 @@ QUOTE_TAMPERING = {
 }
 
 
-@needs_vectors
 @pytest.mark.parametrize("name", ["sgx_quote", "tdx_quote"])
 @pytest.mark.parametrize("region", sorted(QUOTE_TAMPERING))
 def test_tampered_quote(name: str, region: str) -> None:
@@ -189,7 +183,6 @@ COLLATERAL_TAMPERING: dict[str, tuple[str, int, type[AttestationError]]] = {
 }
 
 
-@needs_vectors
 @pytest.mark.parametrize("name", ["sgx_quote", "tdx_quote"])
 @pytest.mark.parametrize("case", sorted(COLLATERAL_TAMPERING))
 def test_tampered_collateral(name: str, case: str) -> None:
@@ -208,7 +201,6 @@ def self_signed(cn: str = "Intel SGX Root CA") -> tuple[ec.EllipticCurvePrivateK
     return key, cert.public_bytes(serialization.Encoding.DER)
 
 
-@needs_vectors
 @pytest.mark.parametrize("name", NAMES)
 def test_wrong_root(name: str) -> None:
     evidence, collateral, _, at = vector(name)
@@ -223,8 +215,7 @@ def test_pinned_root() -> None:
         ROOT / "src" / "trustedml" / "attestation" / "roots" / "intel_sgx_root_ca.der"
     ).read_bytes()
     assert hashlib.sha256(der).hexdigest() == INTEL_SGX_ROOT_CA_SHA256
-    if VECTORS.is_dir():
-        assert der == load("TrustedRootCA.der")
+    assert der == load("TrustedRootCA.der")
 
 
 def test_swapped_root_file_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,21 +228,18 @@ def test_swapped_root_file_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
         _intel._pinned_root.cache_clear()
 
 
-@needs_vectors
 def test_wrong_evidence_type() -> None:
     evidence, collateral, _, at = vector("tdx_quote")
     with pytest.raises(UnsupportedEvidenceError, match="checks sgx-dcap, got tdx-dcap"):
         IntelVerifier(EvidenceType.SGX).verify(evidence, collateral=collateral, at=at)
 
 
-@needs_vectors
 def test_collateral_of_another_platform() -> None:
     evidence, _, verifier, at = vector("sgx_quote")
     with pytest.raises(CollateralError, match=r"pck_crl: issued by .*PCK Platform CA"):
         verifier.verify(evidence, collateral=load("tdx_quote_collateral.json"), at=at)
 
 
-@needs_vectors
 @pytest.mark.parametrize(
     "key",
     [
@@ -277,7 +265,6 @@ def test_collateral_key_missing_or_mistyped(key: str) -> None:
         verifier.verify(evidence, collateral=json.dumps(doc).encode(), at=at)
 
 
-@needs_vectors
 def test_collateral_not_json_or_absent() -> None:
     evidence, _, verifier, at = vector("sgx_quote")
     with pytest.raises(CollateralError, match="needs the QuoteCollateralV3 JSON"):
@@ -288,7 +275,6 @@ def test_collateral_not_json_or_absent() -> None:
         verifier.verify(evidence, collateral=b"[]", at=at)
 
 
-@needs_vectors
 def test_naive_time_is_refused() -> None:
     evidence, collateral, verifier, at = vector("sgx_quote")
     with pytest.raises(ConfigError, match="timezone-aware"):

@@ -1,11 +1,12 @@
 """Real evidence captured by others and published in public repositories.
 
 Each folder under ``vectors/public/`` has a MANIFEST.md naming the origin (repository,
-path, commit) and the values checked here. These vectors cover forms the shared
-vectors do not: SEV-SNP reports from Genoa and Turin, report versions 2 and 5 from
-several clouds, a Genoa VCEK whose RSASSA-PSS parameters spell out the trailer
-field, a Turin VCEK with an 8-byte hwID and fmcSPL, and a TDX 1.5 quote (v5, body
-type 3) from Alibaba Cloud with a non-empty QE authentication data and MR_SERVICETD.
+path, commit) and the values checked here. These vectors cover forms the dcap-qvl and
+go-sev-guest vectors (vectors/dcap-qvl, vectors/go-sev-guest) do not: SEV-SNP reports
+from Genoa and Turin, report versions 2 and 5 from several clouds, a Genoa VCEK whose
+RSASSA-PSS parameters spell out the trailer field, a Turin VCEK with an 8-byte hwID and
+fmcSPL, and a TDX 1.5 quote (v5, body type 3) from Alibaba Cloud with a non-empty QE
+authentication data and MR_SERVICETD.
 Later additions: a TDX 1.5 quote that verifies UpToDate (go-tdx-guest's v5 sample with
 the Intel collateral frozen by Automata), SGX v3 and TDX v4 quotes verified at the
 publisher's frozen time against its frozen collateral (verdicts compared with its
@@ -53,7 +54,7 @@ from trustedml.hazmat.attestation.intel import (
 from trustedml.hazmat.attestation.snp import SigningKey, SnpProduct, SnpReport, parse_snp_report
 
 PUBLIC = Path(__file__).resolve().parent / "vectors" / "public"
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "attestation-vectors"
+DCAP_QVL = Path(__file__).resolve().parent / "vectors" / "dcap-qvl"
 
 
 def _hex_file(path: Path) -> bytes:
@@ -283,7 +284,7 @@ def test_snp_describe_is_json_ready() -> None:
 # --- Intel TDX ------------------------------------------------------------------
 
 ALIBABA_TDX_V5 = PUBLIC / "automata-alibaba-tdx-v5" / "quote.hex"
-DCAP_QVL_90C06F = SHARED / "dcap-qvl" / "tdx_quote_outdated_collateral.json"
+DCAP_QVL_90C06F = DCAP_QVL / "tdx_quote_outdated_collateral.json"
 
 
 def _raw_sig(sig: bytes) -> bytes:
@@ -366,7 +367,6 @@ def test_alibaba_tdx_v5_signatures_check_independently() -> None:
     assert ext.tcb_components == (2, 2, 2, 2, 3, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
-@pytest.mark.skipif(not DCAP_QVL_90C06F.exists(), reason="shared vectors not present")
 def test_alibaba_tdx_v5_against_intel_collateral_for_its_fmspc() -> None:
     # dcap-qvl's collateral for FMSPC 90C06F000000 (Intel-signed TCB info, QE identity
     # and CRLs) also covers this platform. Its SGX components match the second TCB
@@ -743,7 +743,6 @@ def test_gotdx_v5_verifies_up_to_date() -> None:
         verify_evidence(raw, collateral=collateral, at=datetime(2026, 9, 10, 14, 40, tzinfo=UTC))
 
 
-@pytest.mark.skipif(not DCAP_QVL_90C06F.exists(), reason="shared vectors not present")
 def test_gotdx_v5_against_older_collateral_for_its_fmspc() -> None:
     # dcap-qvl's evaluation-18 collateral for the same FMSPC also covers this quote: its
     # newest platform level (2024-11-13) already matches this platform.

@@ -417,10 +417,9 @@ def test_worker_session_refuses_after_expiry(fresh_broker: Broker) -> None:
 
 # -- real hardware evidence goes through the same path ------------------------------------
 
-VECTORS = ROOT.parent / "shared" / "attestation-vectors" / "dcap-qvl"
+VECTORS = ROOT / "tests" / "attestation" / "vectors" / "dcap-qvl"
 
 
-@pytest.mark.skipif(not (VECTORS / "tdx_quote").exists(), reason="needs the attestation vectors")
 def test_real_tdx_quote_is_verified_then_refused_for_its_binding(fresh_broker: Broker) -> None:
     """A genuine TDX quote verifies (at a time its collateral is valid) but its
     report_data binds someone else's nonce and key: refused, with MRTD in the audit."""

@@ -3,16 +3,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import ATTESTATION_VECTORS, ROOT, cli_env, run_cli
 
 INTEL = ATTESTATION_VECTORS / "dcap-qvl"
 AMD = ATTESTATION_VECTORS / "go-sev-guest"
-
-pytestmark = pytest.mark.skipif(
-    not ATTESTATION_VECTORS.is_dir(), reason=f"attestation vectors not at {ATTESTATION_VECTORS}"
-)
 
 SGX_TIME = "2025-07-04T10:28:44Z"
 TDX_TIME = "2025-07-04T10:16:31Z"

@@ -28,14 +28,11 @@ from trustedml.hazmat.attestation.intel import (
 )
 
 ROOT = Path(__file__).resolve().parents[3]
-VECTORS = ROOT.parent / "shared" / "attestation-vectors" / "dcap-qvl"
+VECTORS = ROOT / "tests" / "attestation" / "vectors" / "dcap-qvl"
 KAT: dict[str, Any] = json.loads(
     (ROOT / "tests" / "attestation" / "vectors" / "intel_dcap.json").read_text()
 )
 NAMES = sorted(name for name in KAT if not name.startswith("_"))
-needs_vectors = pytest.mark.skipif(
-    not VECTORS.is_dir(), reason=f"shared attestation vectors not found at {VECTORS}"
-)
 
 
 @functools.cache
@@ -54,7 +51,6 @@ def patch(data: bytes, offset: int, new: bytes) -> bytes:
 # --- real vectors -----------------------------------------------------------------
 
 
-@needs_vectors
 @pytest.mark.parametrize("name", NAMES)
 def test_manifest_fields(name: str) -> None:
     exp = KAT[name]["quote"]
@@ -93,7 +89,6 @@ def test_manifest_fields(name: str) -> None:
             assert got == value, field
 
 
-@needs_vectors
 def test_body_types_and_offsets() -> None:
     sgx = parse_quote(load("sgx_quote"))
     assert type(sgx.body) is SgxReportBody
@@ -108,7 +103,6 @@ def test_body_types_and_offsets() -> None:
     assert v5.body.raw == load("tdx_quote_outdated")[54:702]
 
 
-@needs_vectors
 @pytest.mark.parametrize("name", ["tdx_quote", "tdx_quote_outdated"])
 def test_type6_wraps_type5(name: str) -> None:
     sig = parse_quote(load(name)).signature_data
@@ -121,7 +115,6 @@ def test_type6_wraps_type5(name: str) -> None:
     assert sig.pck_certification_data.data.endswith(b"-----END CERTIFICATE-----\n\x00")
 
 
-@needs_vectors
 @pytest.mark.parametrize("name", NAMES)
 def test_pck_extension_of_vectors(name: str) -> None:
     quote = parse_quote(load(name))
@@ -140,7 +133,6 @@ def test_pck_extension_of_vectors(name: str) -> None:
     assert pck.sgx_type_name == ("Scalable" if platform_ca else "Standard")
 
 
-@needs_vectors
 def test_sgx_pck_component_255_is_decoded() -> None:
     quote = parse_quote(load("sgx_quote"))
     leaf = x509.load_pem_x509_certificates(quote.signature_data.pck_certification_data.data)[0]
@@ -170,7 +162,6 @@ def v4_signature_data(quote: Quote, cert_type: int = 6, inner_type: int = 5) -> 
     return body + qe_cert
 
 
-@needs_vectors
 def test_v5_body_type_2() -> None:
     v4 = parse_quote(load("tdx_quote"))
     header = patch(v4.header.raw, 0, struct.pack("<H", 5))
@@ -184,7 +175,6 @@ def test_v5_body_type_2() -> None:
     assert quote.size == len(data)
 
 
-@needs_vectors
 def test_v4_with_sgx_body() -> None:
     # Intel's QVL parses a v4 header with TEE type SGX as an SGX report body.
     v3 = parse_quote(load("sgx_quote"))
@@ -196,7 +186,6 @@ def test_v4_with_sgx_body() -> None:
     assert quote.signature_data.pck_certification_data == v3.signature_data.certification_data
 
 
-@needs_vectors
 def test_trailing_bytes_are_ignored() -> None:
     for name in NAMES:
         quote = parse_quote(load(name))
@@ -219,7 +208,6 @@ def _header_mutation(name: str, offset: int, fmt: str, value: int) -> bytes:
     return patch(load(name), offset, struct.pack(fmt, value))
 
 
-@needs_vectors
 @pytest.mark.parametrize(
     ("name", "offset", "fmt", "value", "match"),
     [
@@ -236,7 +224,6 @@ def test_unsupported(name: str, offset: int, fmt: str, value: int, match: str) -
         parse_quote(_header_mutation(name, offset, fmt, value))
 
 
-@needs_vectors
 def test_v5_body_size_and_type_must_agree() -> None:
     with pytest.raises(EvidenceFormatError, match="body size 600") as exc:
         parse_quote(_header_mutation("tdx_quote_outdated", 50, "<I", 600))
@@ -250,7 +237,6 @@ def test_v5_body_size_and_type_must_agree() -> None:
     assert type(exc.value) is EvidenceFormatError
 
 
-@needs_vectors
 @pytest.mark.parametrize(
     ("name", "where", "value", "match"),
     [
@@ -274,7 +260,6 @@ def test_certification_data_types(name: str, where: str, value: int, match: str)
         parse_quote(patch(data, start, struct.pack("<H", value)))
 
 
-@needs_vectors
 @pytest.mark.parametrize(
     ("name", "field", "delta", "match"),
     [
@@ -319,7 +304,6 @@ def test_declared_sizes_must_fit(name: str, field: str, delta: int, match: str) 
     assert type(exc.value) is EvidenceFormatError
 
 
-@needs_vectors
 @pytest.mark.parametrize("name", NAMES)
 def test_every_truncation_fails(name: str) -> None:
     data = load(name)
@@ -342,7 +326,7 @@ def _parse_or_reject(data: bytes) -> Quote | None:
 
 
 def _seeds() -> list[bytes]:
-    return [load(name) for name in NAMES] if VECTORS.is_dir() else [b"\x03\x00\x02\x00"]
+    return [load(name) for name in NAMES]
 
 
 def _structural_offsets(data: bytes) -> list[int]:
@@ -355,7 +339,6 @@ def _structural_offsets(data: bytes) -> list[int]:
     return [o for o in offsets if o < len(data)]
 
 
-@needs_vectors
 @settings(max_examples=600, deadline=None)
 @given(st.integers(0, 2), st.integers(0, 5006))
 def test_fuzz_truncated(index: int, cut: int) -> None:
@@ -367,7 +350,6 @@ def test_fuzz_truncated(index: int, cut: int) -> None:
         assert quote is not None
 
 
-@needs_vectors
 @settings(max_examples=400, deadline=None)
 @given(st.integers(0, 2), st.binary(min_size=1, max_size=512))
 def test_fuzz_extended(index: int, suffix: bytes) -> None:
@@ -397,7 +379,6 @@ def test_fuzz_valid_header_random_rest(
     _parse_or_reject(header + descriptor + rest)
 
 
-@needs_vectors
 @settings(max_examples=600, deadline=None)
 @given(st.integers(0, 2), st.data())
 def test_fuzz_mutated_fields(index: int, draw: st.DataObject) -> None:

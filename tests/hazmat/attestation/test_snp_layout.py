@@ -29,11 +29,7 @@ from trustedml.hazmat.attestation.snp import (
 )
 
 ROOT = Path(__file__).resolve().parents[3]
-VECTORS = ROOT.parent / "shared" / "attestation-vectors" / "go-sev-guest"
-needs_vectors = pytest.mark.skipif(
-    not (VECTORS / "attestation.bin").is_file(),
-    reason=f"go-sev-guest vectors not found at {VECTORS}",
-)
+VECTORS = ROOT / "tests" / "attestation" / "vectors" / "go-sev-guest"
 
 # Distinct bytes per field, so a field read from the wrong offset cannot pass.
 SIZES = {
@@ -117,7 +113,6 @@ def tcb_parts(tcb: TcbVersion) -> tuple[int, ...]:
     return tcb.fmc, tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode
 
 
-@needs_vectors
 def test_go_sev_guest_vector_matches_manifest() -> None:
     data = (VECTORS / "attestation.bin").read_bytes()
     r = parse_snp_report(data)
