@@ -13,8 +13,8 @@ import pytest
 from trustedml import Secret
 from trustedml.broker import AuditLogError, SQLiteStore, verify_audit_log
 from trustedml.broker._audit import AuditChain, canonical_json, entry_mac
-from trustedml.broker._master import MasterKey
 from trustedml.broker._check import Sealer
+from trustedml.broker._master import MasterKey
 from trustedml.broker._store import AppendAudit
 from trustedml.errors import ConfigError, IntegrityError
 
