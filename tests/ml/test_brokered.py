@@ -172,7 +172,6 @@ def _subset(tmp_path: Path) -> Path:
 
 @pytest.mark.spark
 @pytest.mark.slow
-@pytest.mark.skipif(not MNIST.is_dir(), reason=f"no MNIST at {MNIST}")
 def test_lenet_gets_its_keys_from_the_broker(broker: Broker, tmp_path: Path) -> None:
     data = tmp_path / "mnist"
     model = tmp_path / "lenet.pt"
@@ -238,7 +237,6 @@ def test_lenet_gets_its_keys_from_the_broker(broker: Broker, tmp_path: Path) -> 
 
 @pytest.mark.spark
 @pytest.mark.slow
-@pytest.mark.skipif(not REVIEWS.is_file(), reason=f"no reviews at {REVIEWS}")
 def test_text_classification_gets_its_keys_from_the_broker(broker: Broker, tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(bz2.decompress(REVIEWS.read_bytes()).decode())))
     plain = tmp_path / "reviews.csv"
