@@ -16,6 +16,7 @@ import hmac
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,6 +182,73 @@ def write_head_file(path: Path, seal: Seal) -> None:
         raise KeyBrokerError(f"cannot write the head file {path}: {exc.strerror}") from exc
 
 
+class HeadWriter:
+    """Writes the newest seal to the head file from a thread of its own, so a request
+    waits for its database commit only, not for the head file's three syncs.
+
+    Seals posted while a write runs are coalesced: the next write takes the newest.
+    The file therefore trails the database by at most the batches committed during
+    one write, which the check accepts (a file behind the database); it is never
+    ahead. :meth:`close` writes the last seal before returning. A failed write is
+    raised by the next :meth:`post` (the broker's store then stops).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._pending: Seal | None = None
+        self._busy = False
+        self._closed = False
+        self._error: KeyBrokerError | None = None
+        self.writes = 0
+        self._thread = threading.Thread(target=self._run, name="broker-head", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"HeadWriter({str(self.path)!r})"
+
+    def post(self, seal: Seal) -> None:
+        with self._cond:
+            if self._error is not None:
+                raise self._error
+            self._pending = seal
+            self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every posted seal is on disk."""
+        with self._cond:
+            while (self._pending is not None or self._busy) and self._thread.is_alive():
+                self._cond.wait(0.5)
+            if self._error is not None:
+                raise self._error
+
+    def close(self) -> None:
+        self.flush()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._pending is None:
+                    return
+                seal, self._pending, self._busy = self._pending, None, True
+            try:
+                write_head_file(self.path, seal)
+                self.writes += 1
+            except KeyBrokerError as exc:
+                with self._cond:
+                    self._error = exc
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+
 def read_head_file(path: Path) -> str | None:
     """The head file's text, or None when there is none."""
     try:
@@ -200,6 +268,7 @@ def read_head_file(path: Path) -> str | None:
 
 __all__ = [
     "GENESIS_HEX",
+    "HeadWriter",
     "Seal",
     "head_path",
     "index_digest",

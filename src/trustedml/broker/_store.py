@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import logging
 import os
 import queue
 import sqlite3
@@ -22,7 +23,7 @@ from typing import Protocol, runtime_checkable
 
 from trustedml.broker._audit import AuditEntry, AuditHead
 from trustedml.broker._errors import AuditLogError, KeyBrokerError
-from trustedml.broker._integrity import Seal, head_path, read_head_file, write_head_file
+from trustedml.broker._integrity import HeadWriter, Seal, head_path, read_head_file
 from trustedml.errors import ConfigError
 
 SCHEMA_VERSION = 2  # 2: row MACs, key index and seal (1: run `trustedml broker migrate`)
@@ -273,6 +274,7 @@ class SQLiteStore:
             raise KeyBrokerError(f"{self.path}: cannot switch the database to WAL mode")
         self._checkpointer: threading.Thread | None = None
         self._stop = threading.Event()
+        self._head: HeadWriter | None = None  # started by the first sealed write
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
@@ -512,7 +514,9 @@ class SQLiteStore:
             if seal is not None:
                 # After the commit: a crash in between leaves the file behind the
                 # database, which the check accepts (never ahead of it).
-                write_head_file(self.head_file, seal)
+                if self._head is None:
+                    self._head = HeadWriter(self.head_file)
+                self._head.post(seal)
 
     @staticmethod
     def _insert_audit(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
@@ -523,6 +527,12 @@ class SQLiteStore:
         )
 
     def close(self) -> None:
+        if self._head is not None:
+            try:
+                self._head.close()
+            except KeyBrokerError as exc:  # the file stays behind: accepted, not silent
+                logging.getLogger("trustedml.broker").error("%s", exc)
+            self._head = None
         self._stop.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
