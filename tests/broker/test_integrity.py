@@ -4,6 +4,8 @@ released, and a wiped, truncated or rolled-back store is reported."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import shutil
@@ -13,6 +15,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tests.broker.conftest import (
     MEASUREMENT,
@@ -353,3 +357,53 @@ def test_a_serve_that_fails_to_start_leaves_the_vault_unchanged(tmp_path: Path) 
     opened = keys.unseal(Secret(PASSPHRASE))
     assert MASTER_KEY_SECRET not in opened
     assert ADMIN_TOKEN_SECRET not in opened
+
+
+def _documented_mac(key: bytes, domain: str, body: dict[str, object]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hmac.new(key, domain.encode() + b"\x00" + canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def test_row_macs_and_seal_follow_the_documented_bytes(broker: Broker) -> None:
+    """A verifier written from docs/broker-protocol.md ("Integrity") agrees."""
+    key_id = broker.new_key()
+    broker.admin().rotate_key(key_id)
+    stop(broker)
+    master = broker.config.master_key.reveal()
+
+    def derive(info: str) -> bytes:
+        return HKDF(hashes.SHA256(), 32, salt=None, info=info.encode()).derive(master)
+
+    row_key, seal_key = derive("trustedml/broker/row-mac/v1"), derive("trustedml/broker/seal/v1")
+    conn = sqlite3.connect(broker.config.db)
+    conn.row_factory = sqlite3.Row
+    versions = []
+    query = "SELECT * FROM key_versions WHERE key_id = ? ORDER BY version"
+    for v in conn.execute(query, (key_id,)):
+        body = {
+            "table": "key_versions",
+            "key_id": v["key_id"],
+            "version": v["version"],
+            "wrapped_kek": bytes(v["wrapped_kek"]).hex(),
+            "created_at": v["created_at"],
+        }
+        assert v["mac"] == _documented_mac(row_key, "trustedml/broker/row/v1", body)
+        versions.append([v["version"], v["mac"]])
+    k = conn.execute("SELECT * FROM keys WHERE key_id = ?", (key_id,)).fetchone()
+    columns = ("key_id", "state", "current_version", "policy", "policy_revision",
+               "created_at", "updated_at", "row_seq")  # fmt: skip
+    body = {name: k[name] for name in columns}
+    body |= {"table": "keys", "versions": versions}
+    assert k["mac"] == _documented_mac(row_key, "trustedml/broker/row/v1", body)
+    meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+    last = conn.execute("SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    conn.close()
+    assert json.loads(meta["key_index"]) == {key_id: k["row_seq"]}
+    seal = json.loads(meta["seal"])
+    assert seal["audit_seq"] == last[0]
+    assert seal["audit_mac"] == last[1]
+    assert seal["key_index_sha256"] == hashlib.sha256(meta["key_index"].encode()).hexdigest()
+    unsigned = {name: value for name, value in seal.items() if name != "mac"}
+    assert seal["format"] == "trustedml-broker-seal"
+    assert seal["mac"] == _documented_mac(seal_key, "trustedml/broker/seal/v1", unsigned)
+    assert Path(broker.config.db + ".head").read_text() == meta["seal"] + "\n"
