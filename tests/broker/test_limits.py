@@ -25,9 +25,15 @@ from tests.broker.conftest import (
 from tests.broker.peer import RawPeer, b64
 from tests.broker.rawhttp import assert_json_answer, exchange, request_bytes
 from tests.conftest import run_cli
-from trustedml import ConfigError, KeyDirectory, KeyRing
+from trustedml import ConfigError, KeyDirectory, KeyRing, Secret
 from trustedml.attestation import SimKey
-from trustedml.broker import BrokerConfig, BrokerRefusedError, client_ssl_context
+from trustedml.broker import (
+    BrokerAdminClient,
+    BrokerConfig,
+    BrokerRefusedError,
+    BrokerUnavailableError,
+    client_ssl_context,
+)
 from trustedml.broker._http import MAX_REQUEST_HEAD
 
 
@@ -410,3 +416,15 @@ def test_access_log_has_no_query_string(
         assert leaked not in text
     assert text.count("\n") == 2
     assert all(r.duration_ms >= 0 for r in lines)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"error":' + b"7" * 5000 + b"}", b"<html>"])
+def test_the_client_survives_a_hostile_peer(body: bytes) -> None:
+    # Not a broker: a peer answering what no broker sends (the client's TLS checks are
+    # tested elsewhere; this is what it does with the bytes).
+    transport = httpx.MockTransport(lambda _request: httpx.Response(400, content=body))
+    with (
+        BrokerAdminClient("https://peer", admin_token=Secret("t"), transport=transport) as admin,
+        pytest.raises(BrokerUnavailableError, match="HTTP 400 without a JSON body"),
+    ):
+        admin.stats()

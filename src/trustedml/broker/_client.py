@@ -136,7 +136,7 @@ class _Http:
             break
         try:
             doc = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or hostile JSON from a bad peer
             doc = None
         if not isinstance(doc, dict):
             raise BrokerUnavailableError(
