@@ -29,6 +29,7 @@ from trustedml.errors import (
     KeyNotFoundError,
     NotEncryptedError,
     TrustedMLError,
+    reworded,
 )
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def _translate(exc: Exception, path: str | os.PathLike[str], action: str) -> Tru
     own decryption failures become :class:`IntegrityError`."""
     where = os.fspath(path)
     if isinstance(exc, TrustedMLError):
-        return type(exc)(f"{where}: cannot {action}: {exc}")
+        return reworded(exc, f"{where}: cannot {action}: {exc}")
     text = str(exc)
     if "Parquet magic bytes not found" in text:
         return NotEncryptedError(f"{where}: not a Parquet file ({text})")
