@@ -15,13 +15,13 @@ from trustedml.broker._master import MasterKey
 from trustedml.broker._store import (
     AppendAudit,
     DeleteKey,
-    GroupCommitWriter,
     KeyRow,
     PutKey,
     PutVersion,
     SetAuditHead,
     VersionRow,
 )
+from trustedml.broker._writer import GroupCommitWriter
 from trustedml.errors import ConfigError
 
 MASTER = MasterKey(MasterKey.generate())
@@ -165,3 +165,29 @@ def test_a_failed_write_stops_the_writer(tmp_path: Path) -> None:
         writer.submit([PutKey(_key("k2"))]).result(10)
     writer.close()
     store.close()
+
+
+def test_sealed_writes_keep_a_private_head_file_in_step(tmp_path: Path) -> None:
+    from trustedml.broker._check import Sealer, check_state
+    from trustedml.broker._integrity import Seal
+
+    store = _store(tmp_path)
+    head = tmp_path / "broker.db.head"
+    chain = AuditChain(MASTER.audit_key, None)
+    sealer = Sealer(MASTER, {}, None)
+    first = [AppendAudit(chain.append(time=1.0, event="broker.start", outcome="ok"))]
+    store.write([*first, *sealer(first)])
+    # The first seal is on disk when write() returns (no head writer yet to wait for).
+    assert Seal.from_text(head.read_text(), "head").audit_seq == 1
+    assert stat.S_IMODE(head.stat().st_mode) == 0o600
+    for i in range(20):
+        ops = [AppendAudit(chain.append(time=2.0 + i, event="challenge", outcome="ok"))]
+        store.write([*ops, *sealer(ops)])
+    behind = Seal.from_text(head.read_text(), "head").audit_seq
+    assert 1 <= behind <= 21  # the head thread may trail, never lead
+    store.close()  # writes the last seal
+    assert Seal.from_text(head.read_text(), "head").audit_seq == 21
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    reopened = SQLiteStore(tmp_path / "broker.db")
+    assert check_state(reopened.state(), MASTER).ok
+    reopened.close()

@@ -42,7 +42,6 @@ from trustedml.broker._store import (
     AppendAudit,
     BrokerStore,
     DeleteKey,
-    GroupCommitWriter,
     KeyRow,
     PutKey,
     PutVersion,
@@ -51,6 +50,7 @@ from trustedml.broker._store import (
     open_store,
 )
 from trustedml.broker._wire import WireFormatError, loads_object
+from trustedml.broker._writer import GroupCommitWriter
 from trustedml.data._keystore import KEY_ID_PATTERN
 from trustedml.errors import (
     ConfigError,
