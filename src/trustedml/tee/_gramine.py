@@ -119,7 +119,7 @@ def gramine_runtime() -> GramineRuntime:
 
 
 def check_enclave_size(value: str) -> str:
-    if not isinstance(value, str) or not _SIZE.match(value):
+    if not isinstance(value, str) or not _SIZE.fullmatch(value):
         raise ConfigError(f"--enclave-size: expected a size like 512M or 8G, got {value!r}")
     return value
 
