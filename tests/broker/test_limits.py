@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -428,3 +429,20 @@ def test_the_client_survives_a_hostile_peer(body: bytes) -> None:
         pytest.raises(BrokerUnavailableError, match="HTTP 400 without a JSON body"),
     ):
         admin.stats()
+
+
+def test_a_client_leaving_mid_body_is_not_an_internal_error(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    context = client_ssl_context(broker.ca)
+    head = request_bytes("POST", "/v1/attest", body=b"x" * 1000).split(b"\r\n\r\n")[0]
+    with caplog.at_level(logging.INFO, logger="trustedml.broker"):
+        with (
+            socket.create_connection(("127.0.0.1", broker.server.port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(head + b"\r\n\r\n" + b'{"nonce":')
+            time.sleep(0.2)  # the handler is reading the body now
+        time.sleep(0.3)  # the server has seen the connection go
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
