@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,14 +60,39 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.x509.oid import NameOID
 
+from trustedml.attestation._intel_collateral import (
+    TDX_COMPONENTS,
+    EnclaveIdentity,
+    IdentityTcbLevel,
+    IntelCollateral,
+    TcbInfo,
+    TcbLevel,
+    parse_enclave_identity,
+    parse_tcb_info,
+)
 from trustedml.attestation._model import (
     Claims,
     EvidenceType,
     TcbStatus,
     VerifiedEvidence,
     require_aware,
+)
+from trustedml.attestation._x509 import (
+    ErrorType,
+    check_validity,
+    common_name,
+    crl_signed_by,
+    describe,
+    ec_public_key,
+    is_ca,
+    issued_by,
+    load_crl,
+    load_der_certificate,
+    load_pem_certificates,
+    revocation,
+    serial_number,
+    unrecognized_extension,
 )
 from trustedml.errors import (
     CertificateChainError,
@@ -109,407 +133,22 @@ INTEL_SGX_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cb
 _ROOT_RESOURCE = "roots/intel_sgx_root_ca.der"
 
 # Leaf, intermediate and root: Intel's chains are never longer.
-_MAX_CHAIN = 4
-_SGX_COMPONENTS = 16
-_TDX_COMPONENTS = 16
-_V2_COMPONENT_KEYS = tuple(f"sgxtcbcomp{i:02d}svn" for i in range(1, 17))
 _ENCLAVE_IDS = {EvidenceType.SGX: ("QE", (2,)), EvidenceType.TDX: ("TD_QE", (2, 3))}
-
-
-# --- collateral JSON -----------------------------------------------------------------
-
-
-class _Json:
-    # Typed getters over one JSON object; every error names the path and the key.
-
-    def __init__(self, value: object, where: str) -> None:
-        if not isinstance(value, dict):
-            raise CollateralError(f"{where}: expected a JSON object, got {_kind(value)}")
-        self.obj: dict[str, Any] = value
-        self.where = where
-
-    def has(self, key: str) -> bool:
-        return key in self.obj
-
-    def raw(self, key: str) -> object:
-        try:
-            return self.obj[key]
-        except KeyError:
-            raise CollateralError(f"{self.where}: key {key!r} is missing") from None
-
-    def str_(self, key: str) -> str:
-        value = self.raw(key)
-        if not isinstance(value, str):
-            raise CollateralError(
-                f"{self.where}: key {key!r}: expected a string, got {_kind(value)}"
-            )
-        return value
-
-    def int_(self, key: str, upper: int = 2**32 - 1) -> int:
-        value = self.raw(key)
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= upper:
-            raise CollateralError(
-                f"{self.where}: key {key!r}: expected an integer in 0..{upper}, got {value!r}"
-            )
-        return value
-
-    def hex_(self, key: str, size: int) -> bytes:
-        text = self.str_(key)
-        try:
-            value = bytes.fromhex(text)
-        except ValueError:
-            raise CollateralError(f"{self.where}: key {key!r}: not hex") from None
-        if len(value) != size:
-            raise CollateralError(
-                f"{self.where}: key {key!r}: expected {size} bytes, got {len(value)}"
-            )
-        return value
-
-    def date(self, key: str) -> datetime:
-        text = self.str_(key)
-        try:
-            value = datetime.fromisoformat(text)
-        except ValueError:
-            raise CollateralError(
-                f"{self.where}: key {key!r}: not an ISO 8601 date: {text!r}"
-            ) from None
-        if value.tzinfo is None:
-            raise CollateralError(f"{self.where}: key {key!r}: date has no time zone: {text!r}")
-        return value
-
-    def list_(self, key: str) -> list[Any]:
-        value = self.raw(key)
-        if not isinstance(value, list):
-            raise CollateralError(f"{self.where}: key {key!r}: expected a list, got {_kind(value)}")
-        return value
-
-    def obj_(self, key: str) -> _Json:
-        return _Json(self.raw(key), f"{self.where}.{key}")
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        if not self.has(key):
-            return ()
-        values = self.list_(key)
-        if not all(isinstance(v, str) for v in values):
-            raise CollateralError(f"{self.where}: key {key!r}: expected a list of strings")
-        return tuple(values)
-
-
-def _kind(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _load_json(text: str | bytes, where: str) -> _Json:
-    try:
-        value = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CollateralError(f"{where}: not valid JSON ({exc})") from None
-    return _Json(value, where)
-
-
-@dataclass(frozen=True)
-class TcbLevel:
-    """One level of a TCB info: the minimum SVNs it needs and the status it gives."""
-
-    sgx_components: tuple[int, ...]
-    pce_svn: int
-    tdx_components: tuple[int, ...] | None
-    status: str
-    tcb_date: str
-    advisory_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class IdentityTcbLevel:
-    """One level of an enclave or TDX module identity, selected by ISVSVN."""
-
-    isv_svn: int
-    status: str
-    tcb_date: str
-    advisory_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class TdxModuleIdentity:
-    """The expected signer and attributes of a TDX module (``tdxModule`` or one
-    ``tdxModuleIdentities`` entry, which also carries TCB levels)."""
-
-    id: str
-    mrsigner: bytes
-    attributes: bytes
-    attributes_mask: bytes
-    tcb_levels: tuple[IdentityTcbLevel, ...] = ()
-
-
-def _identity_levels(doc: _Json, where: str) -> tuple[IdentityTcbLevel, ...]:
-    out = []
-    for i, item in enumerate(doc.list_("tcbLevels")):
-        level = _Json(item, f"{where}.tcbLevels[{i}]")
-        out.append(
-            IdentityTcbLevel(
-                isv_svn=level.obj_("tcb").int_("isvsvn", 0xFFFF),
-                status=level.str_("tcbStatus"),
-                tcb_date=level.str_("tcbDate"),
-                advisory_ids=level.strings("advisoryIDs"),
-            )
-        )
-    if not out:
-        raise CollateralError(f"{where}: key 'tcbLevels' is empty")
-    return tuple(out)
-
-
-def _components(doc: _Json, key: str, count: int) -> tuple[int, ...]:
-    items = doc.list_(key)
-    if len(items) != count:
-        raise CollateralError(
-            f"{doc.where}: key {key!r}: expected {count} components, got {len(items)}"
-        )
-    return tuple(
-        _Json(item, f"{doc.where}.{key}[{i}]").int_("svn", 0xFF) for i, item in enumerate(items)
-    )
-
-
-@dataclass(frozen=True)
-class TcbInfo:
-    """Intel's TCB info for one FMSPC (PCS API TCB info v2 for SGX, v3 for SGX/TDX)."""
-
-    id: str
-    version: int
-    issue_date: datetime
-    next_update: datetime
-    fmspc: bytes
-    pce_id: bytes
-    tcb_type: int
-    tcb_evaluation_data_number: int
-    tcb_levels: tuple[TcbLevel, ...]
-    tdx_module: TdxModuleIdentity | None = None
-    tdx_module_identities: tuple[TdxModuleIdentity, ...] | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> TcbInfo:
-        """Parse the exact signed ``tcbInfo`` body text (CollateralError naming the key)."""
-        doc = _load_json(text, "tcb_info")
-        version = doc.int_("version")
-        if version == 2:
-            tcb_id = "SGX"  # v2 predates TDX and has no id
-        elif version == 3:
-            tcb_id = doc.str_("id")
-            if tcb_id not in ("SGX", "TDX"):
-                raise CollateralError(f"tcb_info: key 'id': expected SGX or TDX, got {tcb_id!r}")
-        else:
-            raise CollateralError(f"tcb_info: key 'version': expected 2 or 3, got {version}")
-        tcb_type = doc.int_("tcbType")
-        if tcb_type != 0:
-            raise CollateralError(f"tcb_info: key 'tcbType': only 0 is defined, got {tcb_type}")
-        levels = []
-        for i, item in enumerate(doc.list_("tcbLevels")):
-            level = _Json(item, f"tcb_info.tcbLevels[{i}]")
-            tcb = level.obj_("tcb")
-            if version == 2:
-                sgx = tuple(tcb.int_(key, 0xFF) for key in _V2_COMPONENT_KEYS)
-                tdx = None
-            else:
-                sgx = _components(tcb, "sgxtcbcomponents", _SGX_COMPONENTS)
-                tdx = (
-                    _components(tcb, "tdxtcbcomponents", _TDX_COMPONENTS)
-                    if tcb_id == "TDX"
-                    else None
-                )
-            levels.append(
-                TcbLevel(
-                    sgx_components=sgx,
-                    pce_svn=tcb.int_("pcesvn", 0xFFFF),
-                    tdx_components=tdx,
-                    status=level.str_("tcbStatus"),
-                    tcb_date=level.str_("tcbDate"),
-                    advisory_ids=level.strings("advisoryIDs"),
-                )
-            )
-        if not levels:
-            raise CollateralError("tcb_info: key 'tcbLevels' is empty")
-        module = identities = None
-        if tcb_id == "TDX":
-            module = _module_identity(doc.obj_("tdxModule"), "", with_levels=False)
-            if doc.has("tdxModuleIdentities"):
-                identities = tuple(
-                    _module_identity(
-                        _Json(item, f"tcb_info.tdxModuleIdentities[{i}]"), None, with_levels=True
-                    )
-                    for i, item in enumerate(doc.list_("tdxModuleIdentities"))
-                )
-        return cls(
-            id=tcb_id,
-            version=version,
-            issue_date=doc.date("issueDate"),
-            next_update=doc.date("nextUpdate"),
-            fmspc=doc.hex_("fmspc", 6),
-            pce_id=doc.hex_("pceId", 2),
-            tcb_type=tcb_type,
-            tcb_evaluation_data_number=doc.int_("tcbEvaluationDataNumber"),
-            tcb_levels=tuple(levels),
-            tdx_module=module,
-            tdx_module_identities=identities,
-        )
-
-
-def _module_identity(doc: _Json, ident: str | None, *, with_levels: bool) -> TdxModuleIdentity:
-    return TdxModuleIdentity(
-        id=doc.str_("id") if ident is None else ident,
-        mrsigner=doc.hex_("mrsigner", 48),
-        attributes=doc.hex_("attributes", 8),
-        attributes_mask=doc.hex_("attributesMask", 8),
-        tcb_levels=_identity_levels(doc, doc.where) if with_levels else (),
-    )
-
-
-@dataclass(frozen=True)
-class EnclaveIdentity:
-    """Intel's identity of its quoting enclave (PCS API enclave identity v2)."""
-
-    id: str
-    version: int
-    issue_date: datetime
-    next_update: datetime
-    tcb_evaluation_data_number: int
-    miscselect: bytes
-    miscselect_mask: bytes
-    attributes: bytes
-    attributes_mask: bytes
-    mrsigner: bytes
-    isv_prod_id: int
-    tcb_levels: tuple[IdentityTcbLevel, ...]
-
-    @classmethod
-    def parse(cls, text: str) -> EnclaveIdentity:
-        """Parse the exact signed ``enclaveIdentity`` body text."""
-        doc = _load_json(text, "qe_identity")
-        return cls(
-            id=doc.str_("id"),
-            version=doc.int_("version"),
-            issue_date=doc.date("issueDate"),
-            next_update=doc.date("nextUpdate"),
-            tcb_evaluation_data_number=doc.int_("tcbEvaluationDataNumber"),
-            miscselect=doc.hex_("miscselect", 4),
-            miscselect_mask=doc.hex_("miscselectMask", 4),
-            attributes=doc.hex_("attributes", 16),
-            attributes_mask=doc.hex_("attributesMask", 16),
-            mrsigner=doc.hex_("mrsigner", 32),
-            isv_prod_id=doc.int_("isvprodid", 0xFFFF),
-            tcb_levels=_identity_levels(doc, "qe_identity"),
-        )
-
-
-@dataclass(frozen=True)
-class IntelCollateral:
-    """The collateral for one quote, as dcap-qvl's ``QuoteCollateralV3`` JSON:
-    PEM issuer chains, hex DER CRLs, the exact signed TCB info and QE identity texts
-    and their hex raw r||s P-256 signatures. ``pck_certificate_chain`` (optional,
-    PEM) is used only when the quote carries no PCK chain itself."""
-
-    pck_crl_issuer_chain: str
-    root_ca_crl: bytes
-    pck_crl: bytes
-    tcb_info_issuer_chain: str
-    tcb_info: str
-    tcb_info_signature: bytes
-    qe_identity_issuer_chain: str
-    qe_identity: str
-    qe_identity_signature: bytes
-    pck_certificate_chain: str | None = None
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> IntelCollateral:
-        """Parse the collateral JSON; a missing or malformed key raises CollateralError
-        naming it."""
-        doc = _load_json(data, "collateral")
-        chain = doc.raw("pck_certificate_chain") if doc.has("pck_certificate_chain") else None
-        if chain is not None and not isinstance(chain, str):
-            raise CollateralError(
-                f"collateral: key 'pck_certificate_chain': expected a string, got {_kind(chain)}"
-            )
-        return cls(
-            pck_crl_issuer_chain=doc.str_("pck_crl_issuer_chain"),
-            root_ca_crl=_crl_bytes(doc, "root_ca_crl"),
-            pck_crl=_crl_bytes(doc, "pck_crl"),
-            tcb_info_issuer_chain=doc.str_("tcb_info_issuer_chain"),
-            tcb_info=doc.str_("tcb_info"),
-            tcb_info_signature=doc.hex_("tcb_info_signature", 64),
-            qe_identity_issuer_chain=doc.str_("qe_identity_issuer_chain"),
-            qe_identity=doc.str_("qe_identity"),
-            qe_identity_signature=doc.hex_("qe_identity_signature", 64),
-            pck_certificate_chain=chain or None,
-        )
-
-
-def _crl_bytes(doc: _Json, key: str) -> bytes:
-    text = doc.str_(key)
-    if text.lstrip().startswith("-----BEGIN"):
-        return text.encode("ascii", "replace")
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise CollateralError(f"collateral: key {key!r}: expected hex DER or PEM") from None
-
-
-# Parsing is a pure function of the signed text, and every quote of a platform
-# shares the same collateral: parse each text once.
-_parse_tcb_info = functools.lru_cache(maxsize=32)(TcbInfo.parse)
-_parse_enclave_identity = functools.lru_cache(maxsize=32)(EnclaveIdentity.parse)
 
 
 # --- certificates, CRLs, signatures ----------------------------------------------------
 
 
-@functools.lru_cache(maxsize=64)
-def _load_pem_chain(pem: bytes, what: str) -> tuple[x509.Certificate, ...]:
-    # Certification data type 5 ends with a NUL; PEM parsing ignores text around blocks.
-    try:
-        certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
-        raise CertificateChainError(f"{what}: cannot parse the PEM certificates ({exc})") from None
-    if len(certs) > _MAX_CHAIN:
-        raise CertificateChainError(f"{what}: {len(certs)} certificates, at most {_MAX_CHAIN}")
-    return tuple(certs)
+# Leaf, intermediate and root: Intel's chains are never longer.
+_MAX_CHAIN = 4
 
 
-@functools.lru_cache(maxsize=128)
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    # A pure function of both certificates: caching it saves an ECDSA verification
-    # per certificate for the collateral chains that every quote of a platform shares.
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
+def _load_chain(pem: bytes, what: str, error: ErrorType) -> tuple[x509.Certificate, ...]:
+    return load_pem_certificates(pem, what, error, strict=True, max_count=_MAX_CHAIN)
 
 
-@functools.lru_cache(maxsize=64)
-def _crl_signed_by(data: bytes, what: str, issuer: x509.Certificate) -> bool:
-    # Keyed by the CRL bytes (CRL objects are not hashable); pure, so cacheable.
-    key = issuer.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        return False
-    try:
-        return _load_crl(data, what).is_signature_valid(key)
-    except (ValueError, TypeError):
-        return False
-
-
-@functools.lru_cache(maxsize=64)
 def _load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_crl(data)
-        return x509.load_der_x509_crl(data)
-    except ValueError as exc:
-        raise CollateralError(f"{what}: cannot parse the CRL ({exc})") from None
-
-
-def _p256_key(cert: x509.Certificate, what: str) -> ec.EllipticCurvePublicKey:
-    key = cert.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise CertificateChainError(f"{what}: expected a P-256 public key")
-    return key
+    return load_crl(data, f"collateral {what}", CollateralError)
 
 
 def _raw_signature_ok(key: ec.EllipticCurvePublicKey, raw_sig: bytes, message: bytes) -> bool:
@@ -532,13 +171,7 @@ def _collateral_signature_ok(signer: x509.Certificate, raw_sig: bytes, text: byt
 
 
 def _cn(cert: x509.Certificate) -> str:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    value = names[0].value if names else ""
-    return value if isinstance(value, str) else value.decode("utf-8", "replace")
-
-
-def _name(cert: x509.Certificate) -> str:
-    return repr(_cn(cert) or cert.subject.rfc4514_string())
+    return common_name(cert.subject)
 
 
 def _check_window(
@@ -565,7 +198,9 @@ def _pinned_root() -> x509.Certificate:
             f"packaged Intel SGX Root CA {_ROOT_RESOURCE}: SHA-256 {digest} is not the pinned "
             f"{INTEL_SGX_ROOT_CA_SHA256}"
         )
-    return x509.load_der_x509_certificate(der)
+    return load_der_certificate(
+        der, f"packaged Intel SGX Root CA {_ROOT_RESOURCE}", CertificateChainError
+    )
 
 
 # --- status rules ---------------------------------------------------------------------
@@ -656,9 +291,11 @@ class IntelVerifier:
             self._root = _pinned_root()
         else:
             try:
-                self._root = x509.load_der_x509_certificate(bytes(root_ca_der))
-            except ValueError as exc:
-                raise ConfigError(f"root_ca_der: not a DER certificate ({exc})") from None
+                self._root = load_der_certificate(
+                    bytes(root_ca_der), "root_ca_der", CertificateChainError
+                )
+            except CertificateChainError as exc:
+                raise ConfigError(str(exc)) from exc
 
     @property
     def evidence_type(self) -> EvidenceType:
@@ -682,7 +319,7 @@ class IntelVerifier:
         checks: list[str] = [f"parsed {self._type.value} quote v{quote.version}"]
 
         chains = self._verify_certificates(quote, col, at)
-        checks.append(f"PCK chain, CRLs and collateral signers verified to {_name(self._root)}")
+        checks.append(f"PCK chain, CRLs and collateral signers verified to {describe(self._root)}")
         tcb_info = self._verify_tcb_info(col, chains.tcb_signer, at)
         qe_identity = self._verify_qe_identity(col, chains.qe_signer, at)
         checks.append(
@@ -740,12 +377,18 @@ class IntelVerifier:
                 f"got {quote.header.qe_vendor_id.hex()}"
             )
 
-    def _pck_pem(self, quote: Quote, col: IntelCollateral) -> bytes:
+    def _pck_chain(self, quote: Quote, col: IntelCollateral) -> tuple[x509.Certificate, ...]:
         cert = quote.signature_data.pck_certification_data
         if cert.cert_type == CERT_TYPE_PCK_CERT_CHAIN:
-            return cert.data
+            return _load_chain(
+                cert.data, "PCK certificate chain in the certification data", CertificateChainError
+            )
         if col.pck_certificate_chain is not None:
-            return col.pck_certificate_chain.encode("ascii", "replace")
+            return _load_chain(
+                col.pck_certificate_chain.encode("ascii", "replace"),
+                "collateral pck_certificate_chain",
+                CertificateChainError,
+            )
         raise UnsupportedEvidenceError(
             f"certification data type {cert.cert_type}: only type 5 (PCK certificate chain) "
             "is supported, and the collateral has no pck_certificate_chain"
@@ -762,50 +405,44 @@ class IntelVerifier:
         if not chain:
             raise CertificateChainError(f"{what}: no certificate below the root")
         for child, parent in zip(chain, [*chain[1:], self._root], strict=True):
-            _check_cert_time(child, at, what)
-            if parent is not self._root and not _is_ca(parent):
-                raise CertificateChainError(f"{what}: {_name(parent)} is not a CA certificate")
-            if not _issued_by(child, parent):
+            check_validity(child, at, what)
+            if parent is not self._root and not is_ca(parent):
+                raise CertificateChainError(f"{what}: {describe(parent)} is not a CA certificate")
+            if not issued_by(child, parent):
                 raise CertificateChainError(
-                    f"{what}: {_name(child)} is not issued by {_name(parent)}"
+                    f"{what}: {describe(child)} is not issued by {describe(parent)}"
                     + (" (the trusted root)" if parent is self._root else "")
                 )
         return tuple(chain)
 
     def _verify_certificates(self, quote: Quote, col: IntelCollateral, at: datetime) -> _Chains:
-        _check_cert_time(self._root, at, "trusted root")
-        pck = self._verify_chain(
-            _load_pem_chain(self._pck_pem(quote, col), "PCK certificate chain"),
-            at,
-            "PCK certificate chain",
-        )
+        check_validity(self._root, at, "trusted root")
+        pck = self._verify_chain(self._pck_chain(quote, col), at, "PCK certificate chain")
         if "SGX PCK Certificate" not in _cn(pck[0]):
             raise CertificateChainError(
-                f"PCK certificate chain: leaf {_name(pck[0])} is not an SGX PCK Certificate"
+                f"PCK certificate chain: leaf {describe(pck[0])} is not an SGX PCK Certificate"
             )
         pck_ext = _pck_extension(pck[0])
 
         root_crl = _load_crl(col.root_ca_crl, "root_ca_crl")
-        if root_crl.issuer != self._root.subject or not _crl_signed_by(
-            col.root_ca_crl, "root_ca_crl", self._root
-        ):
+        if root_crl.issuer != self._root.subject or not crl_signed_by(col.root_ca_crl, self._root):
             raise CollateralError("root_ca_crl: not issued and signed by the trusted root")
         _check_window(
             "root_ca_crl", root_crl.last_update_utc, root_crl.next_update_utc, at, "nextUpdate"
         )
         crl_chain = self._verify_chain(
-            _load_pem_chain(
-                col.pck_crl_issuer_chain.encode("ascii", "replace"), "pck_crl_issuer_chain"
+            _load_chain(
+                col.pck_crl_issuer_chain.encode("ascii", "replace"),
+                "collateral pck_crl_issuer_chain",
+                CertificateChainError,
             ),
             at,
             "pck_crl_issuer_chain",
         )
         pck_crl = _load_crl(col.pck_crl, "pck_crl")
-        if pck_crl.issuer != crl_chain[0].subject or not _crl_signed_by(
-            col.pck_crl, "pck_crl", crl_chain[0]
-        ):
+        if pck_crl.issuer != crl_chain[0].subject or not crl_signed_by(col.pck_crl, crl_chain[0]):
             raise CollateralError(
-                f"pck_crl: not issued and signed by {_name(crl_chain[0])} (pck_crl_issuer_chain)"
+                f"pck_crl: not issued and signed by {describe(crl_chain[0])} (pck_crl_issuer_chain)"
             )
         if pck_crl.issuer != pck[0].issuer:
             raise CollateralError(
@@ -820,13 +457,17 @@ class IntelVerifier:
             ("qe_identity_issuer_chain", col.qe_identity_issuer_chain),
         ):
             chain = self._verify_chain(
-                _load_pem_chain(pem.encode("ascii", "replace"), key), at, key
+                _load_chain(
+                    pem.encode("ascii", "replace"), f"collateral {key}", CertificateChainError
+                ),
+                at,
+                key,
             )
             # Only Intel's TCB signing key, directly under the root, may sign TCB data:
             # a PCK key (which lives on a platform) must not be able to.
             if len(chain) != 1 or _cn(chain[0]) != "Intel SGX TCB Signing":
                 raise CertificateChainError(
-                    f"{key}: signer {_name(chain[0])} is not the Intel SGX TCB Signing "
+                    f"{key}: signer {describe(chain[0])} is not the Intel SGX TCB Signing "
                     "certificate directly under the root"
                 )
             signers.append(chain[0])
@@ -843,12 +484,12 @@ class IntelVerifier:
                 crl = crls.get(cert.issuer)
                 if crl is None:
                     raise CertificateChainError(
-                        f"{what}: no CRL in the collateral covers {_name(cert)} "
+                        f"{what}: no CRL in the collateral covers {describe(cert)} "
                         f"(issuer {cert.issuer.rfc4514_string()})"
                     )
-                if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                if revocation(crl, cert) is not None:
                     raise CertificateChainError(
-                        f"{what}: {_name(cert)} serial {cert.serial_number:#x} is revoked"
+                        f"{what}: {describe(cert)} serial {serial_number(cert):#x} is revoked"
                     )
         return _Chains(pck, pck_ext, signers[0], signers[1])
 
@@ -856,7 +497,7 @@ class IntelVerifier:
         self, col: IntelCollateral, signer: x509.Certificate, at: datetime
     ) -> TcbInfo:
         _verify_signed("tcb_info", col.tcb_info, col.tcb_info_signature, signer)
-        info = _parse_tcb_info(col.tcb_info)
+        info = parse_tcb_info(col.tcb_info)
         _check_window("tcb_info", info.issue_date, info.next_update, at, "nextUpdate")
         return info
 
@@ -864,14 +505,16 @@ class IntelVerifier:
         self, col: IntelCollateral, signer: x509.Certificate, at: datetime
     ) -> EnclaveIdentity:
         _verify_signed("qe_identity", col.qe_identity, col.qe_identity_signature, signer)
-        identity = _parse_enclave_identity(col.qe_identity)
+        identity = parse_enclave_identity(col.qe_identity)
         _check_window("qe_identity", identity.issue_date, identity.next_update, at, "nextUpdate")
         return identity
 
     def _verify_quote_signatures(self, quote: Quote, pck_leaf: x509.Certificate) -> None:
         sig = quote.signature_data
         if not _raw_signature_ok(
-            _p256_key(pck_leaf, "PCK certificate"), sig.qe_report_signature, sig.qe_report.raw
+            ec_public_key(pck_leaf, ec.SECP256R1, "PCK certificate"),
+            sig.qe_report_signature,
+            sig.qe_report.raw,
         ):
             raise EvidenceSignatureError(
                 "QE report signature: does not verify with the PCK certificate's key"
@@ -1115,39 +758,17 @@ class IntelVerifier:
         )
 
 
-def _check_cert_time(cert: x509.Certificate, at: datetime, what: str) -> None:
-    if at < cert.not_valid_before_utc:
-        raise CertificateChainError(
-            f"{what}: {_name(cert)} is not valid before {cert.not_valid_before_utc.isoformat()}"
-        )
-    if at > cert.not_valid_after_utc:
-        raise CertificateChainError(
-            f"{what}: {_name(cert)} expired {cert.not_valid_after_utc.isoformat()}"
-        )
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
 @functools.lru_cache(maxsize=64)
 def _pck_extension(cert: x509.Certificate) -> PckExtension:
-    try:
-        ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSION_OID))
-    except x509.ExtensionNotFound:
+    value = unrecognized_extension(cert, SGX_EXTENSION_OID)
+    if value is None:
         raise CertificateChainError(
-            f"PCK certificate {_name(cert)}: has no SGX extension ({SGX_EXTENSION_OID})"
-        ) from None
-    value = ext.value
-    if not isinstance(value, x509.UnrecognizedExtension):
-        raise CertificateChainError("PCK certificate: unexpected SGX extension type")
+            f"PCK certificate {describe(cert)}: has no SGX extension ({SGX_EXTENSION_OID})"
+        )
     try:
-        return parse_pck_extension(value.value)
+        return parse_pck_extension(value)
     except EvidenceFormatError as exc:
-        raise CertificateChainError(f"PCK certificate {_name(cert)}: {exc}") from None
+        raise CertificateChainError(f"PCK certificate {describe(cert)}: {exc}") from exc
 
 
 def _crl_next_update(crl: x509.CertificateRevocationList, what: str) -> datetime:
@@ -1162,7 +783,7 @@ def _tdx_components_ok(tee_tcb_svn: bytes, level: TcbLevel) -> bool:
     # With a versioned TDX module (TEE_TCB_SVN[1] > 0) bytes 0-1 are the module's
     # SVN and version, judged by the module identity instead (QVL isTdxTcbHigherOrEqual).
     start = 2 if tee_tcb_svn[1] > 0 else 0
-    return all(tee_tcb_svn[i] >= level.tdx_components[i] for i in range(start, _TDX_COMPONENTS))
+    return all(tee_tcb_svn[i] >= level.tdx_components[i] for i in range(start, TDX_COMPONENTS))
 
 
 def _relaunch_advised(

@@ -1,5 +1,6 @@
 """A small, strict DER reader: just enough ASN.1 for the Intel SGX PCK certificate
-extension (SEQUENCE, OBJECT IDENTIFIER, OCTET STRING, INTEGER, ENUMERATED, BOOLEAN).
+extension (SEQUENCE, OBJECT IDENTIFIER, OCTET STRING, INTEGER, ENUMERATED, BOOLEAN), and the
+BIT STRINGs that carry X.509 signatures and public keys.
 
 Strict means DER, not BER: definite minimal lengths, minimal integers, canonical
 booleans, low-tag-number identifiers only. Any deviation raises
@@ -15,6 +16,7 @@ from trustedml.errors import EvidenceFormatError
 
 BOOLEAN = 0x01
 INTEGER = 0x02
+BIT_STRING = 0x03
 OCTET_STRING = 0x04
 OBJECT_IDENTIFIER = 0x06
 ENUMERATED = 0x0A
@@ -23,6 +25,7 @@ SEQUENCE = 0x30
 _TAG_NAMES = {
     BOOLEAN: "BOOLEAN",
     INTEGER: "INTEGER",
+    BIT_STRING: "BIT STRING",
     OCTET_STRING: "OCTET STRING",
     OBJECT_IDENTIFIER: "OBJECT IDENTIFIER",
     ENUMERATED: "ENUMERATED",
@@ -150,3 +153,20 @@ def decode_boolean(value: bytes, what: str) -> bool:
     if value == b"\xff":
         return True
     raise EvidenceFormatError(f"{what}: BOOLEAN must be one octet 0x00 or 0xFF")
+
+
+def decode_octet_aligned_bit_string(value: bytes, what: str) -> bytes:
+    """The octets of BIT STRING content that must be whole octets (a signature, a
+    public key): the leading unused-bits count must be 0.
+
+    DER lets unused bits be non-zero only for bit fields; for octet data a count of
+    1..7 (with zero padding) would be a second encoding of the same bytes, which
+    pyca/cryptography accepts, so the caller must refuse it here.
+    """
+    if not value:
+        raise EvidenceFormatError(f"{what}: empty BIT STRING (no unused-bits octet)")
+    if value[0] != 0:
+        raise EvidenceFormatError(
+            f"{what}: BIT STRING of whole octets: expected 0 unused bits, got {value[0]}"
+        )
+    return value[1:]
