@@ -619,12 +619,12 @@ def audit_verify(
     if as_json:
         _print_json(result.to_dict())
     for note in result.notes:
-        err_console.print(f"note: {note}", highlight=False)
+        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
     if not result.ok:
         problems = result.messages()
         if not as_json:
             for problem in problems:
-                err_console.print(f"FAILED: {problem}", highlight=False)
+                err_console.print(f"FAILED: {problem}", highlight=False, soft_wrap=True)
         raise AuditLogError(
             f"{db}: {len(problems)} integrity problem{'s' * (len(problems) > 1)}: {problems[0]}"
         )
