@@ -41,20 +41,17 @@ import functools
 import hashlib
 import importlib.resources
 import re
-import threading
-import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.utils import CryptographyDeprecationWarning
 
 from trustedml.attestation._model import (
     Claims,
@@ -62,6 +59,19 @@ from trustedml.attestation._model import (
     TcbStatus,
     VerifiedEvidence,
     require_aware,
+)
+from trustedml.attestation._x509 import (
+    check_validity,
+    common_name,
+    crl_signed_by,
+    ec_public_key,
+    issued_by,
+    kds_extensions,
+    load_crl,
+    load_der_certificate,
+    load_pem_certificates,
+    revocation,
+    serial_number,
 )
 from trustedml.errors import (
     CertificateChainError,
@@ -104,10 +114,6 @@ _SPL_OIDS = {  # TcbVersion attribute -> (KDS name, OID)
     "fmc": ("fmcSPL", _KDS_OID + "3.9"),
 }
 _P384_BITS = 384
-# What pyca/cryptography raises for malformed certificate fields.
-_PARSE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
-# warnings.catch_warnings swaps process-wide state: never let two verifications nest it.
-_WARNINGS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -122,9 +128,7 @@ class _Roots:
 
 
 def _cn(name: x509.Name) -> str:
-    attrs = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    value = attrs[0].value if len(attrs) == 1 else ""
-    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return common_name(name)
 
 
 def _der(cert: x509.Certificate) -> bytes:
@@ -138,34 +142,12 @@ def _product_named(text: str) -> SnpProduct | None:
     return None
 
 
-def _parse_certs(
-    load: Callable[[], list[x509.Certificate]], what: str, form: str
-) -> list[x509.Certificate]:
-    # pyca/cryptography warns (rather than fails) about some malformed fields, and
-    # builds names lazily: load and read the names here, once, with warnings recorded.
-    # AMD's VCEKs carry serial number 0, which only draws a deprecation warning.
-    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            certs = load()
-            for cert in certs:
-                _ = cert.subject, cert.issuer
-        except _PARSE_ERRORS as exc:
-            raise CollateralError(f"{what}: not a valid {form} ({exc})") from None
-    for warning in caught:
-        if not issubclass(warning.category, CryptographyDeprecationWarning):
-            raise CollateralError(f"{what}: malformed certificate ({warning.message})")
-    return certs
-
-
 def _load_pem(data: bytes, what: str) -> list[x509.Certificate]:
-    return _parse_certs(
-        lambda: x509.load_pem_x509_certificates(data), what, "PEM certificate bundle"
-    )
+    return list(load_pem_certificates(data, what, CollateralError))
 
 
 def _load_der(data: bytes, what: str) -> x509.Certificate:
-    return _parse_certs(lambda: [x509.load_der_x509_certificate(data)], what, "DER certificate")[0]
+    return load_der_certificate(data, what, CollateralError)
 
 
 def _der_element(data: bytes, pos: int) -> tuple[int, int, int]:
@@ -196,22 +178,13 @@ def _split_der(data: bytes) -> list[bytes] | None:
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.*?-----END X509 CRL-----\s*", re.DOTALL)
 
 
-def _load_crl(data: bytes, what: str, *, pem: bool) -> x509.CertificateRevocationList:
-    try:
-        crl = x509.load_pem_x509_crl(data) if pem else x509.load_der_x509_crl(data)
-        _ = crl.issuer, crl.last_update_utc
-    except _PARSE_ERRORS as exc:
-        raise CollateralError(f"{what}: not a valid CRL ({exc})") from None
-    return crl
-
-
-def _collateral(
-    data: bytes, what: str
-) -> tuple[list[x509.Certificate], list[x509.CertificateRevocationList]]:
-    """Certificates and CRLs from PEM, DER (one or concatenated) or a GHCB
-    certificate table (certificates only)."""
+def _collateral(data: bytes, what: str) -> tuple[list[x509.Certificate], list[bytes]]:
+    """Certificates and CRLs (their bytes, each loaded once here) from PEM, DER (one
+    or concatenated) or a GHCB certificate table (certificates only)."""
     if b"-----BEGIN" in data:
-        crls = [_load_crl(m.group(0), what, pem=True) for m in _PEM_CRL.finditer(data)]
+        crls = [m.group(0) for m in _PEM_CRL.finditer(data)]
+        for crl in crls:
+            load_crl(crl, what, CollateralError)
         rest = _PEM_CRL.sub(b"", data)
         return (_load_pem(rest, what) if b"-----BEGIN" in rest else []), crls
     parts = _split_der(data)
@@ -230,9 +203,10 @@ def _collateral(
             certs.append(_load_der(part, what))
         except CollateralError as not_a_cert:
             try:
-                crls.append(_load_crl(part, what, pem=False))
+                load_crl(part, what, CollateralError)
             except CollateralError:
                 raise not_a_cert from None
+            crls.append(part)
     return certs, crls
 
 
@@ -249,29 +223,9 @@ def _certs_from_table(entries: Iterable[CertTableEntry], what: str) -> list[x509
     return certs
 
 
-def _check_validity(cert: x509.Certificate, role: str, at: datetime) -> None:
-    before, after = cert.not_valid_before_utc, cert.not_valid_after_utc
-    if not before <= at <= after:
-        raise CertificateChainError(
-            f"{role} certificate ({_cn(cert.subject)}) is not valid at {at.isoformat()}: "
-            f"valid {before.isoformat()} .. {after.isoformat()}"
-        )
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (*_PARSE_ERRORS, InvalidSignature):
-        return False
-    return True
-
-
 def _build_roots(product: SnpProduct, pem: bytes, pin: str | None) -> _Roots:
     what = f"AMD {product.value} root certificates"
-    try:
-        certs = _load_pem(pem, what)
-    except CollateralError as exc:
-        raise CertificateChainError(str(exc)) from None
+    certs = list(load_pem_certificates(pem, what, CertificateChainError))
     arks = [c for c in certs if c.subject == c.issuer]
     if len(arks) != 1:
         raise CertificateChainError(
@@ -281,7 +235,7 @@ def _build_roots(product: SnpProduct, pem: bytes, pin: str | None) -> _Roots:
     ark_der = _der(ark)
     if pin is not None and hashlib.sha256(ark_der).hexdigest() != pin:
         raise CertificateChainError(f"{what}: the ARK does not match its pinned SHA-256")
-    if _cn(ark.subject) != f"ARK-{product.value}" or not _issued_by(ark, ark):
+    if _cn(ark.subject) != f"ARK-{product.value}" or not issued_by(ark, ark):
         raise CertificateChainError(f"{what}: ARK-{product.value} is not a valid self-signed root")
     intermediates: list[x509.Certificate] = []
     for cert in certs:
@@ -290,7 +244,7 @@ def _build_roots(product: SnpProduct, pem: bytes, pin: str | None) -> _Roots:
         name = _cn(cert.subject)
         if name not in (f"SEV-{product.value}", f"SEV-VLEK-{product.value}"):
             raise CertificateChainError(f"{what}: unexpected certificate {name!r}")
-        if not _issued_by(cert, ark):
+        if not issued_by(cert, ark):
             raise CertificateChainError(f"{what}: {name} is not signed by ARK-{product.value}")
         intermediates.append(cert)
     return _Roots(
@@ -308,20 +262,6 @@ def _packaged_roots() -> Mapping[SnpProduct, _Roots]:
             PINNED_ARK_SHA256[product],
         )
         for product in SnpProduct
-    }
-
-
-def _kds_extensions(cert: x509.Certificate) -> dict[str, bytes]:
-    """The raw values of the AMD KDS extensions (OIDs under 1.3.6.1.4.1.3704.1)."""
-    try:
-        extensions = cert.extensions
-    except _PARSE_ERRORS as exc:
-        raise CollateralError(f"certificate extensions do not parse ({exc})") from None
-    return {
-        ext.oid.dotted_string: ext.value.value
-        for ext in extensions
-        if isinstance(ext.value, x509.UnrecognizedExtension)
-        and ext.oid.dotted_string.startswith(_KDS_OID)
     }
 
 
@@ -359,7 +299,7 @@ def _product_name(value: bytes | None) -> str | None:
 
 
 def _check_crl(
-    crl: x509.CertificateRevocationList,
+    data: bytes,
     ark: x509.Certificate,
     issuer: x509.Certificate,
     role: str,
@@ -367,14 +307,11 @@ def _check_crl(
 ) -> tuple[datetime, datetime]:
     """AMD's CRL: issued and signed by the ARK, current at ``at``, not listing the
     ASK/ASVK that issued the endorsement key. Returns its (issued, next update)."""
+    crl = load_crl(data, "AMD CRL", CollateralError)
     ark_name = _cn(ark.subject)
     if crl.issuer != ark.subject:
         raise CollateralError(f"AMD CRL is issued by {_cn(crl.issuer)!r}, not {ark_name}")
-    try:
-        valid = crl.is_signature_valid(ark.public_key())  # type: ignore[arg-type]
-    except _PARSE_ERRORS:
-        valid = False
-    if not valid:
+    if not crl_signed_by(data, ark):
         raise CollateralError(f"AMD CRL signature does not verify with {ark_name}")
     issued, expires = crl.last_update_utc, crl.next_update_utc
     if expires is None:
@@ -384,10 +321,10 @@ def _check_crl(
             f"AMD CRL is not current at {at.isoformat()}: valid {issued.isoformat()} .. "
             f"{expires.isoformat()}"
         )
-    revoked = crl.get_revoked_certificate_by_serial_number(issuer.serial_number)
+    revoked = revocation(crl, issuer)
     if revoked is not None:
         raise CertificateChainError(
-            f"{role} {_cn(issuer.subject)} (serial {issuer.serial_number:x}) is revoked by "
+            f"{role} {_cn(issuer.subject)} (serial {serial_number(issuer):x}) is revoked by "
             f"AMD's CRL since {revoked.revocation_date_utc.isoformat()}"
         )
     return issued, expires
@@ -431,7 +368,7 @@ class SnpVerifier:
         evidence = bytes(evidence)
         report, table = parse_extended_report(evidence)
         certs = _certs_from_table(table.entries, "extended report certificate table")
-        crls: list[x509.CertificateRevocationList] = []
+        crls: list[bytes] = []
         if collateral is not None:
             more, crls = _collateral(bytes(collateral), "SEV-SNP collateral")
             certs += more
@@ -441,7 +378,7 @@ class SnpVerifier:
         self,
         report: SnpReport,
         certs: list[x509.Certificate],
-        crls: list[x509.CertificateRevocationList],
+        crls: list[bytes],
         at: datetime,
     ) -> VerifiedEvidence:
         checks = [f"SEV-SNP report version {report.version} parsed"]
@@ -464,15 +401,7 @@ class SnpVerifier:
             f"{kind} <- {_cn(issuer.subject)} <- {_cn(ark.subject)} (pinned) verified "
             f"at {at.isoformat()}"
         )
-        try:
-            public_key = endorser.public_key()
-        except _PARSE_ERRORS:
-            raise CertificateChainError(f"{kind} public key is not ECDSA P-384") from None
-        if not (
-            isinstance(public_key, ec.EllipticCurvePublicKey)
-            and isinstance(public_key.curve, ec.SECP384R1)
-        ):
-            raise CertificateChainError(f"{kind} public key is not ECDSA P-384")
+        public_key = ec_public_key(endorser, ec.SECP384R1, f"{kind} certificate (P-384)")
 
         r, s = report.signature_rs
         if not (0 < r < 1 << _P384_BITS and 0 < s < 1 << _P384_BITS):
@@ -496,7 +425,7 @@ class SnpVerifier:
         if report.product is not product:
             report = parse_snp_report(report.raw, product=product)
 
-        extensions = _kds_extensions(endorser)
+        extensions = kds_extensions(endorser, _KDS_OID)
         chip_id_masked = report.mask_chip_key or not any(report.chip_id)
         if kind == "VCEK" and not chip_id_masked:
             hwid_value = extensions.get(_OID_HWID)
@@ -600,17 +529,19 @@ class SnpVerifier:
         candidates = [
             c for c in (*certs.values(), *roots.intermediates) if c.subject == endorser.issuer
         ]
-        issuer = next((c for c in candidates if _issued_by(endorser, c)), None)
+        issuer = next((c for c in candidates if issued_by(endorser, c)), None)
         if issuer is None:
             raise CertificateChainError(
                 f"{kind} is not signed by a known {issuer_cn} certificate"
                 + ("" if candidates else " (none in the collateral or the trusted roots)")
             )
-        if _der(issuer) not in roots.intermediate_ders and not _issued_by(issuer, roots.ark):
+        if _der(issuer) not in roots.intermediate_ders and not issued_by(issuer, roots.ark):
             raise CertificateChainError(f"{issuer_cn} is not signed by ARK-{product.value}")
-        _check_validity(endorser, kind, at)
-        _check_validity(issuer, "ASVK" if kind == "VLEK" else "ASK", at)
-        _check_validity(roots.ark, "ARK", at)
+        check_validity(endorser, at, f"{kind} certificate in the AMD chain")
+        check_validity(
+            issuer, at, f"{'ASVK' if kind == 'VLEK' else 'ASK'} certificate in the AMD chain"
+        )
+        check_validity(roots.ark, at, "ARK certificate in the AMD chain")
         return product, issuer, roots.ark
 
     @staticmethod

@@ -166,8 +166,8 @@ def _raw_signature_ok(key: ec.EllipticCurvePublicKey, raw_sig: bytes, message: b
 
 @functools.lru_cache(maxsize=64)
 def _collateral_signature_ok(signer: x509.Certificate, raw_sig: bytes, text: bytes) -> bool:
-    key = signer.public_key()
-    return isinstance(key, ec.EllipticCurvePublicKey) and _raw_signature_ok(key, raw_sig, text)
+    key = ec_public_key(signer, ec.SECP256R1, "Intel SGX TCB Signing certificate")
+    return _raw_signature_ok(key, raw_sig, text)
 
 
 def _cn(cert: x509.Certificate) -> str:

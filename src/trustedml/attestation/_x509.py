@@ -5,7 +5,9 @@ pyca/cryptography parses lazily and raises many exception types (ValueError,
 UnsupportedAlgorithm, DuplicateExtension, InvalidVersion...) from attribute reads
 long after loading. Here every certificate and CRL is read in full once, when it is
 loaded, and any failure becomes the caller's :class:`~trustedml.errors.AttestationError`
-subclass naming the field; the objects handed back are then safe to read.
+subclass naming the field; the objects handed back are then safe to read, except
+their public keys, which only :func:`ec_public_key`, :func:`issued_by` and
+:func:`crl_signed_by` touch (a bad key is a chain problem, not a format one).
 
 On top of what cryptography checks, the outer DER is read with the strict reader of
 :mod:`trustedml.hazmat.attestation._der`: the signature and public-key BIT STRINGs
@@ -88,10 +90,10 @@ def _guarded(read: Callable[[], object], form: str) -> str | None:
         try:
             read()
         except _PARSE_ERRORS as exc:
-            return f"malformed {form}: {_detail(exc)}"
+            return f"not a valid {form}: {_detail(exc)}"
     for warning in caught:
         if not issubclass(warning.category, CryptographyDeprecationWarning):
-            return f"malformed {form}: {warning.message}"
+            return f"not a valid {form}: {warning.message}"
     return None
 
 
@@ -138,10 +140,11 @@ def _check_certificate_der(der: bytes, what: str) -> None:
 
 def _read_certificate(cert: x509.Certificate) -> None:
     # Every lazily parsed part the verifiers read, so that no later read can raise.
+    # Not the public key: a bad key is a chain problem, met by issued_by and
+    # ec_public_key (and cryptography may only reject it when it is used).
     _ = (cert.version, cert.serial_number, cert.subject, cert.issuer)
     _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.signature_algorithm_oid)
-    _ = (cert.extensions, cert.public_key(), cert.signature_hash_algorithm)
-    _ = cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
+    _ = cert.extensions, cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
 
 
 @functools.lru_cache(maxsize=128)
@@ -149,9 +152,9 @@ def _parse_certificate(der: bytes) -> x509.Certificate | str:
     # The certificate, or what is wrong with it; failures are cached too (a pure
     # function of the bytes), the caller raises its own error type.
     try:
-        _check_certificate_der(der, "DER")
+        _check_certificate_der(der, "malformed DER")
     except EvidenceFormatError as exc:
-        return f"malformed {exc}"
+        return f"not a valid certificate: {exc}"
     loaded: list[x509.Certificate] = []
 
     def read() -> None:
@@ -273,15 +276,15 @@ def _parse_crl(data: bytes) -> x509.CertificateRevocationList | str:
     if data.lstrip().startswith(b"-----BEGIN"):
         blocks = list(_pem_blocks(data, b"X509 CRL"))
         if len(blocks) != 1:
-            return f"expected one PEM 'X509 CRL' block, got {len(blocks)}"
+            return f"not a valid CRL: expected one PEM 'X509 CRL' block, got {len(blocks)}"
         der = blocks[0][1]
         if der is None:
-            return "bad PEM (base64 or END line)"
+            return "not a valid CRL: bad PEM (base64 or END line)"
     assert der is not None
     try:
-        _signed_frame(der, "DER")
+        _signed_frame(der, "malformed DER")
     except EvidenceFormatError as exc:
-        return f"malformed {exc}"
+        return f"not a valid CRL: {exc}"
     loaded: list[x509.CertificateRevocationList] = []
 
     def read() -> None:
@@ -336,7 +339,7 @@ def crl_signed_by(data: bytes, issuer: x509.Certificate) -> bool:
         return False
     try:
         return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
-    except _PARSE_ERRORS:
+    except _VERIFY_ERRORS:
         return False
 
 
@@ -374,7 +377,10 @@ def ec_public_key(
     cert: x509.Certificate, curve: type[ec.EllipticCurve], what: str
 ) -> ec.EllipticCurvePublicKey:
     """The certificate's key, which must be ECDSA on ``curve`` (CertificateChainError)."""
-    key = cert.public_key()
+    try:
+        key = cert.public_key()
+    except _PARSE_ERRORS as exc:
+        raise CertificateChainError(f"{what}: public key: {_detail(exc)}") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, curve):
         raise CertificateChainError(f"{what}: expected an ECDSA {curve.name} public key")
     return key
