@@ -85,6 +85,7 @@ def snp_verified() -> VerifiedEvidence:
         debug=False,
         measurement=SNP_MEASUREMENT,
         host_data=HOST_DATA,
+        vmpl=0,
     )
     return VerifiedEvidence(claims=claims, tcb_status=TcbStatus.UP_TO_DATE)
 

@@ -65,6 +65,8 @@ _SNP_MEASUREMENT_SIZE = 48
 _MAX_MEASUREMENT = 64
 _MAX_U16 = 0xFFFF
 _DONT_CARE = "*"
+_VMPL_LEVELS = range(4)
+_DEFAULT_VMPL = frozenset({0})
 _HEX = re.compile(r"[0-9a-fA-F]*")
 _DURATION = re.compile(r"([0-9]+)([dhms])")
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -358,6 +360,10 @@ class Policy:
     # SEV-SNP has no TCB-info collateral: a VCEK that verifies only says which firmware
     # the chip ran. Minimum security patch levels per component, of the reported TCB.
     min_snp_tcb: Mapping[str, int] | None = None
+    # SEV-SNP: the VM privilege levels a report may come from. A guest at VMPL 1..3
+    # shares its VM with more privileged software (e.g. a paravisor at VMPL 0) that can
+    # read and change its memory, so only VMPL 0 is trusted unless this says otherwise.
+    vmpl: frozenset[int] = _DEFAULT_VMPL
 
     def __post_init__(self) -> None:
         if isinstance(self.allow, Identity) or not isinstance(self.allow, Iterable):
@@ -391,6 +397,7 @@ class Policy:
             )
         if self.min_snp_tcb is not None:
             object.__setattr__(self, "min_snp_tcb", _snp_tcb(self.min_snp_tcb))
+        object.__setattr__(self, "vmpl", _vmpl(self.vmpl))
 
     # -- appraisal ---------------------------------------------------------------------
 
@@ -431,6 +438,11 @@ class Policy:
         if refused_ids:
             reasons.append(
                 f"security advisories not allowed by this policy: {', '.join(refused_ids)}"
+            )
+        if claims.evidence_type is EvidenceType.SNP and claims.vmpl not in self.vmpl:
+            reasons.append(
+                f"SEV-SNP report from VMPL {claims.vmpl}: expected one of "
+                f"{_vmpl_text(self.vmpl)} (policy key vmpl)"
             )
         if self.min_snp_tcb and claims.evidence_type is EvidenceType.SNP:
             reasons.extend(_snp_tcb_reasons(self.min_snp_tcb, claims))
@@ -513,6 +525,8 @@ class Policy:
             )
         if "min_snp_tcb" in data:
             kwargs["min_snp_tcb"] = _snp_tcb(data["min_snp_tcb"])
+        if "vmpl" in data:
+            kwargs["vmpl"] = _vmpl(data["vmpl"])
         if "allow" in data:
             entries = data["allow"]
             if not isinstance(entries, list):
@@ -562,6 +576,7 @@ class Policy:
             out["max_collateral_age"] = format_duration(self.max_collateral_age)
         if self.min_snp_tcb is not None:
             out["min_snp_tcb"] = dict(self.min_snp_tcb)
+        out["vmpl"] = sorted(self.vmpl)
         out["allow"] = [identity.to_dict() for identity in self.allow]
         return out
 
@@ -574,6 +589,7 @@ _POLICY_KEYS = (
     "allowed_advisory_ids",
     "max_collateral_age",
     "min_snp_tcb",
+    "vmpl",
 )
 _SNP_TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 _IDENTITY_KEYS = ("type", *(f.name for f in fields(Identity) if f.name != "evidence_type"))
@@ -729,3 +745,19 @@ def _snp_tcb_reasons(minimum: Mapping[str, int], claims: Claims) -> list[str]:
     if not low:
         return []
     return [f"SEV-SNP reported TCB is below the policy minimum: {', '.join(low)}"]
+
+
+def _vmpl(value: object) -> frozenset[int]:
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise PolicyError(f"vmpl: expected a list of VMPL levels 0..3 like [0], got {_kind(value)}")
+    levels = list(value)
+    if not levels:
+        raise PolicyError("vmpl: expected at least one VMPL level 0..3, got an empty list")
+    for index, level in enumerate(levels):
+        if not isinstance(level, int) or isinstance(level, bool) or level not in _VMPL_LEVELS:
+            raise PolicyError(f"vmpl[{index}]: expected an integer 0..3, got {_kind(level)}")
+    return frozenset(levels)
+
+
+def _vmpl_text(levels: frozenset[int]) -> str:
+    return "[" + ", ".join(str(level) for level in sorted(levels)) + "]"
