@@ -47,7 +47,7 @@ def test_verify_sgx_without_policy_refuses_outdated_platform_with_reasons() -> N
             "--at", SGX_TIME, "--json",
         ]
     )  # fmt: skip
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 4, proc.stderr
     verdict = json.loads(proc.stdout)
     assert verdict["accepted"] is False
     assert verdict["tcb_status"] == "ConfigurationAndSWHardeningNeeded"
@@ -74,7 +74,7 @@ def test_verify_sgx_accepted_by_a_policy_that_tolerates_its_advisories(tmp_path:
     hello = b"Hello, world!".hex()
     assert run_cli([*base, "--report-data", hello]).returncode == 0
     wrong = run_cli([*base, "--report-data", b"Goodbye".hex()])
-    assert wrong.returncode == 1
+    assert wrong.returncode == 4
     assert "report_data" in wrong.stdout
 
 
@@ -98,7 +98,7 @@ def test_verify_after_collateral_expiry_is_refused() -> None:
             "--at", "2025-09-01T00:00:00Z",
         ]
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == 3
     assert "expired" in proc.stderr.lower() or "not valid" in proc.stderr.lower()
     assert "Traceback" not in proc.stderr
 
@@ -114,7 +114,7 @@ def test_verify_snp_with_vcek() -> None:
     # The captured guest was launched with the debug policy bit set: genuine, but
     # the default platform policy must not accept a debuggable guest.
     assert verdict["claims"]["debug"] is True
-    assert proc.returncode == 1
+    assert proc.returncode == 4
     assert any("debug" in r for r in verdict["reasons"])
 
 
@@ -142,7 +142,7 @@ def test_sim_quote_round_trip_needs_a_policy_that_allows_simulation(tmp_path: Pa
 
     public.write_bytes(SimKey.load(key).public_key_pem())
     strict = run_cli(["attest", "verify", str(evidence), "--sim-key", str(public), "--json"])
-    assert strict.returncode == 1
+    assert strict.returncode == 4
     assert any("simulated" in r for r in json.loads(strict.stdout)["reasons"])
     policy = tmp_path / "p.json"
     policy.write_text(
@@ -170,7 +170,7 @@ def test_sim_quote_round_trip_needs_a_policy_that_allows_simulation(tmp_path: Pa
     other_pub = tmp_path / "other-pub.pem"
     other_pub.write_bytes(SimKey.load(other).public_key_pem())
     forged = run_cli(["attest", "verify", str(evidence), "--sim-key", str(other_pub)])
-    assert forged.returncode == 1
+    assert forged.returncode == 3
     assert "untrusted key" in forged.stderr
 
 
@@ -184,3 +184,117 @@ def test_verify_takes_collateral_in_several_files() -> None:
     assert result.returncode == 0, result.stderr
     assert "verdict: ACCEPTED" in result.stdout
     assert "Warning" not in result.stderr
+
+
+# --- one JSON verdict whatever the outcome, distinct exit codes -------------------------
+
+VERDICT_KEYS = {"ok", "verdict", "exit_code", "reason", "field", "error"}
+
+
+def _verify_json(*args: str) -> tuple[int, dict[str, object], str]:
+    proc = run_cli(["attest", "verify", *args, "--json"])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    verdict = json.loads(proc.stdout)
+    assert isinstance(verdict, dict)
+    assert set(verdict) >= VERDICT_KEYS
+    assert verdict["exit_code"] == proc.returncode
+    return proc.returncode, verdict, proc.stderr
+
+
+def test_json_verdict_when_accepted() -> None:
+    code, verdict, _ = _verify_json(
+        str(INTEL / "tdx_quote"), "--collateral", str(INTEL / "tdx_quote_collateral.json"),
+        "--at", TDX_TIME,
+    )  # fmt: skip
+    assert code == 0
+    assert verdict["ok"] is True
+    assert verdict["verdict"] == "accepted"
+    assert (verdict["reason"], verdict["field"], verdict["error"]) == (None, None, None)
+    claims = verdict["claims"]
+    assert isinstance(claims, dict)
+    assert claims["evidence_type"] == "tdx-dcap"
+
+
+def test_json_verdict_when_refused_by_policy_exits_4() -> None:
+    code, verdict, _ = _verify_json(
+        str(INTEL / "sgx_quote"), "--collateral", str(INTEL / "sgx_quote_collateral.json"),
+        "--at", SGX_TIME,
+    )  # fmt: skip
+    assert code == 4
+    assert verdict["ok"] is False
+    assert verdict["verdict"] == "refused"
+    assert verdict["field"] == "policy"
+    assert verdict["error"] is None
+    assert "ConfigurationAndSWHardeningNeeded" in str(verdict["reason"])
+    # The evidence verified: its claims are there for the operator.
+    claims = verdict["claims"]
+    assert isinstance(claims, dict)
+    assert claims["mrenclave"] == (
+        "33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb"
+    )
+
+
+def test_json_verdict_when_the_pck_certificate_is_corrupt_exits_3(tmp_path: Path) -> None:
+    data = bytearray((INTEL / "sgx_quote").read_bytes())
+    leaf = data.index(b"-----BEGIN CERTIFICATE-----")
+    data[leaf + 500] ^= 0x01
+    tampered = tmp_path / "quote"
+    tampered.write_bytes(bytes(data))
+    code, verdict, stderr = _verify_json(
+        str(tampered), "--collateral", str(INTEL / "sgx_quote_collateral.json"), "--at", SGX_TIME
+    )
+    assert code == 3
+    assert verdict["ok"] is False
+    assert verdict["verdict"] == "invalid"
+    assert verdict["error"] == "CertificateChainError"
+    assert str(verdict["field"]).startswith("PCK certificate chain")
+    assert "claims" not in verdict
+    # Humans get the same reason as one line on stderr.
+    assert stderr.strip() == f"error: {verdict['reason']}"
+
+
+def test_json_verdict_for_garbage_and_for_expired_collateral(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"\x07" * 64)
+    code, verdict, _ = _verify_json(str(garbage))
+    assert (code, verdict["verdict"], verdict["error"]) == (
+        3,
+        "invalid",
+        "UnsupportedEvidenceError",
+    )
+    assert verdict["field"] == "evidence"
+    code, verdict, _ = _verify_json(
+        str(INTEL / "tdx_quote"), "--collateral", str(INTEL / "tdx_quote_collateral.json"),
+        "--at", "2025-09-01T00:00:00Z",
+    )  # fmt: skip
+    assert (code, verdict["error"]) == (3, "CollateralExpiredError")
+    assert verdict["verified_at"] == "2025-09-01T00:00:00+00:00"
+
+
+def test_json_verdict_for_usage_errors_exits_2(tmp_path: Path) -> None:
+    code, verdict, stderr = _verify_json(str(INTEL / "tdx_quote"), "--at", "yesterday-ish")
+    assert (code, verdict["verdict"], verdict["error"]) == (2, "error", "ConfigError")
+    assert verdict["field"] == "--at"
+    assert "--at" in stderr
+    policy = tmp_path / "policy.toml"
+    policy.write_text("vmpl = [7]\n")
+    code, verdict, _ = _verify_json(
+        str(INTEL / "tdx_quote"), "--collateral", str(INTEL / "tdx_quote_collateral.json"),
+        "--at", TDX_TIME, "--policy", str(policy),
+    )  # fmt: skip
+    # PolicyError is an AttestationError too, but a bad policy is a usage error.
+    assert (code, verdict["error"]) == (2, "PolicyError")
+    assert "vmpl[0]: expected an integer 0..3, got 7" in str(verdict["reason"])
+
+
+def test_verify_help_documents_the_exit_codes() -> None:
+    proc = run_cli(["attest", "verify", "--help"])
+    assert proc.returncode == 0
+    for line in (
+        "0  accepted",
+        "1  runtime error",
+        "2  usage",
+        "3  evidence invalid",
+        "4  evidence valid but refused",
+    ):
+        assert line in proc.stdout, proc.stdout

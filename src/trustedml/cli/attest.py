@@ -24,8 +24,14 @@ from trustedml.attestation import (
     verify_evidence,
 )
 from trustedml.attestation._verify import join_collateral
-from trustedml.cli._common import default_sim_key_path, err_console, handle_errors, out_console
-from trustedml.errors import ConfigError
+from trustedml.cli._common import (
+    default_sim_key_path,
+    err_console,
+    fail,
+    handle_errors,
+    out_console,
+)
+from trustedml.errors import AttestationError, ConfigError, TrustedMLError
 from trustedml.tee import ENV_SIM_KEY
 
 
@@ -125,8 +131,12 @@ def show_command(evidence: Path, as_json: bool) -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Trusted sim public key (PEM) for sim evidence; repeatable.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
-@handle_errors
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON verdict object on stdout, whatever the outcome.",
+)
 def verify_command(
     evidence: Path,
     collateral: tuple[Path, ...],
@@ -136,27 +146,99 @@ def verify_command(
     sim_keys: tuple[Path, ...],
     as_json: bool,
 ) -> None:
-    """Verify evidence and appraise it; exit 0 only when it is accepted."""
-    when = _parse_time(at)
-    data = evidence.read_bytes()
-    kind = detect_evidence_type(data)
-    rules = Policy.load(policy) if policy is not None else _platform_policy(kind)
-    expected = _hex(report_data, "--report-data", 64) if report_data is not None else None
-    verified = verify_evidence(
-        data,
-        collateral=join_collateral([p.read_bytes() for p in collateral]),
-        at=when,
-        sim_keys=[p.read_bytes() for p in sim_keys],
-    )
-    appraisal = rules.appraise(verified, at=when, expected_report_data=expected)
+    """Verify evidence and appraise it; exit 0 only when it is accepted.
+
+    \b
+    Exit codes:
+      0  accepted: the evidence verifies and the policy accepts it
+      1  runtime error (e.g. a file cannot be read)
+      2  usage or configuration error (bad option, invalid policy file)
+      3  evidence invalid: malformed, forged, expired, revoked, wrong collateral
+      4  evidence valid but refused by the policy (every reason is listed)
+
+    With --json, stdout holds one object in every case: ok, verdict (accepted,
+    refused, invalid, error), exit_code, reason, field, error (class name), and,
+    when the evidence verified, reasons and the claims.
+    """
+    when: datetime | None = None
+    try:
+        when = _parse_time(at)
+        data = evidence.read_bytes()
+        kind = detect_evidence_type(data)
+        rules = Policy.load(policy) if policy is not None else _platform_policy(kind)
+        expected = _hex(report_data, "--report-data", 64) if report_data is not None else None
+        verified = verify_evidence(
+            data,
+            collateral=join_collateral([p.read_bytes() for p in collateral]),
+            at=when,
+            sim_keys=[p.read_bytes() for p in sim_keys],
+        )
+        appraisal = rules.appraise(verified, at=when, expected_report_data=expected)
+    except (TrustedMLError, OSError) as exc:
+        code, verdict = _failure(exc)
+        message = _message(exc)
+        if as_json:
+            body: dict[str, Any] = {
+                "ok": False,
+                "verdict": verdict,
+                "exit_code": code,
+                "reason": message,
+                "field": _field(message) if isinstance(exc, TrustedMLError) else None,
+                "error": type(exc).__name__,
+            }
+            if when is not None:
+                body["verified_at"] = when.isoformat()
+            click.echo(json.dumps(body, indent=2))
+        fail(message, code)
+        return
     _report(appraisal, when, as_json)
-    sys.exit(0 if appraisal.accepted else 1)
+    sys.exit(EXIT_ACCEPTED if appraisal.accepted else EXIT_REFUSED)
+
+
+# Exit codes of `attest verify` (0, 1 and 2 mean what they mean for every command).
+EXIT_ACCEPTED = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_INVALID = 3
+EXIT_REFUSED = 4
+
+
+def _failure(exc: BaseException) -> tuple[int, str]:
+    # PolicyError is both an AttestationError and a ConfigError: a bad policy file is
+    # the operator's mistake, not bad evidence, so ConfigError is tested first.
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE, "error"
+    if isinstance(exc, AttestationError):
+        return EXIT_INVALID, "invalid"
+    return EXIT_RUNTIME, "error"
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, TrustedMLError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    return str(exc)
+
+
+def _field(message: str) -> str | None:
+    # Errors name what failed first ("pck_crl: expired at ..."): the part before the
+    # first ": ", when there is one.
+    head, sep, _ = message.partition(": ")
+    return head if sep and head else None
 
 
 def _report(appraisal: Appraisal, when: datetime, as_json: bool) -> None:
     verified = appraisal.verified
     if as_json:
-        body = appraisal.to_dict()
+        body: dict[str, Any] = {
+            "ok": appraisal.accepted,
+            "verdict": "accepted" if appraisal.accepted else "refused",
+            "exit_code": EXIT_ACCEPTED if appraisal.accepted else EXIT_REFUSED,
+            "reason": None if appraisal.accepted else "; ".join(appraisal.reasons),
+            "field": None if appraisal.accepted else "policy",
+            "error": None,
+        }
+        body.update(appraisal.to_dict())
         body["verified_at"] = when.isoformat()
         click.echo(json.dumps(body, indent=2))
         return
