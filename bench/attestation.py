@@ -1,8 +1,8 @@
-"""How long verifying real evidence takes: every SGX, TDX and SEV-SNP vector in
-shared/attestation-vectors and three public vectors kept in the repository (a TDX v5
-quote that verifies, SNP v3 from Genoa and v5 from Turin), each with its full
-collateral, and sim evidence, against a baseline of one bare ECDSA verification
-measured in the same run."""
+"""How long verifying real evidence takes: every SGX, TDX and SEV-SNP vector of
+dcap-qvl and go-sev-guest (tests/attestation/vectors) and three other public vectors
+kept there (a TDX v5 quote that verifies, SNP v3 from Genoa and v5 from Turin), each
+with its full collateral, and sim evidence, against a baseline of one bare ECDSA
+verification measured in the same run."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from trustedml.attestation import (
 from trustedml.errors import AttestationError
 
 NAME = "attestation"
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "attestation-vectors"
+# dcap-qvl/ and go-sev-guest/ (or --vectors DIR holding both), and public/ (always here).
+VECTORS = Path(__file__).resolve().parents[1] / "tests" / "attestation" / "vectors"
 GOAL_MS = 5.0
 
 # (label, evidence, collateral, verification time inside the collateral's window)
@@ -77,7 +78,7 @@ CASES: tuple[tuple[str, str, str | None, str], ...] = (
         "2026-01-01T00:00:00Z",
     ),
 )
-PUBLIC = Path(__file__).resolve().parents[1] / "tests" / "attestation" / "vectors"
+PUBLIC = VECTORS
 
 
 def _read(vectors: Path, name: str) -> bytes:
@@ -130,7 +131,12 @@ def _verify_once(verifier: object, evidence: bytes, collateral: bytes | None, at
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m bench {NAME}", description=__doc__)
     parser.add_argument("--rounds", type=positive_int, default=200, help="timed verifications")
-    parser.add_argument("--vectors", type=Path, default=VECTORS, help="attestation vectors")
+    parser.add_argument(
+        "--vectors",
+        type=Path,
+        default=VECTORS,
+        help="folder with dcap-qvl/ and go-sev-guest/ (default: tests/attestation/vectors)",
+    )
     args = parser.parse_args(argv)
     if not args.vectors.is_dir():
         print(f"{NAME}: no vectors at {args.vectors}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """What encryption at rest costs: trusted-ml file encryption and decryption against
 raw AES-256-GCM, and one Spark aggregate over encrypted vs plaintext CSV and Parquet
-made from flights-3m.parquet. Sizes and rates are in MiB (2**20 bytes)."""
+made from a flights table: by default the seeded synthetic one of bench/flights.py
+(3M rows), or ``--data FILE.parquet``. Sizes and rates are in MiB (2**20 bytes)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
+from bench import flights
 from bench._report import positive_int, print_table, write_results
 from trustedml import (
     DecryptingReader,
@@ -45,7 +47,6 @@ from trustedml.keys import ScryptParams
 from trustedml.spark import read_encrypted, start_session
 
 NAME = "encrypted_io"
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/datasets/flights-3m.parquet"
 MIB = 1 << 20
 # The file format's default chunk: raw AES-GCM is measured on buffers of this size.
 CHUNK = 1 << framing.DEFAULT_LOG2_CHUNK
@@ -111,7 +112,19 @@ def _parser() -> argparse.ArgumentParser:
         default=256,
         help="MiB of random data for the file part (default: %(default)s)",
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="default: %(default)s")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="Parquet with columns date, delay, distance, origin, destination"
+        " (default: the synthetic table of bench/flights.py)",
+    )
+    parser.add_argument(
+        "--rows",
+        type=positive_int,
+        default=flights.ROWS,
+        help="rows of the synthetic table, without --data (default: %(default)s)",
+    )
     parser.add_argument("--master", default="local[2]", help="default: %(default)s")
     return parser
 
@@ -237,9 +250,16 @@ class Inputs:
     bytes: dict[str, dict[str, int]]
 
 
-def prepare_inputs(data: Path, root: Path, ring: KeyRing) -> Inputs:
-    _log(f"writing plaintext CSV and Parquet from {data}")
-    table = pq.read_table(data)
+def prepare_inputs(
+    data: Path | None, root: Path, ring: KeyRing, rows: int = flights.ROWS
+) -> Inputs:
+    """Plaintext and encrypted CSV and Parquet of ``data`` (None: the synthetic table)."""
+    if data is None:
+        _log(f"writing plaintext CSV and Parquet of the synthetic flights table ({rows} rows)")
+        table = flights.flights_table(rows)
+    else:
+        _log(f"writing plaintext CSV and Parquet from {data}")
+        table = pq.read_table(data)
     missing = {f.name for f in CSV_SCHEMA.fields} - set(table.column_names)
     if missing:
         raise BenchError(f"{data}: missing columns {', '.join(sorted(missing))}")
@@ -570,8 +590,8 @@ def _print_spark_table(rows: Sequence[dict[str, Any]], args: argparse.Namespace)
 def main(argv: Sequence[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    data: Path = args.data.resolve()
-    if not data.is_file():
+    data: Path | None = None if args.data is None else args.data.resolve()
+    if data is not None and not data.is_file():
         parser.error(f"--data {data}: no such file")
     load_before = os.getloadavg()
     if load_before[0] >= 1.0:
@@ -583,7 +603,7 @@ def main(argv: Sequence[str]) -> int:
         with tempfile.TemporaryDirectory(prefix="trustedml-bench-", dir="/tmp") as tmp:
             root = Path(tmp)
             file_runs = file_benchmark(root, args.size_mb, args.rounds, ring)
-            inputs = prepare_inputs(data, root, ring)
+            inputs = prepare_inputs(data, root, ring, args.rows)
             outcome = spark_benchmark(root, inputs, ring, args.rounds, args.master)
     except (BenchError, TrustedMLError) as exc:
         print(f"{NAME}: {exc}", file=sys.stderr)
@@ -605,7 +625,7 @@ def main(argv: Sequence[str]) -> int:
                 "rounds": args.rounds,
                 "size_mib": args.size_mb,
                 "master": args.master,
-                "data": str(data),
+                "data": str(data) if data is not None else f"synthetic flights ({args.rows} rows)",
                 "chunk_bytes": CHUNK,
                 "raw_repeats": RAW_REPEATS,
                 "raw_mib": RAW_MIB,

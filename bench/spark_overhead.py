@@ -1,5 +1,6 @@
 """What the secure Spark configuration costs: secure vs plain spark-submit of a
-shuffle-heavy job (bench/apps/shuffle_job.py) over flights-3m.parquet."""
+shuffle-heavy job (bench/apps/shuffle_job.py) over a flights table: by default the
+seeded synthetic one of bench/flights.py (3M rows), or ``--data FILE.parquet``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench import flights
 from bench._report import positive_int, print_table, write_results
 from trustedml import (
     PlainSparkConfig,
@@ -27,7 +29,6 @@ from trustedml.keys import ScryptParams
 
 NAME = "spark_overhead"
 APP = Path(__file__).resolve().parent / "apps" / "shuffle_job.py"
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/datasets/flights-3m.parquet"
 MODES = ("secure", "plain")
 LOG_TAIL_LINES = 30
 
@@ -48,7 +49,19 @@ class Run:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m bench {NAME}", description=__doc__)
     parser.add_argument("--rounds", type=positive_int, default=3, help="default: %(default)s")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="default: %(default)s")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="Parquet with columns date, delay, distance, origin, destination"
+        " (default: the synthetic table of bench/flights.py)",
+    )
+    parser.add_argument(
+        "--rows",
+        type=positive_int,
+        default=flights.ROWS,
+        help="rows of the synthetic table, without --data (default: %(default)s)",
+    )
     parser.add_argument("--master", default="local[2]", help="default: %(default)s")
     return parser
 
@@ -90,6 +103,12 @@ def run_once(
     )
 
 
+def _describe(data: Path | None, rows: int) -> str:
+    if data is None:
+        return f"synthetic flights (bench/flights.py, seed {flights.SEED}, {rows} rows)"
+    return str(data)
+
+
 def _order(round_index: int) -> tuple[str, ...]:
     # Alternating who goes first keeps JVM/page-cache warm-up from favouring one mode.
     return MODES if round_index % 2 == 0 else MODES[::-1]
@@ -110,9 +129,13 @@ def _summarise(runs: Sequence[Run]) -> tuple[dict[str, dict[str, float]], dict[s
     return medians, ratios
 
 
-def benchmark(rounds: int, data: Path, master: str) -> list[Run]:
+def benchmark(rounds: int, data: Path | None, master: str, rows: int = flights.ROWS) -> list[Run]:
+    """``rounds`` secure and plain runs over ``data`` (None: the synthetic table)."""
     with tempfile.TemporaryDirectory(prefix="trustedml-bench-") as tmp:
         root = Path(tmp)
+        if data is None:
+            print(f"writing the synthetic flights table ({rows} rows)", file=sys.stderr)
+            data = flights.write_flights(root / "flights.parquet", rows)
         # A throwaway key directory: its passphrase lives only for this process.
         passphrase = Secret(secrets.token_urlsafe(32))
         keys = init_key_directory(root / "keys", passphrase, kdf=ScryptParams(log2_n=14))
@@ -143,11 +166,11 @@ def benchmark(rounds: int, data: Path, master: str) -> list[Run]:
 def main(argv: Sequence[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    data: Path = args.data.resolve()
-    if not data.exists():
+    data: Path | None = None if args.data is None else args.data.resolve()
+    if data is not None and not data.exists():
         parser.error(f"--data {data}: no such file or directory")
     try:
-        runs = benchmark(args.rounds, data, args.master)
+        runs = benchmark(args.rounds, data, args.master, args.rows)
     except (BenchError, TrustedMLError) as exc:
         print(f"{NAME}: {exc}", file=sys.stderr)
         return 1
@@ -199,7 +222,11 @@ def main(argv: Sequence[str]) -> int:
         NAME,
         rows,
         {
-            "settings": {"rounds": args.rounds, "master": args.master, "data": str(data)},
+            "settings": {
+                "rounds": args.rounds,
+                "master": args.master,
+                "data": _describe(data, args.rows),
+            },
             "check": runs[0].check,
             "medians": medians,
             "ratios": {"secure_over_plain": ratios},

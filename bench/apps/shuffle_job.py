@@ -1,4 +1,5 @@
-"""A shuffle-heavy Spark job over flights-3m.parquet, timed from inside the driver.
+"""A shuffle-heavy Spark job over a flights Parquet table (bench/flights.py), timed
+from inside the driver.
 
     spark-submit bench/apps/shuffle_job.py DATA.parquet
 
