@@ -35,7 +35,6 @@ def _parties(tmp_path: Path) -> tuple[KeyDirectory, Path, Path, Path]:
     return keys, passphrase, sim_private, sim_public
 
 
-@pytest.mark.skipif(not NYC.is_file(), reason=f"dataset not at {NYC}")
 def test_only_the_measured_job_gets_keys(tmp_path: Path) -> None:
     keys, passphrase, sim_private, sim_public = _parties(tmp_path)
     broker = spawn_broker(keys, tmp_path / "broker.db", tmp_path / "broker", sim_key_pem=sim_public)

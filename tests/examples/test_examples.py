@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATASETS, EXAMPLES, run_cli
+from tests.conftest import EXAMPLES, run_cli
 from trustedml import KeyDirectory
 
 
@@ -51,9 +51,7 @@ def test_wordcount_on_a_python_file(secure: list[str]) -> None:
 
 @pytest.mark.spark
 def test_sql_basic(secure: list[str]) -> None:
-    resources = DATASETS / "spark-resources"
-    if not resources.is_dir():
-        resources = EXAMPLES / "resources"
+    resources = EXAMPLES / "resources"
     result = run_cli(["submit", *secure, "--no-ui", str(EXAMPLES / "sql_basic.py"), str(resources)])
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout

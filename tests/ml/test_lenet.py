@@ -151,7 +151,6 @@ def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
 
 @pytest.mark.spark
 @pytest.mark.slow
-@pytest.mark.skipif(not MNIST.is_dir(), reason="no shared MNIST copy")
 def test_lenet_end_to_end(ml_keys: MLKeys, other_keys: list[str], tmp_path: Path) -> None:
     # Encrypted inputs, the training files under the dotted spelling some unpackers use.
     data = tmp_path / "mnist"

@@ -160,7 +160,6 @@ def test_inconsistent_files(tmp_path: Path) -> None:
         load_mnist(tmp_path, "test")
 
 
-@pytest.mark.skipif(not (DATASETS / "mnist").is_dir(), reason="no shared MNIST copy")
 def test_real_mnist_test_split() -> None:
     images, labels = load_mnist(DATASETS / "mnist", "test")
     assert images.shape == (10_000, 28, 28)

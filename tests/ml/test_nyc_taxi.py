@@ -22,8 +22,6 @@ NYC_TAXI = DATASETS / "nyc_taxi.csv"
 def test_prep_of_an_encrypted_copy_writes_the_busy_half_encrypted(
     ml_keys: MLKeys, tmp_path: Path
 ) -> None:
-    if not NYC_TAXI.is_file():
-        pytest.skip("shared dataset missing")
     plain = pd.read_csv(NYC_TAXI)
     busy = plain[plain["value"] > plain["value"].median()]
     encrypted = tmp_path / "nyc_taxi.csv.tml"

@@ -170,7 +170,6 @@ def test_encrypted_reviews_and_model_round_trip(
         load_text_model(path)
 
 
-@pytest.mark.skipif(not REVIEWS.is_file(), reason="no shared Rotten Tomatoes copy")
 def test_real_reviews() -> None:
     reviews = prepare_reviews(REVIEWS)
     assert np.bincount(reviews.labels).tolist() == [5405, 7403]  # rotten, fresh
@@ -195,7 +194,6 @@ ACCURACY = re.compile(r"^accuracy: (0\.[0-9]{4})$", re.MULTILINE)
 
 @pytest.mark.spark
 @pytest.mark.slow
-@pytest.mark.skipif(not REVIEWS.is_file(), reason="no shared Rotten Tomatoes copy")
 def test_text_classification_end_to_end(
     ml_keys: MLKeys, other_keys: list[str], tmp_path: Path
 ) -> None:

@@ -49,8 +49,6 @@ def _load_encrypted_booster(path: Path, keys: MLKeys) -> Any:
 def test_regressor_trains_reports_rmse_and_saves_an_encrypted_booster(
     ml_keys: MLKeys, tmp_path: Path
 ) -> None:
-    if not BOSTON.is_file():
-        pytest.skip("shared dataset missing")
     model = tmp_path / "boston.json"
     result = run_cli([
         "example", *ml_keys.submit_args(), "xgboost-regressor",
@@ -78,8 +76,6 @@ def test_regressor_trains_reports_rmse_and_saves_an_encrypted_booster(
 def test_classifier_on_an_encrypted_copy_reports_accuracy_and_auc(
     ml_keys: MLKeys, tmp_path: Path
 ) -> None:
-    if not PIMA.is_file():
-        pytest.skip("shared dataset missing")
     encrypted = tmp_path / "pima.csv.tml"
     encrypt_file(PIMA, encrypted, key_id="data", keystore=ml_keys.store)
     model = tmp_path / "pima.json"
