@@ -1,7 +1,7 @@
 """pandas-on-Spark feature prep of the NYC taxi series; writes the busy half-hours encrypted.
 
 trustedml submit --keys K --kek models --kek data examples/nyc_taxi_prep.py \
-    --file-path ../shared/datasets/nyc_taxi.csv --output busy-taxi
+    --file-path datasets/nyc_taxi.csv --output busy-taxi
 """
 
 import sys

@@ -1,7 +1,7 @@
 """Rotten Tomatoes sentiment with a bag-of-words classifier trained by TorchDistributor.
 
 trustedml submit --keys K --kek models --kek data examples/text_classification.py
-    --file-path FILE [--max-epoch 3] [--limit N] [--model-out PATH] [--evaluate-only MODEL.tml]
+    [--file-path FILE] [--max-epoch 3] [--limit N] [--model-out PATH] [--evaluate-only MODEL.tml]
 """
 
 import sys

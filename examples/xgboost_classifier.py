@@ -1,7 +1,7 @@
 """XGBoost classification of Pima Indians Diabetes on Spark; prints accuracy and AUC.
 
 trustedml submit --keys K --kek models --kek data examples/xgboost_classifier.py \
-    --file-path ../shared/datasets/pima-indians-diabetes.data.csv --model-out pima.json
+    --file-path datasets/pima-indians-diabetes.data.csv --model-out pima.json
 """
 
 import sys

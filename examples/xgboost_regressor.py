@@ -1,7 +1,7 @@
 """XGBoost regression of Boston Housing prices on Spark; prints RMSE on held-out rows.
 
 trustedml submit --keys K --kek models --kek data examples/xgboost_regressor.py \
-    --file-path ../shared/datasets/boston_housing.csv --model-out boston.json
+    --file-path datasets/boston_housing.csv --model-out boston.json
 """
 
 import sys

@@ -17,9 +17,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-data=${TRUSTEDML_DEMO_DATA:-../shared/datasets/nyc_taxi.csv}
+# The repository's copy (datasets/README.md); TRUSTEDML_DEMO_DATA names another.
+data=${TRUSTEDML_DEMO_DATA:-datasets/nyc_taxi.csv}
 if [ ! -f "$data" ]; then
-  echo "pipeline: NYC taxi dataset not found at $data (set TRUSTEDML_DEMO_DATA)" >&2
+  echo "pipeline: NYC taxi dataset not found at $data (set TRUSTEDML_DEMO_DATA to a CSV with header timestamp,value)" >&2
   exit 1
 fi
 
