@@ -92,6 +92,15 @@ class _Reader:
         self.pos += size
         return out
 
+    def finish(self, field: str) -> None:
+        # A declared size must be filled exactly: slack would be bytes that no check
+        # reads, and a second encoding of the same quote.
+        if self.pos != self.end:
+            raise EvidenceFormatError(
+                f"{self.where}: {self.end - self.pos} bytes after the {field} are not "
+                "part of any field"
+            )
+
     def u16(self, field: str) -> int:
         value: int = _U16.unpack(self.take(2, field))[0]
         return value
@@ -374,6 +383,7 @@ def _parse_certification_data(
     auth_size = inner.u16("QE auth data size")
     auth = inner.take(auth_size, "QE auth data")
     nested = _parse_certification_data(inner, "nested certification data", allow_qe_report=False)
+    inner.finish("nested certification data")
     return CertificationData(
         cert_type, data, QeReportCertificationData(qe_report, qe_sig, auth, nested)
     )
@@ -468,6 +478,7 @@ def parse_quote(data: bytes) -> Quote:
             )
         qe = cert.qe_report_data
         qe_report, qe_sig, auth = qe.qe_report, qe.qe_report_signature, qe.qe_auth_data
+    sig_reader.finish("certification data")
     signature_data = EcdsaSignatureData(signature, attestation_key, qe_report, qe_sig, auth, cert)
     return Quote(
         header=header,
