@@ -62,7 +62,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from trustedml.attestation._intel_collateral import (
-    TDX_COMPONENTS,
     EnclaveIdentity,
     IdentityTcbLevel,
     IntelCollateral,
@@ -70,6 +69,16 @@ from trustedml.attestation._intel_collateral import (
     TcbLevel,
     parse_enclave_identity,
     parse_tcb_info,
+)
+from trustedml.attestation._intel_tcb import (
+    converge,
+    identity_status,
+    masked_equal,
+    match_identity_level,
+    relaunch_advised,
+    tcb_status,
+    tdx_components_ok,
+    union,
 )
 from trustedml.attestation._model import (
     Claims,
@@ -203,63 +212,6 @@ def _pinned_root() -> x509.Certificate:
     )
 
 
-# --- status rules ---------------------------------------------------------------------
-
-
-def _status(value: str, what: str) -> TcbStatus:
-    try:
-        return TcbStatus(value)
-    except ValueError:
-        raise CollateralError(f"{what}: unknown tcbStatus {value!r}") from None
-
-
-def _identity_status(value: str, what: str) -> TcbStatus:
-    # QVL reads an enclave/module identity level as UpToDate, Revoked or (anything
-    # else) OutOfDate.
-    status = _status(value, what)
-    if status in (TcbStatus.UP_TO_DATE, TcbStatus.REVOKED):
-        return status
-    return TcbStatus.OUT_OF_DATE
-
-
-def _converge(platform: TcbStatus, other: TcbStatus) -> TcbStatus:
-    # QVL's convergeTcbStatusWithQeTcbStatus; its TDX module rule is identical.
-    if other is TcbStatus.OUT_OF_DATE:
-        if platform in (TcbStatus.UP_TO_DATE, TcbStatus.SW_HARDENING_NEEDED):
-            return TcbStatus.OUT_OF_DATE
-        if platform in (
-            TcbStatus.CONFIGURATION_NEEDED,
-            TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED,
-        ):
-            return TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED
-    if other is TcbStatus.REVOKED:
-        return TcbStatus.REVOKED
-    return platform
-
-
-def _match_identity_level(
-    levels: Sequence[IdentityTcbLevel], isv_svn: int, what: str
-) -> IdentityTcbLevel:
-    for level in levels:
-        if isv_svn >= level.isv_svn:
-            return level
-    raise TcbLevelNotFoundError(
-        f"{what}: ISVSVN {isv_svn} is below every TCB level "
-        f"(lowest {min(level.isv_svn for level in levels)})"
-    )
-
-
-def _masked_equal(value: bytes, expected: bytes, mask: bytes) -> bool:
-    return all((v & m) == (e & m) for v, e, m in zip(value, expected, mask, strict=True))
-
-
-def _union(*groups: Sequence[str]) -> tuple[str, ...]:
-    out: list[str] = []
-    for group in groups:
-        out.extend(item for item in group if item not in out)
-    return tuple(out)
-
-
 @dataclass(frozen=True)
 class _Chains:
     pck: tuple[x509.Certificate, ...]
@@ -331,7 +283,7 @@ class IntelVerifier:
         checks.append("QE report signed by the PCK key, binds the attestation key; quote signed")
 
         qe_level = self._match_qe(quote.signature_data.qe_report, qe_identity)
-        qe_status = _identity_status(qe_level.status, "qe_identity")
+        qe_status = identity_status(qe_level.status, "qe_identity")
         checks.append(f"QE identity matched: ISVSVN level {qe_level.isv_svn} {qe_status.value}")
         self._check_platform(quote, tcb_info, chains.pck_ext)
 
@@ -553,20 +505,18 @@ class IntelVerifier:
                 f"QE report ISVPRODID {report.isv_prod_id} is not the QE identity's "
                 f"{identity.isv_prod_id}"
             )
-        if not _masked_equal(
-            report.miscselect_bytes, identity.miscselect, identity.miscselect_mask
-        ):
+        if not masked_equal(report.miscselect_bytes, identity.miscselect, identity.miscselect_mask):
             raise EvidenceBindingError(
                 f"QE report MISCSELECT {report.miscselect_bytes.hex()} does not match the QE "
                 f"identity's {identity.miscselect.hex()} under mask "
                 f"{identity.miscselect_mask.hex()}"
             )
-        if not _masked_equal(report.attributes, identity.attributes, identity.attributes_mask):
+        if not masked_equal(report.attributes, identity.attributes, identity.attributes_mask):
             raise EvidenceBindingError(
                 f"QE report ATTRIBUTES {report.attributes.hex()} do not match the QE identity's "
                 f"{identity.attributes.hex()} under mask {identity.attributes_mask.hex()}"
             )
-        return _match_identity_level(identity.tcb_levels, report.isv_svn, "QE report")
+        return match_identity_level(identity.tcb_levels, report.isv_svn, "QE report")
 
     def _check_platform(self, quote: Quote, info: TcbInfo, ext: PckExtension) -> None:
         if quote.is_tdx and (info.version < 3 or info.id != "TDX"):
@@ -612,17 +562,17 @@ class IntelVerifier:
                 f"TD report MRSIGNER_SEAM {body.mr_signer_seam.hex()} is not the TDX module "
                 f"identity's {expected.mrsigner.hex()}"
             )
-        if not _masked_equal(body.seam_attributes, expected.attributes, expected.attributes_mask):
+        if not masked_equal(body.seam_attributes, expected.attributes, expected.attributes_mask):
             raise EvidenceBindingError(
                 f"TD report SEAM_ATTRIBUTES {body.seam_attributes.hex()} do not match the TDX "
                 f"module identity's {expected.attributes.hex()}"
             )
         if version == 0:
             return TcbStatus.UP_TO_DATE, None
-        level = _match_identity_level(
+        level = match_identity_level(
             expected.tcb_levels, body.tee_tcb_svn[0], f"TDX module {expected.id}"
         )
-        return _identity_status(level.status, f"tcb_info TDX module {expected.id}"), level
+        return identity_status(level.status, f"tcb_info TDX module {expected.id}"), level
 
     def _match_tcb(
         self,
@@ -652,7 +602,7 @@ class IntelVerifier:
                 break
             if sgx_level is None:
                 sgx_level = level
-            if _tdx_components_ok(tdx.tee_tcb_svn, level):
+            if tdx_components_ok(tdx.tee_tcb_svn, level):
                 tdx_level = level
                 break
         if sgx_level is None:
@@ -660,11 +610,11 @@ class IntelVerifier:
                 f"tcb_info: no TCB level matches the PCK certificate's TCB (SGX components "
                 f"{list(ext.tcb_components)}, PCESVN {ext.pce_svn})"
             )
-        sgx_status = _status(sgx_level.status, "tcb_info")
+        sgx_status = tcb_status(sgx_level.status, "tcb_info")
         if tdx is None:
             return (
-                _converge(sgx_status, qe_status),
-                _union(sgx_level.advisory_ids, qe_level.advisory_ids),
+                converge(sgx_status, qe_status),
+                union(sgx_level.advisory_ids, qe_level.advisory_ids),
                 sgx_level,
             )
         if tdx_level is None:
@@ -673,14 +623,14 @@ class IntelVerifier:
                 f"with the PCK certificate's TCB (SGX components {list(ext.tcb_components)}, "
                 f"PCESVN {ext.pce_svn})"
             )
-        tdx_status = _converge(_status(tdx_level.status, "tcb_info"), module_status)
+        tdx_status = converge(tcb_status(tdx_level.status, "tcb_info"), module_status)
         if isinstance(tdx, TdReport15) and tdx_status is not TcbStatus.REVOKED:
-            extra["td_relaunch_advised"] = _relaunch_advised(
+            extra["td_relaunch_advised"] = relaunch_advised(
                 tdx, info, sgx_status, tdx_status, module_status, qe_status
             )
         return (
-            _converge(tdx_status, qe_status),
-            _union(
+            converge(tdx_status, qe_status),
+            union(
                 tdx_level.advisory_ids,
                 module_level.advisory_ids if module_level else (),
                 qe_level.advisory_ids,
@@ -775,47 +725,3 @@ def _crl_next_update(crl: x509.CertificateRevocationList, what: str) -> datetime
     if crl.next_update_utc is None:
         raise CollateralError(f"{what}: has no nextUpdate")
     return crl.next_update_utc
-
-
-def _tdx_components_ok(tee_tcb_svn: bytes, level: TcbLevel) -> bool:
-    if level.tdx_components is None:
-        raise CollateralError("tcb_info: a TDX TCB level has no tdxtcbcomponents")
-    # With a versioned TDX module (TEE_TCB_SVN[1] > 0) bytes 0-1 are the module's
-    # SVN and version, judged by the module identity instead (QVL isTdxTcbHigherOrEqual).
-    start = 2 if tee_tcb_svn[1] > 0 else 0
-    return all(tee_tcb_svn[i] >= level.tdx_components[i] for i in range(start, TDX_COMPONENTS))
-
-
-def _relaunch_advised(
-    body: TdReport15,
-    info: TcbInfo,
-    sgx_status: TcbStatus,
-    tdx_status: TcbStatus,
-    module_status: TcbStatus,
-    qe_status: TcbStatus,
-) -> bool:
-    # QVL checkForRelaunch: the TD runs on an out-of-date module but the platform
-    # already has an up-to-date one loaded (TEE_TCB_SVN2), so relaunching the TD fixes
-    # it. Reported as a claim because TcbStatus has no TDRelaunchAdvised value.
-    if qe_status is not TcbStatus.UP_TO_DATE or module_status is not TcbStatus.OUT_OF_DATE:
-        return False
-    if sgx_status not in (
-        TcbStatus.UP_TO_DATE,
-        TcbStatus.SW_HARDENING_NEEDED,
-        TcbStatus.CONFIGURATION_NEEDED,
-        TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED,
-    ) or tdx_status not in (TcbStatus.OUT_OF_DATE, TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED):
-        return False
-    latest = info.tcb_levels[0].tdx_components
-    if latest is None:
-        return False
-    svn2 = body.tee_tcb_svn2
-    if svn2[1] == 0:
-        needed_module_svn = latest[0]
-    else:
-        wanted = f"TDX_{svn2[1]:02X}"
-        found = [m for m in info.tdx_module_identities or () if m.id.upper() == wanted]
-        if not found or not found[0].tcb_levels:
-            return False
-        needed_module_svn = found[0].tcb_levels[0].isv_svn
-    return svn2[0] >= needed_module_svn and svn2[2] >= latest[2]
