@@ -162,7 +162,12 @@ def test_job_keyring_enables_parquet_encryption_through_the_environment(
     from trustedml import KeyRing
 
     ring = KeyRing({"pii": b"\x33" * 32})
-    cfg = secure(session_keys, keyring=ring, extra={"spark.jars": "/opt/extra.jar"})
+    cfg = secure(
+        session_keys,
+        keyring=ring,
+        extra={"spark.jars": "/opt/extra.jar"},
+        allow_insecure={"spark.jars"},
+    )
     conf, env = cfg.conf(), cfg.environment()
     assert conf["spark.hadoop.parquet.encryption.kms.client.class"].endswith("TrustedMLKmsClient")
     jars = conf["spark.jars"].split(",")

@@ -82,15 +82,17 @@ def test_stable_across_runs_and_checkouts(tmp_path: Path) -> None:
 )
 def test_any_change_changes_the_digest(tmp_path: Path, change: str) -> None:
     app, helper = _tree(tmp_path / "tree")
-    before = measure_job(app, ["7"], [helper], measurement_settings(extra={"spark.x.y": "1"}))
+    before = measure_job(
+        app, ["7"], [helper], measurement_settings(extra={"spark.sql.shuffle.partitions": "1"})
+    )
     args, files, launcher = ["7"], [helper], "submit"
-    settings = measurement_settings(extra={"spark.x.y": "1"})
+    settings = measurement_settings(extra={"spark.sql.shuffle.partitions": "1"})
     if change == "app":
         app.write_bytes(app.read_bytes() + b"\n")
     elif change == "argument":
         args = ["8"]
     elif change == "conf value":
-        settings = measurement_settings(extra={"spark.x.y": "2"})
+        settings = measurement_settings(extra={"spark.sql.shuffle.partitions": "2"})
     elif change == "py-file":
         helper.write_text(HELPER.replace("2 *", "3 *"))
     elif change == "added py-file":
@@ -100,9 +102,11 @@ def test_any_change_changes_the_digest(tmp_path: Path, change: str) -> None:
     elif change == "launcher":
         launcher = "run"
     elif change == "master":
-        settings = measurement_settings(master="local[4]", extra={"spark.x.y": "1"})
+        settings = measurement_settings(
+            master="local[4]", extra={"spark.sql.shuffle.partitions": "1"}
+        )
     elif change == "mode":
-        settings = measurement_settings(secure=False, extra={"spark.x.y": "1"})
+        settings = measurement_settings(secure=False, extra={"spark.sql.shuffle.partitions": "1"})
     after = measure_job(app, args, files, settings, launcher=launcher)
     assert after.digest != before.digest
 

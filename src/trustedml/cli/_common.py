@@ -1,3 +1,5 @@
+"""Shared CLI plumbing: error-to-exit-code mapping, passphrases, consoles and paths."""
+
 from __future__ import annotations
 
 import functools
@@ -11,7 +13,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from trustedml import ConfigError, Secret, TrustedMLError
+from trustedml import ConfigError, KeyDirectoryError, Secret, TrustedMLError, UnsealError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,17 +31,27 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def exit_code_for(exc: TrustedMLError) -> int:
+    """2 for what the user must change in the command or its inputs (a setting, a
+    key directory argument that is not one), 1 for what failed while running (a
+    wrong passphrase included: the directory is right, the secret is not)."""
+    if isinstance(exc, ConfigError):
+        return 2
+    if isinstance(exc, KeyDirectoryError) and not isinstance(exc, UnsealError):
+        return 2
+    return 1
+
+
 def handle_errors(func: F) -> F:
-    """Map library errors to exit codes: 2 for usage/config, 1 for the rest."""
+    """Map library errors to exit codes (:func:`exit_code_for`); click's own usage
+    errors exit 2 on their own."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except ConfigError as exc:
-            fail(str(exc), 2)
         except TrustedMLError as exc:
-            fail(str(exc), 1)
+            fail(str(exc), exit_code_for(exc))
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             fail(f"{where}{exc.strerror or exc}", 1)

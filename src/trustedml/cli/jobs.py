@@ -1,3 +1,5 @@
+"""`trustedml submit` and `run`: the Spark and TEE options every job command shares."""
+
 from __future__ import annotations
 
 import os
@@ -32,6 +34,7 @@ from trustedml.cli._common import (
     handle_errors,
     passphrase_options,
 )
+from trustedml.errors import KeyNotFoundError
 from trustedml.keys import SecretName
 from trustedml.spark import mode_for_master
 from trustedml.tee import ENV_SIM_KEY, LaunchPlan
@@ -63,7 +66,16 @@ def spark_options(func: F) -> F:
             "confs",
             multiple=True,
             metavar="KEY=VALUE",
-            help="Extra Spark property (repeatable); security settings and secrets refused.",
+            help="Extra Spark property (repeatable). Secure jobs accept only keys that cannot "
+            "weaken them (docs/spark-security.md); secrets are always refused.",
+        ),
+        click.option(
+            "--allow-insecure-conf",
+            "allow_insecure",
+            multiple=True,
+            metavar="KEY",
+            help="Experts: let the --conf KEY through although it can weaken the job "
+            "(repeatable); warned about, and recorded in the job measurement.",
         ),
         click.option(
             "--insecure", is_flag=True, help="Plain Spark with no protection (baselines only)."
@@ -200,6 +212,21 @@ def _parse_confs(confs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def warn_insecure(settings: SparkSettings) -> None:
+    """Say on stderr which --conf keys were let through with --allow-insecure-conf."""
+    from trustedml.spark._conf_policy import UNKNOWN, refusal
+
+    for key, value in settings.insecure_conf().items():
+        why = refusal(key) or UNKNOWN
+        err_console.print(
+            f"warning: --allow-insecure-conf: {key}={value} can weaken this job "
+            f"({why.category}: {why.reason}); it is recorded in the job measurement",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def build_settings(**spark: Any) -> SparkSettings:
     """The Spark configuration the options of :func:`spark_options` ask for."""
     return _build_settings(**spark, want_enclave_key=False)[0]
@@ -211,6 +238,7 @@ def _build_settings(
     master: str,
     keys_dir: Path | None,
     confs: tuple[str, ...],
+    allow_insecure: tuple[str, ...],
     insecure: bool,
     log_level: str,
     rpc_tls: bool,
@@ -230,6 +258,10 @@ def _build_settings(
         "local_dir": local_dir.resolve() if local_dir else None,
         "extra": _parse_confs(confs),
     }
+    if insecure and allow_insecure:
+        raise click.UsageError(
+            "--allow-insecure-conf is for secure jobs: --insecure lets every --conf through"
+        )
     keys = KeyDirectory(keys_dir) if keys_dir is not None else None
     if broker_url is not None:
         if broker_ca is None and keys is not None:
@@ -252,7 +284,11 @@ def _build_settings(
     if keks:
         assert keys is not None
         assert passphrase is not None
-        common["keyring"] = LocalKeyStore(keys, passphrase).keyring(keks)
+        try:
+            common["keyring"] = LocalKeyStore(keys, passphrase).keyring(keks)
+        except KeyNotFoundError as exc:
+            # An id on the command line that --keys does not hold: the command is wrong.
+            raise click.UsageError(f"--kek: {exc}") from exc
     opened = None
     if not insecure or want_enclave_key:
         assert keys is not None
@@ -275,7 +311,9 @@ def _build_settings(
         keystore_password=opened.keystore_password,
         truststore_password=opened.truststore_password,
         rpc_tls=rpc_tls,
+        allow_insecure=frozenset(allow_insecure),
     )
+    warn_insecure(settings)
     return settings, enclave_key
 
 
@@ -312,6 +350,10 @@ def build_job(
         isv_prod_id=isv_prod_id,
         isv_svn=isv_svn,
     )
+    if spark.get("broker_url") is not None and tee == "none":
+        raise click.UsageError(
+            "--broker needs attestation evidence: choose --tee sim for development, or gramine/cvm"
+        )
     asked = bool(spark.get("no_ui"))
     if no_ui_for(tee, asked) != asked:
         err_console.print(

@@ -1,3 +1,5 @@
+"""`trustedml measure`: the job measurement a submit command line would have."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +9,7 @@ from typing import Any
 import click
 
 from trustedml.cli._common import handle_errors
-from trustedml.cli.jobs import _parse_confs, no_ui_for, spark_options, tee_options
+from trustedml.cli.jobs import _parse_confs, no_ui_for, spark_options, tee_options, warn_insecure
 from trustedml.tee import measure_job, measurement_settings
 
 
@@ -43,6 +45,7 @@ def measure_command(
     as_json: bool,
     master: str,
     confs: tuple[str, ...],
+    allow_insecure: tuple[str, ...],
     insecure: bool,
     log_level: str,
     rpc_tls: bool,
@@ -66,7 +69,9 @@ def measure_command(
         ui=not no_ui_for(_ignored.get("tee", "none"), no_ui),
         extra=_parse_confs(confs),
         with_keys=bool(keks),
+        allow_insecure=allow_insecure,
     )
+    warn_insecure(settings)
     measurement = measure_job(app, app_args, py_files, settings, launcher=launcher)
     if as_json:
         click.echo(json.dumps(measurement.to_dict(), indent=2, sort_keys=True))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -16,6 +16,7 @@ from trustedml.data._keystore import KeyRing
 from trustedml.errors import SparkConfigError
 from trustedml.keys import KeyDirectory
 from trustedml.runtime import ENV_BROKER_CA, ENV_BROKER_URL, ENV_KEYRING
+from trustedml.spark._conf_policy import refusal
 
 # Environment variables that carry secrets to the Spark JVM. Spark reads the auth
 # secret from _SPARK_AUTH_SECRET ahead of spark.authenticate.secret; the SSL
@@ -78,6 +79,56 @@ def _check_extra(extra: Mapping[str, str]) -> None:
             )
         if not isinstance(value, str):
             raise SparkConfigError(f"--conf {key}: expected a string value, got {value!r}")
+        if "${" in value:
+            # Spark substitutes ${env:NAME} in values, and the secrets are in the env.
+            raise SparkConfigError(
+                f"--conf {key}: values may not contain ${{...}} references "
+                "(Spark would substitute environment variables, secrets included)"
+            )
+
+
+# Set by the secure configuration in standalone mode only.
+_STANDALONE_ONLY = frozenset({"spark.authenticate.secret", "spark.master.rest.enabled"})
+# Managed keys that have an option of their own.
+_OPTION_FOR = {
+    "spark.master": "--master",
+    "spark.log.level": "--log-level",
+    "spark.local.dir": "--local-dir",
+    "spark.ui.enabled": "--no-ui",
+    "spark.ssl.rpc.enabled": "--rpc-tls",
+}
+
+
+def _check_secure_extra(
+    extra: Mapping[str, str], managed: Collection[str], allow_insecure: Collection[str]
+) -> None:
+    """Refuse every --conf key a secure job does not accept (see _conf_policy)."""
+    for key in sorted(allow_insecure):
+        if key not in extra:
+            raise SparkConfigError(
+                f"--allow-insecure-conf {key}: expected a matching --conf {key}=VALUE, got none"
+            )
+    for key in sorted(extra):
+        if key in managed:
+            option = _OPTION_FOR.get(key)
+            alternative = f"use {option}" if option else "use --insecure for plain Spark"
+            raise SparkConfigError(
+                f"--conf {key}: managed by the secure configuration, even with "
+                f"--allow-insecure-conf; {alternative}"
+            )
+        why = refusal(key)
+        if why is None:
+            if key in allow_insecure:
+                raise SparkConfigError(
+                    f"--allow-insecure-conf {key}: not needed, the key is on the allow-list"
+                )
+            continue
+        if key not in allow_insecure:
+            raise SparkConfigError(
+                f"--conf {key}: refused ({why.category}): {why.reason}; {why.alternative} "
+                f"(experts: --allow-insecure-conf {key} lets it through, recorded in the "
+                "job measurement)"
+            )
 
 
 class SparkSettings(Protocol):
@@ -95,6 +146,10 @@ class SparkSettings(Protocol):
 
     def environment(self) -> dict[str, str]:
         """Variables for the Spark child process, secrets included."""
+        ...
+
+    def insecure_conf(self) -> dict[str, str]:
+        """The --conf properties let through with --allow-insecure-conf (measured)."""
         ...
 
 
@@ -159,6 +214,10 @@ class _Common:
             conf.update(pme)
         return conf
 
+    def insecure_conf(self) -> dict[str, str]:
+        """The --conf properties let through with --allow-insecure-conf: none here."""
+        return {}
+
     def _common_env(self) -> dict[str, str]:
         env = {
             "SPARK_LOCAL_IP": self.local_ip,
@@ -208,6 +267,8 @@ class SecureSparkConfig(_Common):
     keystore_password: Secret = field(default_factory=lambda: Secret(b""), repr=False)
     truststore_password: Secret = field(default_factory=lambda: Secret(b""), repr=False)
     rpc_tls: bool = False
+    # --conf keys let through although the allow-list refuses them (experts only).
+    allow_insecure: Collection[str] = frozenset()
     secure: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
@@ -221,12 +282,12 @@ class SecureSparkConfig(_Common):
         for name in ("auth_secret", "keystore_password", "truststore_password"):
             if len(getattr(self, name)) < 16:
                 raise SparkConfigError(f"{name}: expected at least 16 bytes of secret")
-        protected = set(self._security_conf()) & set(self.extra)
-        if protected:
+        if isinstance(self.allow_insecure, str):
             raise SparkConfigError(
-                f"--conf {', '.join(sorted(protected))}: managed by the secure configuration; "
-                "use --insecure for plain Spark"
+                f"allow_insecure: expected a collection of keys, got {self.allow_insecure!r}"
             )
+        object.__setattr__(self, "allow_insecure", frozenset(self.allow_insecure))
+        _check_secure_extra(self.extra, self._managed_keys(), self.allow_insecure)
 
     @classmethod
     def from_key_directory(
@@ -250,6 +311,18 @@ class SecureSparkConfig(_Common):
             truststore_password=opened.truststore_password,
             **options,  # type: ignore[arg-type]
         )
+
+    def _managed_keys(self) -> set[str]:
+        """Keys trusted-ml sets itself, in either mode: never a user's to override."""
+        from trustedml.spark._pme import pme_conf
+
+        keys = set(self._common_conf()) | set(self._security_conf()) | _STANDALONE_ONLY
+        keys |= set(pme_conf(Path("placeholder.jar"))) - {"spark.jars"}
+        return keys | set(_OPTION_FOR)
+
+    def insecure_conf(self) -> dict[str, str]:
+        """The --conf properties let through with --allow-insecure-conf (measured)."""
+        return {key: self.extra[key] for key in sorted(self.allow_insecure)}
 
     def _security_conf(self) -> dict[str, str]:
         conf = {

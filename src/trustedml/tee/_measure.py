@@ -198,6 +198,7 @@ def measurement_settings(
     ui: bool = True,
     extra: Mapping[str, str] | None = None,
     with_keys: bool = False,
+    allow_insecure: Iterable[str] = (),
 ) -> SparkSettings:
     """A Spark configuration built from the same choices as a real one, without a key
     directory, for measuring a job ahead of time (``trustedml measure``).
@@ -206,6 +207,7 @@ def measurement_settings(
     properties that differ from the real configuration's are left out of the
     measurement (:data:`MACHINE_LOCAL_KEYS`, the KMS client jar). ``with_keys`` stands
     for ``--kek``: the job gets keys, which turns on Parquet encryption.
+    ``allow_insecure`` stands for ``--allow-insecure-conf`` (secure mode only).
     """
     from trustedml.spark._config import PlainSparkConfig, SecureSparkConfig, mode_for_master
 
@@ -218,9 +220,14 @@ def measurement_settings(
         # Only the file name matters (measured_conf drops it); nothing is compiled.
         "pme_jar": Path("trustedml-parquet-kms-placeholder.jar") if with_keys else None,
     }
+    allowed = frozenset(allow_insecure)
     if not secure:
         if rpc_tls:
             raise ConfigError("--rpc-tls and --insecure contradict each other")
+        if allowed:
+            raise ConfigError(
+                "--allow-insecure-conf is for secure jobs: --insecure lets every --conf through"
+            )
         return PlainSparkConfig(**common)
     with tempfile.TemporaryDirectory(prefix="trustedml-measure-") as tmp:
         placeholder = Path(tmp) / "placeholder.p12"
@@ -235,6 +242,7 @@ def measurement_settings(
             keystore_password=throwaway,
             truststore_password=throwaway,
             rpc_tls=rpc_tls,
+            allow_insecure=allowed,
         )
 
 
@@ -516,4 +524,8 @@ def measure_job(
         "packages": packages,
         "unresolved_imports": unresolved,
     }
+    insecure = settings.insecure_conf()
+    if insecure:
+        # Present only when keys were let through, so other digests stay as they were.
+        parts["insecure_conf"] = dict(insecure)
     return JobMeasurement.from_parts(parts, [*trusted, *package_files])
