@@ -71,6 +71,10 @@ def test_secrets_never_in_argv_or_logs(
              "--log-level", "INFO", "--local-dir", str(tmp_path / "scratch"),
              "--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir={events}",
              "--conf", "spark.eventLog.compress=false",
+             # Event logs are refused in secure jobs; this test reads one for leaks.
+             "--allow-insecure-conf", "spark.eventLog.enabled",
+             "--allow-insecure-conf", "spark.eventLog.dir",
+             "--allow-insecure-conf", "spark.eventLog.compress",
              str(APPS / "leak_probe.py"), str(ready), str(go)],
             stdout=fout, stderr=ferr, env=cli_env(),
         )  # fmt: skip

@@ -36,7 +36,7 @@ from trustedml.cli._common import (
 )
 from trustedml.errors import KeyNotFoundError
 from trustedml.keys import SecretName
-from trustedml.spark import mode_for_master
+from trustedml.spark import check_secure_conf, conf_refusal, mode_for_master
 from trustedml.tee import ENV_SIM_KEY, LaunchPlan
 from trustedml.tee._backend import BACKEND_NAMES
 from trustedml.tee._gramine import DEFAULT_ENCLAVE_SIZE, DEFAULT_MAX_THREADS
@@ -214,13 +214,12 @@ def _parse_confs(confs: tuple[str, ...]) -> dict[str, str]:
 
 def warn_insecure(settings: SparkSettings) -> None:
     """Say on stderr which --conf keys were let through with --allow-insecure-conf."""
-    from trustedml.spark._conf_policy import UNKNOWN, refusal
-
     for key, value in settings.insecure_conf().items():
-        why = refusal(key) or UNKNOWN
+        why = conf_refusal(key)
+        category = f"{why.category}: {why.reason}" if why else "allowed"
         err_console.print(
             f"warning: --allow-insecure-conf: {key}={value} can weaken this job "
-            f"({why.category}: {why.reason}); it is recorded in the job measurement",
+            f"({category}); it is recorded in the job measurement",
             markup=False,
             highlight=False,
             soft_wrap=True,
@@ -262,6 +261,9 @@ def _build_settings(
         raise click.UsageError(
             "--allow-insecure-conf is for secure jobs: --insecure lets every --conf through"
         )
+    if not insecure:
+        # Before any passphrase or key directory: a refused --conf fails fast.
+        check_secure_conf(common["extra"], allow_insecure)
     keys = KeyDirectory(keys_dir) if keys_dir is not None else None
     if broker_url is not None:
         if broker_ca is None and keys is not None:

@@ -1,10 +1,12 @@
 """Secure Spark: configuration and job submission."""
 
+from trustedml.spark._conf_policy import ConfRefusal, conf_refusal
 from trustedml.spark._config import (
     DeployMode,
     PlainSparkConfig,
     SecureSparkConfig,
     SparkSettings,
+    check_secure_conf,
     mode_for_master,
 )
 from trustedml.spark._encrypted import (
@@ -18,10 +20,13 @@ from trustedml.spark._session import start_session
 from trustedml.spark._submit import run, spark_home, submit
 
 __all__ = [
+    "ConfRefusal",
     "DeployMode",
     "PlainSparkConfig",
     "SecureSparkConfig",
     "SparkSettings",
+    "check_secure_conf",
+    "conf_refusal",
     "mode_for_master",
     "read_encrypted",
     "read_encrypted_pandas",

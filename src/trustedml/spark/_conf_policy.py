@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["ALLOWED_KEYS", "ALLOWED_PREFIXES", "Refusal", "refusal"]
+__all__ = ["ALLOWED_KEYS", "ALLOWED_PREFIXES", "UNKNOWN", "ConfRefusal", "conf_refusal"]
 
 # Keys that only tune resources, parallelism or query planning: none of them changes
 # who can talk to the job, what crosses a wire or a disk in plaintext, or what code runs.
@@ -94,7 +94,7 @@ _LOADS_CODE = re.compile(
 
 
 @dataclass(frozen=True)
-class Refusal:
+class ConfRefusal:
     """Why a key is refused: its ``category``, the ``reason`` and what to do instead."""
 
     category: str
@@ -102,70 +102,70 @@ class Refusal:
     alternative: str
 
 
-_TLS_UI = Refusal(
+_TLS_UI = ConfRefusal(
     "TLS/UI",
     "the web UI and the standalone daemons are always served over TLS with the key "
     "directory's certificate, with the UI unable to kill jobs",
     "--no-ui turns the UI off; use --insecure for a plain development job",
 )
-_AUTH = Refusal(
+_AUTH = ConfRefusal(
     "authentication",
     "every RPC peer must prove it knows the job's secret",
     "authentication is always on; use --insecure for a plain development job",
 )
-_CRYPTO = Refusal(
+_CRYPTO = ConfRefusal(
     "crypto",
     "RPC (AES-GCM), shuffle and spill files (AES-256) and Python worker sockets are "
     "always encrypted or kept off the network",
     "--rpc-tls chooses TLS for RPC; Parquet encryption comes from --kek",
 )
-_NETWORK = Refusal(
+_NETWORK = ConfRefusal(
     "network bind/host",
     "the driver binds to 127.0.0.1 and Spark picks free ports itself; an address or "
     "port could expose the job on other interfaces",
     "fixed addresses and ports are not configurable in a secure job yet",
 )
-_INTERPRETER = Refusal(
+_INTERPRETER = ConfRefusal(
     "interpreter/environment injection",
     "it would run another interpreter or module, or inject environment variables into executors",
     "ship code with --py-files or install it into the job's venv (the interpreter trusted-ml runs)",
 )
-_JVM = Refusal(
+_JVM = ConfRefusal(
     "JVM options",
     "JVM options, class paths and library paths change what the JVM runs and trusts",
     "the JVM is started by trusted-ml's configuration only",
 )
-_CODE = Refusal(
+_CODE = ConfRefusal(
     "code loading",
     "it loads extra code (jars, files, classes, listeners, plugins, scripts) into the job",
     "ship Python code with --py-files or the job's venv; extra JVM code is not "
     "supported in a secure job",
 )
-_LOGS = Refusal(
+_LOGS = ConfRefusal(
     "logs/redaction",
     "event logs would hold the job's plans and settings in plaintext outside the "
     "protections, and redaction hides secret values from UIs and logs",
     "--log-level sets the log level; redaction and event logs are fixed",
 )
-_CLUSTER = Refusal(
+_CLUSTER = ConfRefusal(
     "cluster manager",
     "it changes where and how the job is deployed, or configures cluster daemons",
     "--master chooses local[N] or spark://HOST:PORT; Kubernetes and YARN are not supported yet",
 )
-_STORAGE = Refusal(
+_STORAGE = ConfRefusal(
     "Hadoop/Parquet",
     "Hadoop and Parquet settings can turn off Parquet encryption or redirect file "
     "systems and their credentials",
     "Parquet encryption comes from --kek; give data source options in the job",
 )
-UNKNOWN = Refusal(
+UNKNOWN = ConfRefusal(
     "unknown key",
     "it is not on the allow-list of keys that cannot weaken a secure job (docs/spark-security.md)",
     "ask for it to be added if it only tunes the job",
 )
 
 # First match wins; every pattern matches the whole key.
-_RULES: tuple[tuple[re.Pattern[str], Refusal], ...] = tuple(
+_RULES: tuple[tuple[re.Pattern[str], ConfRefusal], ...] = tuple(
     (re.compile(pattern), why)
     for pattern, why in (
         (r"spark\.ssl\..*", _TLS_UI),
@@ -210,7 +210,7 @@ _RULES: tuple[tuple[re.Pattern[str], Refusal], ...] = tuple(
 )
 
 
-def refusal(key: str) -> Refusal | None:
+def conf_refusal(key: str) -> ConfRefusal | None:
     """None when ``key`` is on the allow-list, else why a secure job refuses it."""
     if _LOADS_CODE.fullmatch(key):
         return _CODE

@@ -16,7 +16,7 @@ from trustedml.data._keystore import KeyRing
 from trustedml.errors import SparkConfigError
 from trustedml.keys import KeyDirectory
 from trustedml.runtime import ENV_BROKER_CA, ENV_BROKER_URL, ENV_KEYRING
-from trustedml.spark._conf_policy import refusal
+from trustedml.spark._conf_policy import conf_refusal
 
 # Environment variables that carry secrets to the Spark JVM. Spark reads the auth
 # secret from _SPARK_AUTH_SECRET ahead of spark.authenticate.secret; the SSL
@@ -87,8 +87,52 @@ def _check_extra(extra: Mapping[str, str]) -> None:
             )
 
 
-# Set by the secure configuration in standalone mode only.
-_STANDALONE_ONLY = frozenset({"spark.authenticate.secret", "spark.master.rest.enabled"})
+# Every key the secure configuration sets itself (in any mode, with any options; a
+# test checks it against conf()), plus the Parquet encryption keys of _pme.pme_conf.
+MANAGED_KEYS = frozenset(
+    {
+        "spark.master",
+        "spark.driver.host",
+        "spark.driver.bindAddress",
+        "spark.pyspark.python",
+        "spark.pyspark.driver.python",
+        "spark.executorEnv.PYSPARK_PYTHON",
+        "spark.executorEnv.SPARK_LOCAL_IP",
+        "spark.log.level",
+        "spark.ui.enabled",
+        "spark.ui.showConsoleProgress",
+        "spark.local.dir",
+        "spark.authenticate",
+        "spark.authenticate.secret",
+        "spark.authenticate.enableSaslEncryption",
+        "spark.network.crypto.enabled",
+        "spark.network.crypto.cipher",
+        "spark.network.crypto.authEngineVersion",
+        "spark.network.crypto.saslFallback",
+        "spark.io.encryption.enabled",
+        "spark.io.encryption.keySizeBits",
+        "spark.ssl.enabled",
+        "spark.ssl.protocol",
+        "spark.ssl.keyStore",
+        "spark.ssl.keyStoreType",
+        "spark.ssl.keyStorePassword",
+        "spark.ssl.keyPassword",
+        "spark.ssl.trustStore",
+        "spark.ssl.trustStoreType",
+        "spark.ssl.trustStorePassword",
+        "spark.ssl.rpc.enabled",
+        "spark.redaction.regex",
+        "spark.python.unix.domain.socket.enabled",
+        "spark.ui.killEnabled",
+        "spark.master.rest.enabled",
+        "spark.hadoop.parquet.crypto.factory.class",
+        "spark.hadoop.parquet.encryption.kms.client.class",
+        "spark.hadoop.parquet.encryption.double.wrapping",
+        "spark.hadoop.parquet.encryption.key.material.store.internally",
+        "spark.hadoop.parquet.encryption.algorithm",
+        "spark.hadoop.parquet.encryption.data.key.length.bits",
+    }
+)
 # Managed keys that have an option of their own.
 _OPTION_FOR = {
     "spark.master": "--master",
@@ -99,10 +143,13 @@ _OPTION_FOR = {
 }
 
 
-def _check_secure_extra(
-    extra: Mapping[str, str], managed: Collection[str], allow_insecure: Collection[str]
-) -> None:
-    """Refuse every --conf key a secure job does not accept (see _conf_policy)."""
+def check_secure_conf(extra: Mapping[str, str], allow_insecure: Collection[str] = ()) -> None:
+    """Raise :class:`SparkConfigError` naming the first ``--conf`` key of ``extra`` a
+    secure job refuses: a secret-looking key, a ``${...}`` value, a key trusted-ml
+    manages, or a key off the allow-list (docs/spark-security.md) that is not in
+    ``allow_insecure``; or an ``allow_insecure`` key that is not needed."""
+    _check_extra(extra)
+    managed = MANAGED_KEYS
     for key in sorted(allow_insecure):
         if key not in extra:
             raise SparkConfigError(
@@ -116,7 +163,7 @@ def _check_secure_extra(
                 f"--conf {key}: managed by the secure configuration, even with "
                 f"--allow-insecure-conf; {alternative}"
             )
-        why = refusal(key)
+        why = conf_refusal(key)
         if why is None:
             if key in allow_insecure:
                 raise SparkConfigError(
@@ -287,7 +334,7 @@ class SecureSparkConfig(_Common):
                 f"allow_insecure: expected a collection of keys, got {self.allow_insecure!r}"
             )
         object.__setattr__(self, "allow_insecure", frozenset(self.allow_insecure))
-        _check_secure_extra(self.extra, self._managed_keys(), self.allow_insecure)
+        check_secure_conf(self.extra, self.allow_insecure)
 
     @classmethod
     def from_key_directory(
@@ -311,14 +358,6 @@ class SecureSparkConfig(_Common):
             truststore_password=opened.truststore_password,
             **options,  # type: ignore[arg-type]
         )
-
-    def _managed_keys(self) -> set[str]:
-        """Keys trusted-ml sets itself, in either mode: never a user's to override."""
-        from trustedml.spark._pme import pme_conf
-
-        keys = set(self._common_conf()) | set(self._security_conf()) | _STANDALONE_ONLY
-        keys |= set(pme_conf(Path("placeholder.jar"))) - {"spark.jars"}
-        return keys | set(_OPTION_FOR)
 
     def insecure_conf(self) -> dict[str, str]:
         """The --conf properties let through with --allow-insecure-conf (measured)."""
