@@ -75,7 +75,7 @@ def test_init_refuses_existing_directory(initialised: tuple[Path, Path]) -> None
     keys_dir, pp = initialised
     before = snapshot(keys_dir)
     result = run_cli(["keys", "init", str(keys_dir), "--passphrase-file", str(pp)])
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error: another directory, or --force
     assert "already exists" in result.stderr
     assert "--force" in result.stderr
     assert snapshot(keys_dir) == before
@@ -126,7 +126,7 @@ def test_passphrase_from_stdin_and_passwd(initialised: tuple[Path, Path], tmp_pa
 
 def test_show_on_a_non_key_directory(tmp_path: Path) -> None:
     result = run_cli(["keys", "show", str(tmp_path)])
-    assert result.returncode == 1
+    assert result.returncode == 2  # the argument is wrong: a usage error
     assert "is not a key directory" in result.stderr
 
 
@@ -160,7 +160,7 @@ def test_list_keks_names_the_mode_a_directory_or_file_needs(
     target.chmod(mode)
     _, pp = initialised
     result = run_cli(["keys", "list-keks", str(keys_dir), "--passphrase-file", str(pp)])
-    assert result.returncode == 1
+    assert result.returncode == 2  # fixed by a chmod, like a too-open passphrase file
     assert result.stdout == ""
     shown = keys_dir if where == "." else target
     assert result.stderr.strip() == (
