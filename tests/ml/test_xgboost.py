@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +15,10 @@ import pytest
 from tests.conftest import DATASETS, run_cli
 from tests.ml.conftest import MLKeys
 from trustedml import KeyRing, encrypt_file, read_encrypted_bytes
+from trustedml.attestation import SimKey
 from trustedml.ml.workloads import xgboost_classifier, xgboost_regressor
-from trustedml.runtime import ENV_KEYRING
+from trustedml.runtime import ENV_BROKER_URL, ENV_KEYRING
+from trustedml.tee import ENV_JOB_MEASUREMENT, ENV_SIM_KEY, ENV_TEE
 
 xgb = pytest.importorskip("xgboost")  # the `ml` extra
 
@@ -132,3 +135,25 @@ def test_model_out_without_its_key_is_a_usage_error_before_spark_starts(
         xgboost_regressor.main(["--file-path", str(data), "--model-out", str(tmp_path / "m")])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_model_out_under_a_broker_attests_before_spark_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nothing listens on port 9: the broker is asked (attestation for the model key) in
+    # argument checking, so the job stops with one runtime-error line before any training.
+    sim_key = tmp_path / "sim-key.pem"
+    SimKey.generate().save(sim_key)
+    os.chmod(sim_key, 0o600)
+    monkeypatch.setenv(ENV_BROKER_URL, "https://127.0.0.1:9")
+    monkeypatch.setenv(ENV_TEE, "sim")
+    monkeypatch.setenv(ENV_SIM_KEY, str(sim_key))
+    monkeypatch.setenv(ENV_JOB_MEASUREMENT, "ab" * 48)
+    data = tmp_path / "in.csv"
+    data.write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit) as exc:
+        xgboost_regressor.main(["--file-path", str(data), "--model-out", str(tmp_path / "m")])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: --model-key-id 'models': " in err
+    assert "Traceback" not in err

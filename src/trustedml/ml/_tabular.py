@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trustedml.data._keystore import KeyRing
-from trustedml.errors import TrustedMLError
+from trustedml.errors import ConfigError, TrustedMLError
 from trustedml.ml._datasets import default_dataset, default_help, missing_default
-from trustedml.ml._io import save_model
+from trustedml.ml._io import check_key, save_model
 from trustedml.runtime import job_keystore
 
 if TYPE_CHECKING:
@@ -62,20 +61,19 @@ def xgboost_parser(
 
 
 def require_key(parser: argparse.ArgumentParser, option: str, key_id: str) -> None:
-    """Stop with a usage error, before any Spark work, when the job was not given the
-    KEK ``key_id`` that ``option`` needs to encrypt its output."""
+    """Stop before any Spark work when the job cannot encrypt its output under KEK
+    ``key_id``: a usage error when ``--kek`` did not give it, a runtime error (exit 1)
+    when the key broker refuses this job (it attests now, not after the training)."""
     try:
-        store = job_keystore()
+        job_keystore()
     except TrustedMLError as exc:
         parser.error(f"{option}: {exc}")
-    if not isinstance(store, KeyRing):
-        return  # a key broker decides at release time, after attestation
-    key_ids = store.key_ids()
-    if key_id not in key_ids:
-        parser.error(
-            f"{option} {key_id!r}: this job has no such key "
-            f"(it has {', '.join(key_ids) or 'none'}; start it with --kek {key_id})"
-        )
+    try:
+        check_key(key_id)
+    except ConfigError as exc:
+        parser.error(f"{option} {key_id!r}: {exc}")
+    except TrustedMLError as exc:
+        parser.exit(1, f"{parser.prog}: error: {option} {key_id!r}: {exc}\n")
 
 
 def check_input(parser: argparse.ArgumentParser, path: Path) -> None:
