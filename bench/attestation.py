@@ -101,9 +101,9 @@ def _clear_collateral_caches() -> None:
     # Verifiers memoise pure results (parsed collateral, checked signatures) in bounded
     # LRU caches; the pinned roots (unbounded functools.cache) stay loaded, as in a
     # long-running broker.
-    from trustedml.attestation import _amd, _intel
+    from trustedml.attestation import _amd, _intel, _intel_collateral, _intel_tcb, _x509
 
-    for module in (_intel, _amd):
+    for module in (_intel, _intel_collateral, _intel_tcb, _amd, _x509):
         for value in vars(module).values():
             info = getattr(value, "cache_info", None)
             if callable(info) and info().maxsize is not None:
