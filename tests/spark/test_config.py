@@ -109,6 +109,9 @@ def test_user_conf_is_kept(session_keys: KeyDirectory) -> None:
         ("standalone", "local[2]"),
         ("local", "yarn"),
         ("local", "local[0]"),
+        # A trailing newline passed a `$` anchored .match().
+        ("local", "local[2]\n"),
+        ("standalone", "spark://h:7077\n"),
     ],
 )
 def test_master_must_match_mode(session_keys: KeyDirectory, mode: str, master: str) -> None:
@@ -122,6 +125,8 @@ def test_mode_for_master() -> None:
     assert mode_for_master("spark://a:1,b:2") is DeployMode.STANDALONE
     with pytest.raises(SparkConfigError, match="Kubernetes is not supported yet"):
         mode_for_master("k8s://https://x")
+    with pytest.raises(SparkConfigError, match="got 'local\\\\n'"):
+        mode_for_master("local\n")
 
 
 def test_bad_log_level(session_keys: KeyDirectory) -> None:

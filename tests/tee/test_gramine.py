@@ -247,6 +247,8 @@ def test_enclave_options(tmp_path: Path) -> None:
     assert (manifest["sgx"]["enclave_size"], manifest["sgx"]["max_threads"]) == ("2G", 64)
     with pytest.raises(ConfigError, match="--enclave-size: expected a size like 512M or 8G"):
         GramineBackend(tmp_path, enclave_size="8GB")
+    with pytest.raises(ConfigError, match="--enclave-size: expected a size like 512M or 8G"):
+        GramineBackend(tmp_path, enclave_size="8G\n")  # would end up in the manifest
     with pytest.raises(ConfigError, match="--threads: expected an integer >= 4, got 2"):
         GramineBackend(tmp_path, max_threads=2)
     with pytest.raises(ConfigError, match=r"--isv-svn: expected an integer 0\.\.65535, got 65536"):

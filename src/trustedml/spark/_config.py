@@ -48,7 +48,7 @@ class DeployMode(StrEnum):
 
 def _check_master(mode: DeployMode, master: str) -> None:
     pattern = _LOCAL_MASTER if mode is DeployMode.LOCAL else _STANDALONE_MASTER
-    if not pattern.match(master):
+    if not pattern.fullmatch(master):
         expected = (
             "local, local[N] or local[*]" if mode is DeployMode.LOCAL else ("spark://HOST:PORT")
         )
@@ -57,9 +57,9 @@ def _check_master(mode: DeployMode, master: str) -> None:
 
 def mode_for_master(master: str) -> DeployMode:
     """The deployment mode a master URL implies."""
-    if _LOCAL_MASTER.match(master):
+    if _LOCAL_MASTER.fullmatch(master):
         return DeployMode.LOCAL
-    if _STANDALONE_MASTER.match(master):
+    if _STANDALONE_MASTER.fullmatch(master):
         return DeployMode.STANDALONE
     raise SparkConfigError(
         f"master: expected local[N] or spark://HOST:PORT, got {master!r} "

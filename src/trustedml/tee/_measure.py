@@ -181,7 +181,9 @@ def measured_conf(conf: Mapping[str, str]) -> dict[str, str]:
         if key in MACHINE_LOCAL_KEYS or secret_looking.search(key):
             continue
         if key == "spark.jars":
-            jars = [j for j in value.split(",") if j and not _KMS_JAR.match(PurePosixPath(j).name)]
+            jars = [
+                j for j in value.split(",") if j and not _KMS_JAR.fullmatch(PurePosixPath(j).name)
+            ]
             if not jars:
                 continue
             value = ",".join(jars)
