@@ -69,6 +69,7 @@ def sim_policy_dict() -> dict[str, object]:
         "allow_debug": False,
         "min_tcb_status": "UpToDate",
         "allowed_advisory_ids": [],
+        "vmpl": [0],
         "allow": [{"type": "sim", "measurement": MEASUREMENT.hex()}],
     }
 
