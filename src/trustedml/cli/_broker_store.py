@@ -25,11 +25,11 @@ from trustedml.cli._common import (
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _print_json(doc: Any) -> None:
+def print_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2))
 
 
-def _keys_dir_option(func: F) -> F:
+def keys_dir_option(func: F) -> F:
     return click.option(
         "--keys",
         "keys_dir",
@@ -72,7 +72,7 @@ def _expected_head(value: str) -> tuple[int, str]:
 
 @click.command("verify")
 @_db_option
-@_keys_dir_option
+@keys_dir_option
 @click.option(
     "--expect-head",
     help="A head from `audit export-head` (SEQ:MAC, its JSON, or @FILE): the log must "
@@ -97,7 +97,7 @@ def audit_verify(
         db, _master_secret(keys_dir, passphrase_file, prompt), expect_head=expected
     )
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     for note in result.notes:
         err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
     if not result.ok:
@@ -118,7 +118,7 @@ def audit_verify(
 
 @click.command("export-head")
 @_db_option
-@_keys_dir_option
+@keys_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @passphrase_options
 @handle_errors
@@ -137,7 +137,7 @@ def audit_export_head(
 
 @click.command("migrate")
 @_db_option
-@_keys_dir_option
+@keys_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @passphrase_options
 @handle_errors
@@ -150,7 +150,7 @@ def migrate_command(
     verifies."""
     report = migrate_store(db, _master_secret(keys_dir, passphrase_file, prompt))
     if as_json:
-        _print_json(report)
+        print_json(report)
     elif report.get("migrated"):
         err_console.print(
             f"migrated {db} to schema 2: {len(report['keys'])} key rows MAC'd, audit entry "

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import secrets
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.table import Table
@@ -28,9 +28,15 @@ from trustedml.broker import (
 from trustedml.broker._config import read_trusted_sim_keys
 from trustedml.broker._master import MasterKey
 from trustedml.broker._server import configure_logging
-from trustedml.cli._broker_store import audit_export_head, audit_verify, migrate_command
+from trustedml.cli._broker_store import (
+    F,
+    audit_export_head,
+    audit_verify,
+    keys_dir_option,
+    migrate_command,
+    print_json,
+)
 from trustedml.cli._common import (
-    ENV_KEYS,
     err_console,
     get_passphrase,
     handle_errors,
@@ -40,21 +46,8 @@ from trustedml.cli._common import (
 from trustedml.runtime import ENV_BROKER_CA, ENV_BROKER_URL
 from trustedml.tee import ENV_SIM_KEY
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 ENV_ADMIN_TOKEN_FILE = "TRUSTEDML_ADMIN_TOKEN_FILE"  # noqa: S105 - a variable name
 PROVIDERS = ("sim", "gramine", "configfs-tsm")
-
-
-def _keys_dir_option(func: F) -> F:
-    return click.option(
-        "--keys",
-        "keys_dir",
-        required=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar=ENV_KEYS,
-        help=f"Key directory (env {ENV_KEYS}).",
-    )(func)
 
 
 def connection_options(func: F) -> F:
@@ -106,10 +99,6 @@ def read_secret_file(path: Path, what: str) -> Secret:
 
 def _admin(url: str, ca: Path | None, token_file: Path) -> BrokerAdminClient:
     return BrokerAdminClient(url, admin_token=read_secret_file(token_file, "admin token"), ca=ca)
-
-
-def _print_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2))
 
 
 def _load_policy(path: Path) -> Policy:
@@ -207,7 +196,7 @@ def broker_group() -> None:
 
 
 @broker_group.command("serve")
-@_keys_dir_option
+@keys_dir_option
 @click.option(
     "--db",
     required=True,
@@ -323,7 +312,7 @@ def _db_files(db: str) -> list[Path]:
 
 
 @broker_group.command("admin-token")
-@_keys_dir_option
+@keys_dir_option
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -378,7 +367,7 @@ def _key_table(keys: list[dict[str, Any]]) -> Table:
 
 def _report_key(key: dict[str, Any], as_json: bool, action: str) -> None:
     if as_json:
-        _print_json(key)
+        print_json(key)
     else:
         err_console.print(
             f"{action} key {key['key_id']}: {key['state']}, version {key['current_version']}"
@@ -419,7 +408,7 @@ def key_list(as_json: bool, url: str, ca: Path | None, admin_token_file: Path) -
     with _admin(url, ca, admin_token_file) as admin:
         keys = admin.list_keys()
     if as_json:
-        _print_json(keys)
+        print_json(keys)
     else:
         out_console.print(_key_table(keys))
 
@@ -431,7 +420,7 @@ def key_list(as_json: bool, url: str, ca: Path | None, admin_token_file: Path) -
 def key_show(key_id: str, url: str, ca: Path | None, admin_token_file: Path) -> None:
     """Show key KEY_ID as JSON."""
     with _admin(url, ca, admin_token_file) as admin:
-        _print_json(admin.get_key(key_id))
+        print_json(admin.get_key(key_id))
 
 
 def _simple(name: str, action: str, help_text: str) -> None:
@@ -512,7 +501,7 @@ def policy_clear(key_id: str, url: str, ca: Path | None, admin_token_file: Path)
 def policy_show(key_id: str, url: str, ca: Path | None, admin_token_file: Path) -> None:
     """Print KEY_ID's policy as JSON (null: none)."""
     with _admin(url, ca, admin_token_file) as admin:
-        _print_json(admin.get_policy(key_id))
+        print_json(admin.get_policy(key_id))
 
 
 # -- audit -----------------------------------------------------------------------------
