@@ -11,6 +11,7 @@ on any install.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,23 @@ def write_flights(path: Path, rows: int = ROWS, seed: int = SEED) -> Path:
     """Write :func:`flights_table` to ``path`` as Parquet; returns ``path``."""
     pq.write_table(flights_table(rows, seed), path, row_group_size=ROW_GROUP)
     return path
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """``--data`` (a real table) and ``--rows`` (the synthetic one's size), as the Spark
+    benchmarks take them."""
+    from bench._report import positive_int
+
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="Parquet with columns date, delay, distance, origin, destination"
+        " (default: the synthetic table of bench/flights.py)",
+    )
+    parser.add_argument(
+        "--rows",
+        type=positive_int,
+        default=ROWS,
+        help="rows of the synthetic table, without --data (default: %(default)s)",
+    )

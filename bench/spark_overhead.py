@@ -49,19 +49,7 @@ class Run:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m bench {NAME}", description=__doc__)
     parser.add_argument("--rounds", type=positive_int, default=3, help="default: %(default)s")
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help="Parquet with columns date, delay, distance, origin, destination"
-        " (default: the synthetic table of bench/flights.py)",
-    )
-    parser.add_argument(
-        "--rows",
-        type=positive_int,
-        default=flights.ROWS,
-        help="rows of the synthetic table, without --data (default: %(default)s)",
-    )
+    flights.add_data_options(parser)
     parser.add_argument("--master", default="local[2]", help="default: %(default)s")
     return parser
 
