@@ -12,6 +12,7 @@ import shutil
 import socket
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,7 @@ from trustedml.broker import (
     BrokerRefusedError,
     verify_audit_log,
 )
+from trustedml.broker._integrity import HeadWriter, make_seal, read_head_file
 from trustedml.broker._verify import verify_store
 from trustedml.errors import ConfigError, IntegrityError
 
@@ -407,3 +409,20 @@ def test_row_macs_and_seal_follow_the_documented_bytes(broker: Broker) -> None:
     assert seal["format"] == "trustedml-broker-seal"
     assert seal["mac"] == _documented_mac(seal_key, "trustedml/broker/seal/v1", unsigned)
     assert Path(broker.config.db + ".head").read_text() == meta["seal"] + "\n"
+
+
+def test_head_writes_coalesce_and_close_writes_the_newest(tmp_path: Path) -> None:
+    # Under load a seal is posted per batch; one write per interval, and the last seal
+    # posted is the one on disk after close().
+    path = tmp_path / "broker.db.head"
+    writer = HeadWriter(path)
+    start = time.monotonic()
+    for seq in range(1, 301):
+        writer.post(make_seal(b"k" * 32, seq, "ab" * 32, "cd" * 32))
+        time.sleep(0.001)  # a batch per millisecond, as under load
+    posted = time.monotonic() - start
+    writer.close()
+    assert writer.writes <= 2 + posted / HeadWriter.MIN_INTERVAL
+    text = read_head_file(path)
+    assert text is not None
+    assert json.loads(text)["audit_seq"] == 300
