@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.broker.conftest import spawn_broker
-from tests.conftest import APPS, DATASETS, FAST_KDF, PASSPHRASE, run_cli, write_passphrase_file
-from trustedml import KeyDirectory, Secret, init_key_directory
-from trustedml.attestation import SimKey
+from tests.broker.conftest import sim_parties, spawn_broker
+from tests.conftest import APPS, DATASETS, run_cli
 from trustedml.hazmat.framing import MAGIC
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -22,21 +19,8 @@ NYC = DATASETS / "nyc_taxi.csv"
 OWNER = hashlib.sha384(b"test data owner").hexdigest()
 
 
-def _parties(tmp_path: Path) -> tuple[KeyDirectory, Path, Path, Path]:
-    """A key directory, its passphrase file, and a sim key (private, public PEM)."""
-    keys = init_key_directory(tmp_path / "keys", Secret(PASSPHRASE), kdf=FAST_KDF)
-    passphrase = write_passphrase_file(tmp_path / "passphrase")
-    sim = SimKey.generate()
-    sim_private = tmp_path / "sim-key.pem"
-    sim.save(sim_private)
-    os.chmod(sim_private, 0o600)
-    sim_public = tmp_path / "sim-pub.pem"
-    sim_public.write_bytes(sim.public_key_pem())
-    return keys, passphrase, sim_private, sim_public
-
-
 def test_only_the_measured_job_gets_keys(tmp_path: Path) -> None:
-    keys, passphrase, sim_private, sim_public = _parties(tmp_path)
+    keys, passphrase, sim_private, sim_public = sim_parties(tmp_path)
     broker = spawn_broker(keys, tmp_path / "broker.db", tmp_path / "broker", sim_key_pem=sim_public)
     try:
         ca = str(keys.ca_cert)
@@ -104,7 +88,7 @@ def test_only_the_measured_job_gets_keys(tmp_path: Path) -> None:
 
 
 def test_workers_outliving_the_shared_session_attest_themselves(tmp_path: Path) -> None:
-    keys, passphrase, sim_private, sim_public = _parties(tmp_path)
+    keys, passphrase, sim_private, sim_public = sim_parties(tmp_path)
     broker = spawn_broker(
         keys,
         tmp_path / "broker.db",

@@ -253,3 +253,16 @@ def save_sim_private_key(sim_key: SimKey, path: Path) -> Path:
     sim_key.save(path)
     os.chmod(path, 0o600)
     return path
+
+
+def sim_parties(tmp_path: Path) -> tuple[KeyDirectory, Path, Path, Path]:
+    """A key directory, its passphrase file, and a sim key (private, public PEM)."""
+    keys = init_key_directory(tmp_path / "keys", Secret(PASSPHRASE), kdf=FAST_KDF)
+    passphrase = write_passphrase_file(tmp_path / "passphrase")
+    sim = SimKey.generate()
+    sim_private = tmp_path / "sim-key.pem"
+    sim.save(sim_private)
+    os.chmod(sim_private, 0o600)
+    sim_public = tmp_path / "sim-pub.pem"
+    sim_public.write_bytes(sim.public_key_pem())
+    return keys, passphrase, sim_private, sim_public

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.broker.conftest import BrokerProcess, spawn_broker
-from tests.conftest import DATASETS, FAST_KDF, PASSPHRASE, run_cli, write_passphrase_file
+from tests.broker.conftest import BrokerProcess, sim_parties, spawn_broker
+from tests.conftest import DATASETS, run_cli
 from tests.ml.test_mnist import idx_bytes
-from trustedml import ConfigError, KeyDirectory, KeyRing, KeyStoreError, Secret, init_key_directory
+from trustedml import ConfigError, KeyDirectory, KeyRing, KeyStoreError
 from trustedml.attestation import SimKey
 from trustedml.hazmat.framing import MAGIC
 from trustedml.ml._driver import check_model_out
@@ -84,14 +84,7 @@ class Broker:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
-    keys = init_key_directory(tmp_path / "keys", Secret(PASSPHRASE), kdf=FAST_KDF)
-    passphrase = write_passphrase_file(tmp_path / "passphrase")
-    sim = SimKey.generate()
-    sim_private = tmp_path / "sim-key.pem"
-    sim.save(sim_private)
-    os.chmod(sim_private, 0o600)
-    sim_public = tmp_path / "sim-pub.pem"
-    sim_public.write_bytes(sim.public_key_pem())
+    keys, passphrase, sim_private, sim_public = sim_parties(tmp_path)
     process = spawn_broker(keys, tmp_path / "broker.db", tmp_path / "broker",
                            sim_key_pem=sim_public)  # fmt: skip
     try:

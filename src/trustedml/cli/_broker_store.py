@@ -57,6 +57,22 @@ def _db_option(func: F) -> F:
     )(func)
 
 
+def _store_options(func: F) -> F:
+    """What every offline store command takes: the database, the key directory, --json
+    and the passphrase; errors become one line and an exit code."""
+    for option in reversed(
+        (
+            _db_option,
+            keys_dir_option,
+            click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+            passphrase_options,
+            handle_errors,
+        )
+    ):
+        func = option(func)
+    return func
+
+
 def _expected_head(value: str) -> tuple[int, str]:
     text = value
     if value.startswith("@"):
@@ -71,16 +87,12 @@ def _expected_head(value: str) -> tuple[int, str]:
 
 
 @click.command("verify")
-@_db_option
-@keys_dir_option
 @click.option(
     "--expect-head",
     help="A head from `audit export-head` (SEQ:MAC, its JSON, or @FILE): the log must "
     "still contain it.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@passphrase_options
-@handle_errors
+@_store_options
 def audit_verify(
     db: Path,
     keys_dir: Path,
@@ -117,11 +129,7 @@ def audit_verify(
 
 
 @click.command("export-head")
-@_db_option
-@keys_dir_option
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@passphrase_options
-@handle_errors
+@_store_options
 def audit_export_head(
     db: Path, keys_dir: Path, as_json: bool, passphrase_file: Path | None, prompt: bool
 ) -> None:
@@ -136,11 +144,7 @@ def audit_export_head(
 
 
 @click.command("migrate")
-@_db_option
-@keys_dir_option
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@passphrase_options
-@handle_errors
+@_store_options
 def migrate_command(
     db: Path, keys_dir: Path, as_json: bool, passphrase_file: Path | None, prompt: bool
 ) -> None:
