@@ -127,6 +127,7 @@ ATTESTATION_API = [
     "SimKey",
     "SimProvider",
     "SimVerifier",
+    "TSM_REPORT_ROOT",
     "TcbStatus",
     "VerifiedEvidence",
     "Verifier",
@@ -134,6 +135,7 @@ ATTESTATION_API = [
     "detect_evidence_type",
     "get_provider",
     "get_verifier",
+    "join_collateral",
     "parse_evidence",
     "verify_evidence",
 ]
@@ -147,7 +149,6 @@ def test_attestation_api_is_locked() -> None:
 
 BROKER_API = [
     "ADMIN_TOKEN_SECRET",
-    "MASTER_KEY_SECRET",
     "AttestationResult",
     "AuditEntry",
     "AuditHead",
@@ -163,14 +164,21 @@ BROKER_API = [
     "BrokerUnavailableError",
     "KeyBrokerClient",
     "KeyBrokerError",
+    "MASTER_KEY_SECRET",
+    "MasterKey",
     "SQLiteStore",
     "broker_secrets",
     "build_ssl_context",
     "client_ssl_context",
+    "configure_logging",
     "create_app",
+    "migrate_store",
     "open_store",
+    "parse_expected_head",
+    "read_trusted_sim_keys",
     "serve",
     "verify_audit_log",
+    "verify_store",
 ]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from trustedml.errors import TrustedMLError
 from trustedml.keys import KeyDirectory
-from trustedml.tee._measure import java_binary, java_properties
+from trustedml.tee import java_binary, java_properties
 
 __all__ = ["Check", "Status", "diagnose"]
 
@@ -221,7 +221,7 @@ def _broker(url: str, ca: Path | None) -> list[Check]:
     try:
         import httpx
 
-        from trustedml.broker._client import client_ssl_context
+        from trustedml.broker import client_ssl_context
     except ImportError:
         return [Check("broker", url, Status.FAIL, "needs httpx: pip install 'trustedml[server]'")]
     if not url.startswith("https://"):

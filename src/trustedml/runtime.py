@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustedml._secret import Secret
-from trustedml.data._keystore import DataKey, KeyRing, KeyStore
+from trustedml.data import DataKey, KeyRing, KeyStore
 from trustedml.errors import BrokerRefusedError, KeyStoreError
 
 if TYPE_CHECKING:

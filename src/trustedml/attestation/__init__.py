@@ -13,17 +13,24 @@ from trustedml.attestation._model import (
     Verifier,
 )
 from trustedml.attestation._policy import Appraisal, Identity, Policy
-from trustedml.attestation._providers import ConfigfsTsmProvider, GramineProvider, get_provider
+from trustedml.attestation._providers import (
+    TSM_REPORT_ROOT,
+    ConfigfsTsmProvider,
+    GramineProvider,
+    get_provider,
+)
 from trustedml.attestation._sim import SimKey, SimProvider, SimVerifier
 from trustedml.attestation._verify import (
     describe_evidence,
     detect_evidence_type,
     get_verifier,
+    join_collateral,
     parse_evidence,
     verify_evidence,
 )
 
 __all__ = [
+    "TSM_REPORT_ROOT",
     "Appraisal",
     "Claims",
     "ConfigfsTsmProvider",
@@ -42,6 +49,7 @@ __all__ = [
     "detect_evidence_type",
     "get_provider",
     "get_verifier",
+    "join_collateral",
     "parse_evidence",
     "verify_evidence",
 ]

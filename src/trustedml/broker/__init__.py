@@ -8,6 +8,7 @@ log. The protocol is specified in docs/broker-protocol.md.
 
 from trustedml.broker._app import create_app
 from trustedml.broker._audit import AuditEntry, AuditHead, AuditVerification
+from trustedml.broker._check import parse_expected_head
 from trustedml.broker._client import (
     AttestationResult,
     BrokerAdminClient,
@@ -15,7 +16,7 @@ from trustedml.broker._client import (
     KeyBrokerClient,
     client_ssl_context,
 )
-from trustedml.broker._config import BrokerConfig, broker_secrets
+from trustedml.broker._config import BrokerConfig, broker_secrets, read_trusted_sim_keys
 from trustedml.broker._errors import (
     AuditLogError,
     BrokerKeyNotFoundError,
@@ -23,10 +24,10 @@ from trustedml.broker._errors import (
     BrokerUnavailableError,
     KeyBrokerError,
 )
-from trustedml.broker._master import ADMIN_TOKEN_SECRET, MASTER_KEY_SECRET
-from trustedml.broker._server import BrokerServer, build_ssl_context, serve
+from trustedml.broker._master import ADMIN_TOKEN_SECRET, MASTER_KEY_SECRET, MasterKey
+from trustedml.broker._server import BrokerServer, build_ssl_context, configure_logging, serve
 from trustedml.broker._store import BrokerStore, SQLiteStore, open_store
-from trustedml.broker._verify import verify_audit_log
+from trustedml.broker._verify import migrate_store, verify_audit_log, verify_store
 
 __all__ = [
     "ADMIN_TOKEN_SECRET",
@@ -46,12 +47,18 @@ __all__ = [
     "BrokerUnavailableError",
     "KeyBrokerClient",
     "KeyBrokerError",
+    "MasterKey",
     "SQLiteStore",
     "broker_secrets",
     "build_ssl_context",
     "client_ssl_context",
+    "configure_logging",
     "create_app",
+    "migrate_store",
     "open_store",
+    "parse_expected_head",
+    "read_trusted_sim_keys",
     "serve",
     "verify_audit_log",
+    "verify_store",
 ]

@@ -25,7 +25,7 @@ from trustedml.broker._errors import (
     BrokerUnavailableError,
     KeyBrokerError,
 )
-from trustedml.data._keystore import DataKey, check_key_id
+from trustedml.data import DataKey, check_key_id
 from trustedml.errors import ConfigError, IntegrityError
 from trustedml.hazmat import envelope
 

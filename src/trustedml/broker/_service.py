@@ -51,7 +51,7 @@ from trustedml.broker._store import (
 )
 from trustedml.broker._wire import WireFormatError, loads_object
 from trustedml.broker._writer import GroupCommitWriter
-from trustedml.data._keystore import KEY_ID_PATTERN
+from trustedml.data import KEY_ID_PATTERN
 from trustedml.errors import (
     ConfigError,
     EvidenceFormatError,

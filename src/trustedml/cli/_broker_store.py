@@ -11,9 +11,13 @@ from typing import Any, TypeVar
 import click
 
 from trustedml import AuditLogError, ConfigError, KeyDirectory, Secret
-from trustedml.broker import MASTER_KEY_SECRET, verify_audit_log
-from trustedml.broker._check import parse_expected_head
-from trustedml.broker._verify import migrate_store, verify_store
+from trustedml.broker import (
+    MASTER_KEY_SECRET,
+    migrate_store,
+    parse_expected_head,
+    verify_audit_log,
+    verify_store,
+)
 from trustedml.cli._common import (
     ENV_KEYS,
     err_console,

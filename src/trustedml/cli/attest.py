@@ -21,9 +21,9 @@ from trustedml.attestation import (
     describe_evidence,
     detect_evidence_type,
     get_provider,
+    join_collateral,
     verify_evidence,
 )
-from trustedml.attestation._verify import join_collateral
 from trustedml.cli._common import (
     default_sim_key_path,
     err_console,

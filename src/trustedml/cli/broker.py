@@ -14,8 +14,7 @@ from rich.table import Table
 
 from trustedml import KeyDirectory, Secret
 from trustedml._fs import write_private
-from trustedml.attestation import EvidenceProvider, Policy, SimKey, get_provider
-from trustedml.attestation._verify import join_collateral
+from trustedml.attestation import EvidenceProvider, Policy, SimKey, get_provider, join_collateral
 from trustedml.broker import (
     ADMIN_TOKEN_SECRET,
     MASTER_KEY_SECRET,
@@ -23,11 +22,11 @@ from trustedml.broker import (
     BrokerConfig,
     BrokerServer,
     KeyBrokerClient,
+    MasterKey,
     broker_secrets,
+    configure_logging,
+    read_trusted_sim_keys,
 )
-from trustedml.broker._config import read_trusted_sim_keys
-from trustedml.broker._master import MasterKey
-from trustedml.broker._server import configure_logging
 from trustedml.cli._broker_store import (
     F,
     audit_export_head,

@@ -37,9 +37,13 @@ from trustedml.cli._common import (
 from trustedml.errors import KeyNotFoundError
 from trustedml.keys import SecretName
 from trustedml.spark import check_secure_conf, conf_refusal, mode_for_master
-from trustedml.tee import ENV_SIM_KEY, LaunchPlan
-from trustedml.tee._backend import BACKEND_NAMES
-from trustedml.tee._gramine import DEFAULT_ENCLAVE_SIZE, DEFAULT_MAX_THREADS
+from trustedml.tee import (
+    BACKEND_NAMES,
+    DEFAULT_ENCLAVE_SIZE,
+    DEFAULT_MAX_THREADS,
+    ENV_SIM_KEY,
+    LaunchPlan,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

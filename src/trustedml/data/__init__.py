@@ -10,11 +10,19 @@ from trustedml.data._files import (
     read_encrypted_bytes,
     write_encrypted_bytes,
 )
-from trustedml.data._keystore import DataKey, KeyRing, KeyStore, LocalKeyStore
+from trustedml.data._keystore import (
+    KEY_ID_PATTERN,
+    DataKey,
+    KeyRing,
+    KeyStore,
+    LocalKeyStore,
+    check_key_id,
+)
 from trustedml.data._pme import read_encrypted_parquet, write_encrypted_parquet
 from trustedml.data._streams import DecryptingReader, EncryptingWriter, open_encrypted
 
 __all__ = [
+    "KEY_ID_PATTERN",
     "SUFFIX",
     "DataKey",
     "DecryptingReader",
@@ -23,6 +31,7 @@ __all__ = [
     "KeyRing",
     "KeyStore",
     "LocalKeyStore",
+    "check_key_id",
     "decrypt_file",
     "decrypt_path",
     "encrypt_file",

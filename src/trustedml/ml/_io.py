@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trustedml.data import KeyRing
-from trustedml.data._files import SUFFIX, read_encrypted_bytes, write_encrypted_bytes
+from trustedml.data import SUFFIX, KeyRing, read_encrypted_bytes, write_encrypted_bytes
 from trustedml.errors import ConfigError
 from trustedml.runtime import AttestedKeyStore, job_keystore
 
@@ -39,7 +38,7 @@ def read_input_bytes(path: str | os.PathLike[str]) -> bytes:
 def read_table(spark: SparkSession, path: str | os.PathLike[str], fmt: str = "csv",
                **options: Any) -> DataFrame:  # fmt: skip
     """A DataFrame from a plaintext or encrypted (``.tml`` or a directory of them) path."""
-    from trustedml.spark._encrypted import read_encrypted
+    from trustedml.spark import read_encrypted
 
     p = Path(path)
     encrypted = is_encrypted(p) or (p.is_dir() and any(p.rglob(f"*{SUFFIX}")))

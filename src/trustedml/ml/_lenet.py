@@ -30,8 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from trustedml.data._files import SUFFIX
-from trustedml.data._streams import open_encrypted
+from trustedml.data import SUFFIX, open_encrypted
 from trustedml.errors import ConfigError, TrustedMLError, reworded
 from trustedml.ml._io import is_encrypted, load_model, save_model
 from trustedml.ml._mnist import load_mnist

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from trustedml.data._files import SUFFIX
+from trustedml.data import SUFFIX
 from trustedml.errors import ConfigError
 from trustedml.ml._io import read_input_bytes
 

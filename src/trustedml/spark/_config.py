@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from trustedml._secret import Secret
-from trustedml.data._keystore import KeyRing
+from trustedml.data import KeyRing
 from trustedml.errors import SparkConfigError
 from trustedml.keys import KeyDirectory
 from trustedml.runtime import ENV_BROKER_CA, ENV_BROKER_URL, ENV_KEYRING

@@ -25,9 +25,7 @@ from pyspark.sql.datasource import (
 )
 from pyspark.sql.types import StringType, StructField, StructType
 
-from trustedml.data._files import SUFFIX
-from trustedml.data._keystore import KeyStore
-from trustedml.data._streams import DecryptingReader, EncryptingWriter
+from trustedml.data import SUFFIX, DecryptingReader, EncryptingWriter, KeyStore
 from trustedml.errors import ConfigError
 from trustedml.spark._records import split_csv_records, split_region
 

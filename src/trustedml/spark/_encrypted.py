@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from trustedml.data._keystore import KeyRing, KeyStore, LocalKeyStore
+from trustedml.data import KeyRing, KeyStore, LocalKeyStore
 from trustedml.errors import ConfigError
 from trustedml.hazmat import framing
 

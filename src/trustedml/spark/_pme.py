@@ -38,7 +38,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from trustedml.data._keystore import KeyRing
+from trustedml.data import KeyRing
 from trustedml.errors import LaunchError
 from trustedml.runtime import ENV_KEYRING
 from trustedml.spark._submit import spark_home

@@ -17,9 +17,17 @@ from typing import IO, Any
 from trustedml._fs import write_private
 from trustedml.errors import ConfigError, LaunchError
 from trustedml.spark._config import SparkSettings, properties_text
-from trustedml.tee import Job, JobMeasurement, LaunchPlan, NoTee, TeeBackend, measure_job
-from trustedml.tee._backend import JOB_ENV
-from trustedml.tee._measure import DIGEST_SIZE, java_binary
+from trustedml.tee import (
+    DIGEST_SIZE,
+    JOB_ENV,
+    Job,
+    JobMeasurement,
+    LaunchPlan,
+    NoTee,
+    TeeBackend,
+    java_binary,
+    measure_job,
+)
 
 # Inherited variables that would silently change what the child runs, or lie to it
 # about where it runs.

@@ -1,10 +1,12 @@
 """TEE backends (none, sim, gramine, cvm) and the job measurement."""
 
 from trustedml.tee._backend import (
+    BACKEND_NAMES,
     ENV_JOB_MEASUREMENT,
     ENV_SIM_KEY,
     ENV_TEE,
     ENV_TSM_ROOT,
+    JOB_ENV,
     Job,
     LaunchPlan,
     NoTee,
@@ -12,11 +14,20 @@ from trustedml.tee._backend import (
     get_backend,
 )
 from trustedml.tee._cvm import CvmBackend
-from trustedml.tee._gramine import GramineBackend, GramineRuntime, build_manifest
+from trustedml.tee._gramine import (
+    DEFAULT_ENCLAVE_SIZE,
+    DEFAULT_MAX_THREADS,
+    GramineBackend,
+    GramineRuntime,
+    build_manifest,
+)
 from trustedml.tee._job import job_evidence_provider, job_measurement, job_tee
 from trustedml.tee._measure import (
+    DIGEST_SIZE,
     JobMeasurement,
     TrustedFile,
+    java_binary,
+    java_properties,
     measure_job,
     measured_conf,
     measurement_settings,
@@ -24,10 +35,15 @@ from trustedml.tee._measure import (
 from trustedml.tee._sim import SIM_BANNER, SimBackend
 
 __all__ = [
+    "BACKEND_NAMES",
+    "DEFAULT_ENCLAVE_SIZE",
+    "DEFAULT_MAX_THREADS",
+    "DIGEST_SIZE",
     "ENV_JOB_MEASUREMENT",
     "ENV_SIM_KEY",
     "ENV_TEE",
     "ENV_TSM_ROOT",
+    "JOB_ENV",
     "SIM_BANNER",
     "CvmBackend",
     "GramineBackend",
@@ -41,6 +57,8 @@ __all__ = [
     "TrustedFile",
     "build_manifest",
     "get_backend",
+    "java_binary",
+    "java_properties",
     "job_evidence_provider",
     "job_measurement",
     "job_tee",

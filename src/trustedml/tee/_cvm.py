@@ -3,8 +3,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from trustedml.attestation._model import EvidenceProvider
-from trustedml.attestation._providers import TSM_REPORT_ROOT, ConfigfsTsmProvider
+from trustedml.attestation import TSM_REPORT_ROOT, ConfigfsTsmProvider, EvidenceProvider
 from trustedml.errors import EvidenceProviderError, LaunchError
 from trustedml.tee._backend import ENV_TSM_ROOT, Job, LaunchPlan, job_environment
 

@@ -6,9 +6,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from trustedml.attestation._model import EvidenceProvider
-from trustedml.attestation._providers import ConfigfsTsmProvider, GramineProvider
-from trustedml.attestation._sim import SimKey, SimProvider
+from trustedml.attestation import (
+    ConfigfsTsmProvider,
+    EvidenceProvider,
+    GramineProvider,
+    SimKey,
+    SimProvider,
+)
 from trustedml.errors import EvidenceProviderError
 from trustedml.tee._backend import ENV_JOB_MEASUREMENT, ENV_SIM_KEY, ENV_TEE, ENV_TSM_ROOT
 from trustedml.tee._measure import DIGEST_SIZE

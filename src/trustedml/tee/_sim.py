@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from trustedml.attestation._sim import SimKey, SimProvider
+from trustedml.attestation import SimKey, SimProvider
 from trustedml.errors import ConfigError
 from trustedml.tee._backend import ENV_SIM_KEY, Job, LaunchPlan, job_environment
 from trustedml.tee._measure import JobMeasurement
