@@ -213,3 +213,10 @@ def test_layer_imports_only_what_sits_below(layer: str) -> None:
         for name in _imports(path):
             if name.startswith("trustedml"):
                 assert name.startswith(allowed), f"{layer}/{path.name} imports {name}"
+
+
+def test_version_matches_pyproject() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == trustedml.__version__

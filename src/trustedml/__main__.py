@@ -1,3 +1,5 @@
+"""`python -m trustedml`: the command line."""
+
 from trustedml.cli import main
 
 main()

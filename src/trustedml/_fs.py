@@ -1,3 +1,5 @@
+"""Private directories and atomic 0600 file writes."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,3 +1,5 @@
+"""The Progress protocol long operations report through (the CLI renders it with rich)."""
+
 from __future__ import annotations
 
 from typing import Protocol

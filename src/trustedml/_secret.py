@@ -1,3 +1,5 @@
+"""Secret: a value that never prints, pickles or logs itself."""
+
 from __future__ import annotations
 
 import hmac

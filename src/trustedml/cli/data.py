@@ -1,3 +1,5 @@
+"""`trustedml encrypt` and `decrypt`: files and folders to and from the encrypted format."""
+
 from __future__ import annotations
 
 import json

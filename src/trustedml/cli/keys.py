@@ -1,3 +1,5 @@
+"""`trustedml keys`: create, show, check and extend a key directory."""
+
 from __future__ import annotations
 
 import json

@@ -1,3 +1,5 @@
+"""`trustedml example` and `ml`: the BigDL PPML reference examples and ML workloads."""
+
 from __future__ import annotations
 
 import importlib.util

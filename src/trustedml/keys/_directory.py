@@ -1,3 +1,5 @@
+"""The key directory: init, manifest, sealed vault, TLS stores and key-encryption keys."""
+
 from __future__ import annotations
 
 import base64

@@ -1,3 +1,5 @@
+"""The enclave signing key: RSA-3072 with exponent 3, as SGX SIGSTRUCT requires."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,3 +1,5 @@
+"""TLS material of a key directory: a private CA, server and client certificates, PKCS#12."""
+
 from __future__ import annotations
 
 import datetime as dt

@@ -1,3 +1,5 @@
+"""An in-process SparkSession started with a trusted-ml Spark configuration."""
+
 from __future__ import annotations
 
 import atexit

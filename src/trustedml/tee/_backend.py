@@ -1,3 +1,5 @@
+"""The TeeBackend protocol, the Job a launcher hands it and the LaunchPlan it returns."""
+
 from __future__ import annotations
 
 import inspect

@@ -1,3 +1,5 @@
+"""The `cvm` TEE backend: jobs inside an Intel TDX or AMD SEV-SNP confidential VM."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence

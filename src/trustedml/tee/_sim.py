@@ -1,3 +1,5 @@
+"""The `sim` TEE backend: the attested workflow with no hardware protection, said loudly."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence

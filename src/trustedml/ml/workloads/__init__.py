@@ -1,0 +1,1 @@
+"""The ML workloads as spark-submit applications (`trustedml example`, `trustedml ml`)."""
