@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 # A new benchmark is a module bench/NAME.py with ``main(argv) -> int`` plus one line here.
 BENCHMARKS: dict[str, str] = {
-    "ml": "the seed's ML workloads at full size, secure vs plain",
+    "ml": "the examples' ML workloads at full size, secure vs plain",
     "spark_overhead": "secure vs plain Spark on a shuffle-heavy job over 3M flights",
     "encrypted_io": "file encryption vs raw AES-GCM; Spark over encrypted vs plaintext files",
     "broker": "key broker latency (challenge+attest+unwrap, unwrap) and unwraps per second",

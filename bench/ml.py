@@ -1,4 +1,4 @@
-"""The seed's ML workloads at full size, secure vs plain Spark in the same run.
+"""The ML workloads of the examples at full size, secure vs plain Spark in the same run.
 
 Each workload runs through the real command line (`trustedml example NAME`), once in
 secure mode and once with `--insecure` (plain Spark; the data keys still come from the

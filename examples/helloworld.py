@@ -1,4 +1,4 @@
-"""The seed's first example: proves the launcher runs native Python.
+"""The first of the examples: proves the launcher runs native Python.
 
 trustedml run -- python examples/helloworld.py
 """

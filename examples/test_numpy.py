@@ -1,4 +1,4 @@
-"""The seed's numpy example: time a 1000x1000 matrix product.
+"""The numpy example: time a 1000x1000 matrix product.
 
 trustedml run -- python examples/test_numpy.py
 """

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end demo on the embedded defaults: a fresh key directory, then the seed's
-# Spark examples through `trustedml submit` in secure mode. Run by `make demo`.
+# End-to-end demo on the embedded defaults: a fresh key directory, then the Spark
+# ones among the BigDL PPML reference examples through `trustedml submit` in secure
+# mode. Run by `make demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 umask 077

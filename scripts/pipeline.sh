@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full attested pipeline on the embedded defaults: keys, a key broker, encrypted
-# NYC taxi data, the seed's pandas-on-Spark data-prep job under --tee sim, encrypted
+# NYC taxi data, the examples' pandas-on-Spark data-prep job under --tee sim, encrypted
 # results decrypted for the data owner. Each step reports in one line. Run by
 # `make demo` after the Spark examples (scripts/demo.sh).
 set -euo pipefail

@@ -1,4 +1,4 @@
-"""The seed's examples, run through the real command line in secure mode."""
+"""The examples, run through the real command line in secure mode."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The seed's ML workloads, run on Spark with encrypted inputs and models.
+"""The ML workloads of the examples, run on Spark with encrypted inputs and models.
 
 Each workload is a module of :mod:`trustedml.ml.workloads` with ``main(argv)``;
 ``trustedml example NAME`` submits it in secure mode, and ``examples/`` holds a
