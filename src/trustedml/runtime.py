@@ -23,16 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trustedml._env import ENV_BROKER_CA, ENV_BROKER_URL, ENV_KEYRING
 from trustedml._secret import Secret
 from trustedml.data import DataKey, KeyRing, KeyStore
 from trustedml.errors import BrokerRefusedError, KeyStoreError
 
 if TYPE_CHECKING:
     from trustedml.broker import BrokerSession, KeyBrokerClient
-
-ENV_KEYRING = "TRUSTEDML_KEYRING"
-ENV_BROKER_URL = "TRUSTEDML_BROKER_URL"
-ENV_BROKER_CA = "TRUSTEDML_BROKER_CA"
 
 __all__ = [
     "ENV_BROKER_CA",

@@ -11,11 +11,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
+from trustedml._env import ENV_BROKER_CA, ENV_BROKER_URL, ENV_KEYRING
 from trustedml._secret import Secret
 from trustedml.data import KeyRing
 from trustedml.errors import SparkConfigError
 from trustedml.keys import KeyDirectory
-from trustedml.runtime import ENV_BROKER_CA, ENV_BROKER_URL, ENV_KEYRING
 from trustedml.spark._conf_policy import conf_refusal
 
 # Environment variables that carry secrets to the Spark JVM. Spark reads the auth

@@ -38,9 +38,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from trustedml._env import ENV_KEYRING
 from trustedml.data import KeyRing
 from trustedml.errors import LaunchError
-from trustedml.runtime import ENV_KEYRING
 from trustedml.spark._submit import spark_home
 
 __all__ = ["ENV_PME_KEYRING", "KMS_CLIENT_CLASS", "kms_client_jar", "pme_conf", "pme_environment"]

@@ -8,18 +8,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from trustedml._env import ENV_JOB_MEASUREMENT, ENV_SIM_KEY, ENV_TEE, ENV_TSM_ROOT, JOB_ENV
 from trustedml.errors import ConfigError, LaunchError
 from trustedml.tee._measure import JobMeasurement
 
 if TYPE_CHECKING:
     from trustedml.spark._config import SparkSettings
 
-# What a running job learns about where it runs (trustedml.tee.job_*() read them).
-ENV_TEE = "TRUSTEDML_TEE"
-ENV_JOB_MEASUREMENT = "TRUSTEDML_JOB_MEASUREMENT"
-ENV_SIM_KEY = "TRUSTEDML_SIM_KEY"
-ENV_TSM_ROOT = "TRUSTEDML_TSM_ROOT"
-JOB_ENV = (ENV_TEE, ENV_JOB_MEASUREMENT, ENV_SIM_KEY, ENV_TSM_ROOT)
+# What a running job learns about where it runs (trustedml.tee.job_*() read them); the
+# names live in trustedml._env, shared with trustedml.runtime, and are re-exported here.
+__all__ = [
+    "BACKEND_NAMES",
+    "ENV_JOB_MEASUREMENT",
+    "ENV_SIM_KEY",
+    "ENV_TEE",
+    "ENV_TSM_ROOT",
+    "JOB_ENV",
+    "Job",
+    "LaunchPlan",
+    "NoTee",
+    "TeeBackend",
+    "get_backend",
+    "job_environment",
+]
 
 
 @dataclass(frozen=True)

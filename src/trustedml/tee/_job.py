@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from trustedml._env import ENV_JOB_MEASUREMENT, ENV_SIM_KEY, ENV_TEE, ENV_TSM_ROOT
 from trustedml.attestation import (
     ConfigfsTsmProvider,
     EvidenceProvider,
@@ -14,7 +15,6 @@ from trustedml.attestation import (
     SimProvider,
 )
 from trustedml.errors import EvidenceProviderError
-from trustedml.tee._backend import ENV_JOB_MEASUREMENT, ENV_SIM_KEY, ENV_TEE, ENV_TSM_ROOT
 from trustedml.tee._measure import DIGEST_SIZE
 
 
