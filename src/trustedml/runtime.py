@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,10 +102,11 @@ class AttestedKeyStore(_CachedRelease):
     def __reduce__(self) -> str | tuple[Any, ...]:
         raise TypeError("an AttestedKeyStore cannot be pickled (it holds a session key)")
 
-    def for_workers(self, key_ids: Sequence[str]) -> KeyStore:
-        """A picklable key store for this job's Spark workers: they share this
-        process's attested session (one attestation per job in local mode) instead
-        of attesting themselves, and each keeps what it fetched in memory."""
+    def for_workers(self, key_ids: Collection[str]) -> KeyStore:
+        """A picklable key store for this job's Spark workers, serving ``key_ids``: they
+        share this process's attested session (attesting now if it lacks them; one
+        attestation per job in local mode) instead of attesting themselves, and each
+        keeps what it fetched in memory."""
         return _WorkerKeyStore(self._client.for_workers(key_ids))
 
 
@@ -114,9 +115,10 @@ class _WorkerKeyStore(_CachedRelease):
     each process that unpickles it.
 
     When the shared session cannot serve a request (its token expired, or the key is
-    outside what the driver attested for) and this process runs inside the same
-    measured job, the worker attests itself with its own TEE evidence, as the driver
-    did: a job may outlive the broker's token lifetime."""
+    outside what the driver shared) and this process runs inside the same measured
+    job, the worker attests itself with its own TEE evidence, as the driver did: a
+    job may outlive the broker's token lifetime, and the broker's policy decides
+    anew. Outside the job it is refused."""
 
     _OWN_ATTESTATION = frozenset({"token_expired", "not_in_scope"})
 
@@ -148,6 +150,11 @@ class _WorkerKeyStore(_CachedRelease):
             return self._session.unwrap_data_key(key_id, wrapped)
         except BrokerRefusedError as exc:
             return self._own_store(exc).unwrap_data_key(key_id, wrapped)
+
+    def for_workers(self, key_ids: Collection[str]) -> KeyStore:
+        """The shared session narrowed to ``key_ids`` (it cannot attest for more)."""
+        session = self._session.for_workers(key_ids)
+        return self if session is self._session else _WorkerKeyStore(session)
 
     def __repr__(self) -> str:
         return f"_WorkerKeyStore({self._session!r})"

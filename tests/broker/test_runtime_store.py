@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker.conftest import Broker, save_sim_private_key, sim_policy
-from trustedml import runtime
+from tests.broker.conftest import Broker, sim_policy
+from tests.broker.job_env import JOB_MEASUREMENT, job_environment
 from trustedml.data import KeyStore
 from trustedml.errors import BrokerRefusedError, KeyBrokerError
-from trustedml.runtime import ENV_BROKER_CA, ENV_BROKER_URL, AttestedKeyStore
+from trustedml.runtime import AttestedKeyStore
 
 
 def test_each_data_key_is_fetched_once_then_served_from_memory(broker: Broker) -> None:
@@ -44,9 +44,46 @@ def test_the_store_never_pickles_but_its_worker_session_does(broker: Broker) -> 
         worker.close()
 
 
-# -- a worker whose shared session ends attests itself, as the driver did -------------
+def test_for_workers_hands_over_only_the_key_ids_asked_for(broker: Broker) -> None:
+    wanted, other = broker.new_key(), broker.new_key()
+    store = AttestedKeyStore(broker.client())
+    made = store.generate_data_key(wanted)
+    foreign = store.generate_data_key(other)  # the driver's session now holds both
+    whole = store.client.for_workers()  # empty: the session's whole scope
+    broker.clients.append(whole)
+    assert f"key_ids={sorted([wanted, other])!r}" in repr(whole)
+    shipped = store.for_workers([wanted])
+    assert isinstance(shipped, KeyStore)
+    worker = pickle.loads(pickle.dumps(shipped))  # noqa: S301 - bytes this test just made
+    broker.clients.append(worker)
+    assert f"key_ids={[wanted]!r}" in repr(worker)
+    assert worker.unwrap_data_key(wanted, made.wrapped) == made.plaintext
+    # Outside the job (no broker in this process's environment) it cannot attest itself.
+    with pytest.raises(BrokerRefusedError, match="cannot attest itself") as info:
+        worker.unwrap_data_key(other, foreign.wrapped)
+    assert info.value.code == "not_in_scope"
+    # A worker store narrows further, never widens: a session cannot attest.
+    assert worker.for_workers([wanted]) is worker
+    assert worker.for_workers([]) is worker
+    with pytest.raises(BrokerRefusedError) as info:
+        worker.for_workers([other])
+    assert info.value.code == "not_in_scope"
 
-JOB_MEASUREMENT = bytes.fromhex("33" * 48)
+
+def test_a_narrowed_session_is_another_registration(broker: Broker) -> None:
+    a, b = broker.new_key(), broker.new_key()
+    client = broker.client()
+    whole = client.for_workers([a, b])
+    only_a, only_b = whole.for_workers([a]), whole.for_workers([b])
+    broker.clients.extend([whole, only_a, only_b])
+    assert whole.for_workers([a, b]) is whole
+    # Same token, other key ids: `register` must not take one for the other.
+    assert only_a != only_b
+    assert only_a != whole
+    assert only_a == pickle.loads(pickle.dumps(only_a))  # noqa: S301 - our own bytes
+
+
+# -- a worker whose shared session ends attests itself, as the driver did -------------
 
 
 @pytest.fixture
@@ -54,20 +91,8 @@ def job_env(
     fresh_broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
     """The environment `trustedml submit --tee sim --broker URL` gives a job."""
-    from trustedml.tee import ENV_JOB_MEASUREMENT, ENV_SIM_KEY, ENV_TEE
-
-    monkeypatch.setenv(ENV_BROKER_URL, fresh_broker.url)
-    monkeypatch.setenv(ENV_BROKER_CA, str(fresh_broker.ca))
-    monkeypatch.setenv(ENV_TEE, "sim")
-    monkeypatch.setenv(ENV_JOB_MEASUREMENT, JOB_MEASUREMENT.hex())
-    monkeypatch.setenv(
-        ENV_SIM_KEY, str(save_sim_private_key(fresh_broker.sim_key, tmp_path / "sim.key"))
-    )
-    yield
-    with runtime._STORE_LOCK:
-        stores = [runtime._STORES.pop(k) for k in list(runtime._STORES) if k[0] == fresh_broker.url]
-    for store in stores:
-        store.client.close()
+    with job_environment(fresh_broker, tmp_path, monkeypatch):
+        yield
 
 
 def _worker(broker: Broker, key_id: str) -> tuple[KeyStore, bytes, bytes]:

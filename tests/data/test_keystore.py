@@ -85,3 +85,35 @@ def test_keyring_pickles_for_spark_workers_but_hides_keys() -> None:
         KeyRing({"k": b"short"})
     with pytest.raises(KeyNotFoundError):
         ring.subset(["other"])
+
+
+def test_keyring_for_workers_carries_only_the_keys_asked_for() -> None:
+    ring = KeyRing({"a": b"\x01" * 32, "b": b"\x02" * 32, "c": b"\x03" * 32})
+    made = ring.generate_data_key("a")
+    workers = ring.for_workers(["a", "c", "a"])
+    assert isinstance(workers, KeyStore)
+    shipped = pickle.loads(pickle.dumps(workers))  # noqa: S301 - our own bytes
+    assert shipped.key_ids() == ["a", "c"]
+    assert shipped.unwrap_data_key("a", made.wrapped) == made.plaintext
+    with pytest.raises(KeyNotFoundError, match="no key-encryption key 'b'"):
+        shipped.generate_data_key("b")
+    assert ring.for_workers([]) == ring  # empty: all the ring holds
+    with pytest.raises(KeyNotFoundError, match="no key-encryption key 'nope'"):
+        ring.for_workers(["a", "nope"])
+
+
+def test_local_keystore_for_workers_is_a_keyring_without_the_vault(keys: KeyDirectory) -> None:
+    store = LocalKeyStore(keys, Secret(PASSPHRASE))
+    store.create_kek("a")
+    store.create_kek("b")
+    workers = store.for_workers(["b"])
+    assert isinstance(workers, KeyRing)
+    assert workers.key_ids() == ["b"]
+    assert store.for_workers(()).key_ids() == ["a", "b"]
+    blob = pickle.dumps(workers)
+    assert PASSPHRASE.encode() not in blob
+    assert str(keys.path).encode() not in blob
+    made = store.generate_data_key("b")
+    assert pickle.loads(blob).unwrap_data_key("b", made.wrapped) == made.plaintext  # noqa: S301
+    with pytest.raises(KeyNotFoundError):
+        store.for_workers(["c"])

@@ -9,8 +9,8 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,9 @@ class _Http:
         return response.status_code, doc
 
 
-def _error(status: int, doc: Mapping[str, Any], what: str) -> KeyBrokerError:
+def _error(
+    status: int, doc: Mapping[str, Any], what: str
+) -> KeyBrokerError | BrokerKeyNotFoundError:
     code = str(doc.get("error", "error"))
     message = str(doc.get("message", ""))
     raw = doc.get("reasons")
@@ -183,6 +185,13 @@ class _Session:
 
     def usable_for(self, key_id: str) -> bool:
         return key_id in self.key_ids and time.time() < self.renew_at
+
+    def narrowed(self, key_ids: frozenset[str]) -> _Session:
+        """This session for ``key_ids`` only (all of its own when empty): what a copy
+        handed to other processes may ask for. The broker's token keeps its scope."""
+        if not key_ids or key_ids == self.key_ids:
+            return self
+        return replace(self, key_ids=key_ids)
 
 
 @dataclass(frozen=True)
@@ -401,13 +410,14 @@ class KeyBrokerClient(_Releaser):
             assert session is not None
             return session
 
-    def for_workers(self, key_ids: Iterable[str] = ()) -> BrokerSession:
+    def for_workers(self, key_ids: Collection[str] = ()) -> BrokerSession:
         """This client's session (attesting now if there is none, or it lacks
         ``key_ids``) as a picklable key store for the other processes of the same job,
-        e.g. Spark's Python workers. It releases keys until the session expires and
-        cannot attest again. It carries the session key: ship it only inside the
-        trusted runtime, over encrypted channels, as a :class:`KeyRing` is."""
-        wanted = {check_key_id(k) for k in key_ids}
+        e.g. Spark's Python workers, serving only ``key_ids`` (the session's whole
+        scope when empty). It releases keys until the session expires and cannot
+        attest again. It carries the session key: ship it only inside the trusted
+        runtime, over encrypted channels, as a :class:`KeyRing` is."""
+        wanted = frozenset(check_key_id(k) for k in key_ids)
         with self._lock:
             session = self._session
             if session is None or not all(session.usable_for(k) for k in wanted):
@@ -419,7 +429,15 @@ class KeyBrokerClient(_Releaser):
             raise ConfigError("for_workers: give the CA as a file or PEM bytes, not an SSLContext")
         if ca is not None and not isinstance(ca, bytes):
             ca = Path(ca).read_bytes()
-        return BrokerSession(self.url, session, ca=ca, timeout=self._timeout)
+        return BrokerSession(self.url, session.narrowed(wanted), ca=ca, timeout=self._timeout)
+
+
+def _not_in_scope(key_id: str) -> BrokerRefusedError:
+    return BrokerRefusedError(
+        f"the job's broker session was not attested for key {key_id!r}",
+        status=403,
+        code="not_in_scope",
+    )
 
 
 class BrokerSession(_Releaser):
@@ -442,8 +460,10 @@ class BrokerSession(_Releaser):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, BrokerSession):
             return NotImplemented
-        return self._url == other._url and hmac.compare_digest(
-            self._session.token_sha256, other._session.token_sha256
+        return (
+            self._url == other._url
+            and self._session.key_ids == other._session.key_ids
+            and hmac.compare_digest(self._session.token_sha256, other._session.token_sha256)
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -478,14 +498,24 @@ class BrokerSession(_Releaser):
     def expires_at(self) -> float:
         return self._session.expires_at
 
+    def for_workers(self, key_ids: Collection[str] = ()) -> BrokerSession:
+        """This session serving only ``key_ids`` (itself when empty or the same). The
+        broker's token keeps the scope it was attested for; the narrowing is this
+        copy's: it refuses other key ids before asking. A session cannot attest, so a
+        key id outside its scope is refused here (``not_in_scope``)."""
+        wanted = frozenset(check_key_id(k) for k in key_ids)
+        outside = sorted(wanted - self._session.key_ids)
+        if outside:
+            raise _not_in_scope(outside[0])
+        session = self._session.narrowed(wanted)
+        if session is self._session:
+            return self
+        return BrokerSession(self._url, session, ca=self._ca, timeout=self._timeout)
+
     def _session_for(self, key_id: str, *, renew: bool = False) -> _Session:
         session = self._session
         if key_id not in session.key_ids:
-            raise BrokerRefusedError(
-                f"the job's broker session was not attested for key {key_id!r}",
-                status=403,
-                code="not_in_scope",
-            )
+            raise _not_in_scope(key_id)
         if renew or time.time() >= session.expires_at:
             raise BrokerRefusedError(
                 "the job's broker session expired; only the attesting process can renew it",

@@ -7,7 +7,7 @@ import binascii
 import hmac
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -42,8 +42,11 @@ class DataKey:
 
 @runtime_checkable
 class KeyStore(Protocol):
-    """Where key-encryption keys live. Implementations: :class:`LocalKeyStore`, the
-    key broker client."""
+    """Where key-encryption keys live, and how they reach a job's Spark workers.
+
+    Implementations: :class:`KeyRing`, :class:`LocalKeyStore`, the key broker's
+    client and session (``trustedml.broker``), and the job's attested store
+    (``trustedml.runtime.job_keystore()``)."""
 
     def generate_data_key(self, key_id: str) -> DataKey:
         """A new random data key wrapped under the key-encryption key ``key_id``."""
@@ -51,6 +54,21 @@ class KeyStore(Protocol):
 
     def unwrap_data_key(self, key_id: str, wrapped: bytes) -> Secret:
         """The plaintext of a data key wrapped under ``key_id``."""
+        ...
+
+    def for_workers(self, key_ids: Collection[str]) -> KeyStore:
+        """A picklable store for this job's Spark Python workers that can serve at most
+        these key ids.
+
+        Every store keeps this contract: the result pickles (it travels inside the
+        ``trustedml`` data source or a UDF's closure); it serves no key id outside
+        ``key_ids``; it carries key material, so it is shipped only over Spark's
+        encrypted channels inside the trusted runtime and never written to disk. A key
+        id the store cannot serve fails here, in the driver, before any task starts
+        (:class:`~trustedml.errors.KeyNotFoundError`, or the broker's refusal). An
+        empty ``key_ids`` hands over what the store holds now: every key of a key ring,
+        the whole scope of a broker session.
+        """
         ...
 
 
@@ -104,6 +122,11 @@ class KeyRing:
 
     def subset(self, key_ids: Iterable[str]) -> KeyRing:
         return KeyRing({k: self._kek(k) for k in key_ids})
+
+    def for_workers(self, key_ids: Collection[str]) -> KeyRing:
+        """These KEKs only (all of them when ``key_ids`` is empty); an id this ring
+        lacks raises :class:`~trustedml.errors.KeyNotFoundError`."""
+        return self.subset(key_ids) if key_ids else self
 
     def export(self) -> Secret:
         """``id:base64,id:base64``: how a job's KEKs reach the Spark JVM (Parquet KMS
@@ -167,6 +190,11 @@ class LocalKeyStore:
     def keyring(self, key_ids: Iterable[str] | None = None) -> KeyRing:
         """The KEKs as a picklable :class:`KeyRing` (all, or those named)."""
         return self._ring.subset(self._ring.key_ids() if key_ids is None else key_ids)
+
+    def for_workers(self, key_ids: Collection[str]) -> KeyRing:
+        """The named KEKs (all when ``key_ids`` is empty) as a picklable :class:`KeyRing`;
+        the passphrase and the vault stay here."""
+        return self._ring.for_workers(key_ids)
 
     def generate_data_key(self, key_id: str) -> DataKey:
         return self._ring.generate_data_key(key_id)
