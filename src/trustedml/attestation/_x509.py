@@ -1,5 +1,6 @@
 """X.509 for both attestation verifiers: strict loading of certificates and CRLs,
-names, issued-by and CRL signature checks, validity, revocation and extensions.
+pinned packaged roots, names, issued-by, CRL and ECDSA signature checks, validity
+windows, revocation and extensions.
 
 pyca/cryptography parses lazily and raises many exception types (ValueError,
 UnsupportedAlgorithm, DuplicateExtension, InvalidVersion...) from attribute reads
@@ -20,38 +21,55 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from importlib import resources
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
 
-from trustedml.errors import AttestationError, CertificateChainError, EvidenceFormatError
+from trustedml.errors import (
+    AttestationError,
+    CertificateChainError,
+    CollateralError,
+    CollateralExpiredError,
+    EvidenceFormatError,
+)
 from trustedml.hazmat.attestation import _der
 
 __all__ = [
     "ErrorType",
+    "check_current",
     "check_validity",
     "common_name",
     "crl_signed_by",
     "describe",
     "ec_public_key",
+    "ecdsa_verifies",
     "is_ca",
     "issued_by",
     "kds_extensions",
     "load_crl",
     "load_der_certificate",
     "load_pem_certificates",
+    "packaged",
+    "pinned_certificate",
     "revocation",
+    "serial_number",
     "unrecognized_extension",
 ]
 
 ErrorType = type[AttestationError]
+_T = TypeVar("_T")
 
 # Everything pyca/cryptography raises for malformed input (none share a base class
 # narrower than Exception).
@@ -81,20 +99,37 @@ def _quiet() -> Iterator[list[warnings.WarningMessage]]:
         yield caught
 
 
-def _guarded(read: Callable[[], object], form: str) -> str | None:
-    # The problem with reading ``form`` (None: none). cryptography warns (rather than
-    # fails) about some malformed fields, e.g. a country name of the wrong length; only
-    # the deprecation warnings for what real vendor certificates do (AMD's VCEKs have
-    # serial number 0) are let through.
+def _guarded(
+    der: bytes,
+    frame: Callable[[bytes, str], object],
+    load: Callable[[bytes], _T],
+    read_all: Callable[[_T], None],
+    form: str,
+) -> _T | str:
+    # The object read in full, or what is wrong with it. The strict DER frame first,
+    # then cryptography, which warns (rather than fails) about some malformed fields,
+    # e.g. a country name of the wrong length; only the deprecation warnings for what
+    # real vendor certificates do (AMD's VCEKs have serial number 0) are let through.
+    try:
+        frame(der, "malformed DER")
+    except EvidenceFormatError as exc:
+        return f"not a valid {form}: {exc}"
     with _quiet() as caught:
         try:
-            read()
+            loaded = load(der)
+            read_all(loaded)
         except _PARSE_ERRORS as exc:
             return f"not a valid {form}: {_detail(exc)}"
     for warning in caught:
         if not issubclass(warning.category, CryptographyDeprecationWarning):
             return f"not a valid {form}: {warning.message}"
-    return None
+    return loaded
+
+
+def _checked(parsed: _T | str, what: str, error: ErrorType) -> _T:
+    if isinstance(parsed, str):
+        raise error(f"{what}: {parsed}")
+    return parsed
 
 
 # --- strict DER frame -------------------------------------------------------------------
@@ -149,27 +184,20 @@ def _read_certificate(cert: x509.Certificate) -> None:
 
 @functools.lru_cache(maxsize=128)
 def _parse_certificate(der: bytes) -> x509.Certificate | str:
-    # The certificate, or what is wrong with it; failures are cached too (a pure
-    # function of the bytes), the caller raises its own error type.
-    try:
-        _check_certificate_der(der, "malformed DER")
-    except EvidenceFormatError as exc:
-        return f"not a valid certificate: {exc}"
-    loaded: list[x509.Certificate] = []
-
-    def read() -> None:
-        loaded.append(x509.load_der_x509_certificate(der))
-        _read_certificate(loaded[0])
-
-    return _guarded(read, "certificate") or loaded[0]
+    # Failures are cached too (a pure function of the bytes); the caller raises its
+    # own error type.
+    return _guarded(
+        der,
+        _check_certificate_der,
+        x509.load_der_x509_certificate,
+        _read_certificate,
+        "certificate",
+    )
 
 
 def load_der_certificate(der: bytes, what: str, error: ErrorType) -> x509.Certificate:
     """One DER certificate, read in full; ``error`` (naming ``what``) if malformed."""
-    parsed = _parse_certificate(bytes(der))
-    if isinstance(parsed, str):
-        raise error(f"{what}: {parsed}")
-    return parsed
+    return _checked(_parse_certificate(bytes(der)), what, error)
 
 
 def _pem_blocks(data: bytes, label: bytes) -> Iterator[tuple[int, bytes | None]]:
@@ -281,25 +309,32 @@ def _parse_crl(data: bytes) -> x509.CertificateRevocationList | str:
         if der is None:
             return "not a valid CRL: bad PEM (base64 or END line)"
     assert der is not None
-    try:
-        _signed_frame(der, "malformed DER")
-    except EvidenceFormatError as exc:
-        return f"not a valid CRL: {exc}"
-    loaded: list[x509.CertificateRevocationList] = []
-
-    def read() -> None:
-        loaded.append(x509.load_der_x509_crl(der))
-        _read_crl(loaded[0])
-
-    return _guarded(read, "CRL") or loaded[0]
+    return _guarded(der, _signed_frame, x509.load_der_x509_crl, _read_crl, "CRL")
 
 
 def load_crl(data: bytes, what: str, error: ErrorType) -> x509.CertificateRevocationList:
     """A CRL in PEM (one block) or DER, read in full (every entry too)."""
-    parsed = _parse_crl(bytes(data))
-    if isinstance(parsed, str):
-        raise error(f"{what}: {parsed}")
-    return parsed
+    return _checked(_parse_crl(bytes(data)), what, error)
+
+
+# --- packaged roots ----------------------------------------------------------------------
+
+
+def packaged(resource: str) -> bytes:
+    """A file shipped in the ``trustedml.attestation`` package (``roots/...``)."""
+    return resources.files("trustedml.attestation").joinpath(resource).read_bytes()
+
+
+def pinned_certificate(resource: str, sha256: str, what: str) -> x509.Certificate:
+    """The packaged DER certificate ``resource``, whose SHA-256 must be ``sha256``: a
+    swapped package file is a CertificateChainError, never a new trust anchor."""
+    der = packaged(resource)
+    digest = hashlib.sha256(der).hexdigest()
+    if digest != sha256:
+        raise CertificateChainError(
+            f"{what} {resource}: SHA-256 {digest} is not the pinned {sha256}"
+        )
+    return load_der_certificate(der, f"{what} {resource}", CertificateChainError)
 
 
 # --- names, checks, extensions ------------------------------------------------------------
@@ -371,6 +406,39 @@ def check_validity(cert: x509.Certificate, at: datetime, what: str) -> None:
             f"{what}: {describe(cert)} expired {after.isoformat()}: it is not valid at "
             f"{at.isoformat()}"
         )
+
+
+def check_current(what: str, start: datetime, end: datetime | None, at: datetime) -> datetime:
+    """CollateralExpiredError unless ``at`` lies in ``start``..``end`` (a CRL's
+    thisUpdate..nextUpdate, or signed collateral's issueDate..nextUpdate);
+    CollateralError when there is no ``end``. Returns ``end``."""
+    if end is None:
+        raise CollateralError(f"{what}: has no nextUpdate")
+    if at < start:
+        raise CollateralExpiredError(
+            f"{what}: not valid yet at {at.isoformat()} (issued {start.isoformat()})"
+        )
+    if at > end:
+        raise CollateralExpiredError(
+            f"{what}: expired at {at.isoformat()} (nextUpdate {end.isoformat()})"
+        )
+    return end
+
+
+def ecdsa_verifies(
+    key: ec.EllipticCurvePublicKey,
+    r: int,
+    s: int,
+    message: bytes,
+    algorithm: hashes.HashAlgorithm,
+) -> bool:
+    """True when (``r``, ``s``) is ``key``'s ECDSA signature over ``message``: both
+    vendors sign with raw r and s, not the DER form cryptography takes."""
+    try:
+        key.verify(encode_dss_signature(r, s), message, ec.ECDSA(algorithm))
+    except InvalidSignature:
+        return False
+    return True
 
 
 def ec_public_key(
