@@ -33,26 +33,34 @@ Checks, in order (each failure raises the named error):
 SEV-SNP has no TCB-info collateral: verified evidence is ``UP_TO_DATE``; judging the
 TCB levels is for the appraisal policy (``min_snp_tcb`` on
 ``Claims.extra["reported_tcb"]``).
+
+Reading the collateral and the KDS extensions (steps 1, 7 and 8) lives in
+:mod:`~trustedml.attestation._amd_collateral`; certificates, CRLs and signatures in
+:mod:`~trustedml.attestation._x509`.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.resources
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from trustedml.attestation._amd_collateral import (
+    certs_from_table,
+    check_hwid,
+    check_spls,
+    endorsement_extensions,
+    product_name,
+    read_collateral,
+)
 from trustedml.attestation._model import (
     Claims,
     EvidenceType,
@@ -65,11 +73,11 @@ from trustedml.attestation._x509 import (
     common_name,
     crl_signed_by,
     ec_public_key,
+    ecdsa_verifies,
     issued_by,
-    kds_extensions,
     load_crl,
-    load_der_certificate,
     load_pem_certificates,
+    packaged,
     revocation,
     serial_number,
 )
@@ -78,17 +86,12 @@ from trustedml.errors import (
     CollateralError,
     CollateralExpiredError,
     ConfigError,
-    EvidenceFormatError,
     EvidenceSignatureError,
 )
-from trustedml.hazmat.attestation._der import read_tlv
 from trustedml.hazmat.attestation.snp import (
-    CertTableEntry,
     SigningKey,
     SnpProduct,
     SnpReport,
-    TcbVersion,
-    parse_cert_table,
     parse_extended_report,
     parse_snp_report,
 )
@@ -103,16 +106,6 @@ PINNED_ARK_SHA256: Mapping[SnpProduct, str] = {
     SnpProduct.TURIN: "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a",
 }
 
-_KDS_OID = "1.3.6.1.4.1.3704.1."
-_OID_PRODUCT_NAME = _KDS_OID + "2"
-_OID_HWID = _KDS_OID + "4"
-_SPL_OIDS = {  # TcbVersion attribute -> (KDS name, OID)
-    "bootloader": ("blSPL", _KDS_OID + "3.1"),
-    "tee": ("teeSPL", _KDS_OID + "3.2"),
-    "snp": ("snpSPL", _KDS_OID + "3.3"),
-    "microcode": ("ucodeSPL", _KDS_OID + "3.8"),
-    "fmc": ("fmcSPL", _KDS_OID + "3.9"),
-}
 _P384_BITS = 384
 
 
@@ -127,10 +120,6 @@ class _Roots:
     intermediate_ders: frozenset[bytes]
 
 
-def _cn(name: x509.Name) -> str:
-    return common_name(name)
-
-
 def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
@@ -140,87 +129,6 @@ def _product_named(text: str) -> SnpProduct | None:
         if text.lower() == product.value.lower():
             return product
     return None
-
-
-def _load_pem(data: bytes, what: str) -> list[x509.Certificate]:
-    return list(load_pem_certificates(data, what, CollateralError))
-
-
-def _load_der(data: bytes, what: str) -> x509.Certificate:
-    return load_der_certificate(data, what, CollateralError)
-
-
-def _der_element(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, content start, end) of the DER element at ``pos``; ValueError if malformed."""
-    try:
-        tlv, end = read_tlv(data, pos, "DER element")
-    except EvidenceFormatError as exc:
-        raise ValueError(str(exc)) from None
-    return tlv.tag, end - len(tlv.value), end
-
-
-def _split_der(data: bytes) -> list[bytes] | None:
-    """Concatenated DER SEQUENCEs, or None if ``data`` is not exactly that."""
-    parts: list[bytes] = []
-    pos = 0
-    while pos < len(data):
-        try:
-            tag, _, end = _der_element(data, pos)
-        except ValueError:
-            return None
-        if tag != 0x30:
-            return None
-        parts.append(data[pos:end])
-        pos = end
-    return parts or None
-
-
-_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.*?-----END X509 CRL-----\s*", re.DOTALL)
-
-
-def _collateral(data: bytes, what: str) -> tuple[list[x509.Certificate], list[bytes]]:
-    """Certificates and CRLs (their bytes, each loaded once here) from PEM, DER (one
-    or concatenated) or a GHCB certificate table (certificates only)."""
-    if b"-----BEGIN" in data:
-        crls = [m.group(0) for m in _PEM_CRL.finditer(data)]
-        for crl in crls:
-            load_crl(crl, what, CollateralError)
-        rest = _PEM_CRL.sub(b"", data)
-        return (_load_pem(rest, what) if b"-----BEGIN" in rest else []), crls
-    parts = _split_der(data)
-    if parts is None:
-        try:
-            table = parse_cert_table(data)
-        except EvidenceFormatError as exc:
-            raise CollateralError(
-                f"{what}: neither PEM, DER nor a GHCB certificate table ({exc})"
-            ) from None
-        return _certs_from_table(table.entries, what), []
-    certs: list[x509.Certificate] = []
-    crls = []
-    for part in parts:
-        try:
-            certs.append(_load_der(part, what))
-        except CollateralError as not_a_cert:
-            try:
-                load_crl(part, what, CollateralError)
-            except CollateralError:
-                raise not_a_cert from None
-            crls.append(part)
-    return certs, crls
-
-
-def _certs_from_table(entries: Iterable[CertTableEntry], what: str) -> list[x509.Certificate]:
-    certs: list[x509.Certificate] = []
-    for entry in entries:
-        if entry.role is None:
-            continue  # e.g. go-sev-guest's extra platform info blob
-        label = f"{what} ({entry.role.upper()} entry)"
-        if b"-----BEGIN" in entry.data:
-            certs.extend(_load_pem(entry.data, label))
-        else:
-            certs.append(_load_der(entry.data, label))
-    return certs
 
 
 def _build_roots(product: SnpProduct, pem: bytes, pin: str | None) -> _Roots:
@@ -235,13 +143,13 @@ def _build_roots(product: SnpProduct, pem: bytes, pin: str | None) -> _Roots:
     ark_der = _der(ark)
     if pin is not None and hashlib.sha256(ark_der).hexdigest() != pin:
         raise CertificateChainError(f"{what}: the ARK does not match its pinned SHA-256")
-    if _cn(ark.subject) != f"ARK-{product.value}" or not issued_by(ark, ark):
+    if common_name(ark.subject) != f"ARK-{product.value}" or not issued_by(ark, ark):
         raise CertificateChainError(f"{what}: ARK-{product.value} is not a valid self-signed root")
     intermediates: list[x509.Certificate] = []
     for cert in certs:
         if cert is ark:
             continue
-        name = _cn(cert.subject)
+        name = common_name(cert.subject)
         if name not in (f"SEV-{product.value}", f"SEV-VLEK-{product.value}"):
             raise CertificateChainError(f"{what}: unexpected certificate {name!r}")
         if not issued_by(cert, ark):
@@ -254,48 +162,14 @@ def _build_roots(product: SnpProduct, pem: bytes, pin: str | None) -> _Roots:
 
 @functools.cache
 def _packaged_roots() -> Mapping[SnpProduct, _Roots]:
-    folder = importlib.resources.files("trustedml.attestation") / "roots"
     return {
         product: _build_roots(
             product,
-            (folder / f"amd_{product.value.lower()}.pem").read_bytes(),
+            packaged(f"roots/amd_{product.value.lower()}.pem"),
             PINNED_ARK_SHA256[product],
         )
         for product in SnpProduct
     }
-
-
-def _der_integer(value: bytes, what: str) -> int:
-    try:
-        tag, start, end = _der_element(value, 0)
-    except ValueError:
-        tag, start, end = -1, 0, 0
-    if tag != 0x02 or end != len(value) or start == end or value[start] & 0x80:
-        raise CollateralError(f"{what} is not a non-negative DER INTEGER")
-    return int.from_bytes(value[start:end], "big")
-
-
-def _hwid(value: bytes) -> bytes:
-    # KDS used to store the hwID raw; newer certificates wrap it in an OCTET STRING.
-    try:
-        tag, start, end = _der_element(value, 0)
-        if tag == 0x04 and end == len(value) and end - start in (8, 64):
-            return value[start:end]
-    except ValueError:
-        pass
-    return value
-
-
-def _product_name(value: bytes | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        tag, start, end = _der_element(value, 0)
-        if tag in (0x0C, 0x13, 0x16) and end == len(value):
-            value = value[start:end]
-    except ValueError:
-        pass
-    return value.decode("ascii", "replace")
 
 
 def _check_crl(
@@ -308,9 +182,9 @@ def _check_crl(
     """AMD's CRL: issued and signed by the ARK, current at ``at``, not listing the
     ASK/ASVK that issued the endorsement key. Returns its (issued, next update)."""
     crl = load_crl(data, "AMD CRL", CollateralError)
-    ark_name = _cn(ark.subject)
+    ark_name = common_name(ark.subject)
     if crl.issuer != ark.subject:
-        raise CollateralError(f"AMD CRL is issued by {_cn(crl.issuer)!r}, not {ark_name}")
+        raise CollateralError(f"AMD CRL is issued by {common_name(crl.issuer)!r}, not {ark_name}")
     if not crl_signed_by(data, ark):
         raise CollateralError(f"AMD CRL signature does not verify with {ark_name}")
     issued, expires = crl.last_update_utc, crl.next_update_utc
@@ -324,8 +198,8 @@ def _check_crl(
     revoked = revocation(crl, issuer)
     if revoked is not None:
         raise CertificateChainError(
-            f"{role} {_cn(issuer.subject)} (serial {serial_number(issuer):x}) is revoked by "
-            f"AMD's CRL since {revoked.revocation_date_utc.isoformat()}"
+            f"{role} {common_name(issuer.subject)} (serial {serial_number(issuer):x}) is "
+            f"revoked by AMD's CRL since {revoked.revocation_date_utc.isoformat()}"
         )
     return issued, expires
 
@@ -367,10 +241,10 @@ class SnpVerifier:
         require_aware(at)
         evidence = bytes(evidence)
         report, table = parse_extended_report(evidence)
-        certs = _certs_from_table(table.entries, "extended report certificate table")
+        certs = certs_from_table(table.entries, "extended report certificate table")
         crls: list[bytes] = []
         if collateral is not None:
-            more, crls = _collateral(bytes(collateral), "SEV-SNP collateral")
+            more, crls = read_collateral(bytes(collateral), "SEV-SNP collateral")
             certs += more
         return self._verify(report, certs, crls, at)
 
@@ -386,7 +260,7 @@ class SnpVerifier:
             raise EvidenceSignatureError("SEV-SNP report is unsigned (SIGNING_KEY = 7, none)")
         kind = "VCEK" if report.signing_key is SigningKey.VCEK else "VLEK"
         unique = {_der(c): c for c in certs}
-        endorsers = [c for c in unique.values() if _cn(c.subject) in (f"SEV-{kind}", kind)]
+        endorsers = [c for c in unique.values() if common_name(c.subject) in (f"SEV-{kind}", kind)]
         if not endorsers:
             raise CollateralError(
                 f"SEV-SNP report is signed by the {kind} but the collateral holds no "
@@ -398,22 +272,18 @@ class SnpVerifier:
 
         product, issuer, ark = self._chain(endorser, kind, unique, at)
         checks.append(
-            f"{kind} <- {_cn(issuer.subject)} <- {_cn(ark.subject)} (pinned) verified "
-            f"at {at.isoformat()}"
+            f"{kind} <- {common_name(issuer.subject)} <- {common_name(ark.subject)} (pinned) "
+            f"verified at {at.isoformat()}"
         )
         public_key = ec_public_key(endorser, ec.SECP384R1, f"{kind} certificate (P-384)")
 
         r, s = report.signature_rs
         if not (0 < r < 1 << _P384_BITS and 0 < s < 1 << _P384_BITS):
             raise EvidenceSignatureError("SEV-SNP report signature: R or S is out of range")
-        try:
-            public_key.verify(
-                encode_dss_signature(r, s), report.signed_bytes, ec.ECDSA(hashes.SHA384())
-            )
-        except InvalidSignature:
+        if not ecdsa_verifies(public_key, r, s, report.signed_bytes, hashes.SHA384()):
             raise EvidenceSignatureError(
                 f"SEV-SNP report signature does not verify with the {kind} key"
-            ) from None
+            )
         checks.append(f"report signature verified (ECDSA P-384/SHA-384, {kind})")
 
         cpuid_product = report.cpuid_product
@@ -425,32 +295,26 @@ class SnpVerifier:
         if report.product is not product:
             report = parse_snp_report(report.raw, product=product)
 
-        extensions = kds_extensions(endorser, _KDS_OID)
+        extensions = endorsement_extensions(endorser)
         chip_id_masked = report.mask_chip_key or not any(report.chip_id)
         if kind == "VCEK" and not chip_id_masked:
-            hwid_value = extensions.get(_OID_HWID)
-            if hwid_value is None:
-                raise CollateralError("VCEK lacks the hwID extension (1.3.6.1.4.1.3704.1.4)")
-            hwid = _hwid(hwid_value)
-            n = len(hwid)
-            if n not in (8, 64) or hwid != report.chip_id[:n] or any(report.chip_id[n:]):
-                raise CollateralError("VCEK hwID does not match the report's CHIP_ID")
+            check_hwid(extensions, report.chip_id)
             checks.append("VCEK hwID == CHIP_ID")
 
-        self._check_spls(extensions, kind, report.reported_tcb)
+        check_spls(extensions, kind, report.reported_tcb)
         checks.append(f"{kind} SPL extensions == REPORTED_TCB")
         issued = expires = None
         for crl in crls:
             issued, expires = _check_crl(crl, ark, issuer, "ASVK" if kind == "VLEK" else "ASK", at)
             checks.append(
-                f"{_cn(issuer.subject)} not revoked (AMD CRL of {issued.isoformat()}, "
+                f"{common_name(issuer.subject)} not revoked (AMD CRL of {issued.isoformat()}, "
                 f"next update {expires.isoformat()})"
             )
 
         policy = report.policy
         extra: dict[str, Any] = {
             "product": product.value,
-            "product_name": _product_name(extensions.get(_OID_PRODUCT_NAME)),
+            "product_name": product_name(extensions),
             "version": report.version,
             "signing_key": kind.lower(),
             "guest_svn": report.guest_svn,
@@ -510,7 +374,7 @@ class SnpVerifier:
         at: datetime,
     ) -> tuple[SnpProduct, x509.Certificate, x509.Certificate]:
         """Verify endorser <- ASK/ASVK <- pinned ARK; return (product, issuer, ARK)."""
-        issuer_cn = _cn(endorser.issuer)
+        issuer_cn = common_name(endorser.issuer)
         prefix = "SEV-VLEK-" if kind == "VLEK" else "SEV-"
         product = _product_named(issuer_cn[len(prefix) :]) if issuer_cn.startswith(prefix) else None
         if product is None:
@@ -524,7 +388,7 @@ class SnpVerifier:
         for der, cert in certs.items():
             if cert.subject == cert.issuer and der not in trusted_arks:
                 raise CertificateChainError(
-                    f"collateral root {_cn(cert.subject)!r} is not a pinned AMD root key"
+                    f"collateral root {common_name(cert.subject)!r} is not a pinned AMD root key"
                 )
         candidates = [
             c for c in (*certs.values(), *roots.intermediates) if c.subject == endorser.issuer
@@ -543,19 +407,3 @@ class SnpVerifier:
         )
         check_validity(roots.ark, at, "ARK certificate in the AMD chain")
         return product, issuer, roots.ark
-
-    @staticmethod
-    def _check_spls(extensions: Mapping[str, bytes], kind: str, tcb: TcbVersion) -> None:
-        for attr, (name, oid) in _SPL_OIDS.items():
-            reported = getattr(tcb, attr)
-            if reported is None:
-                continue  # fmc outside Turin
-            value = extensions.get(oid)
-            if value is None:
-                raise CollateralError(f"{kind} lacks the {name} extension ({oid})")
-            certified = _der_integer(value, f"{kind} {name} extension")
-            if certified != reported:
-                raise CollateralError(
-                    f"{kind} {name} is {certified} but the report's REPORTED_TCB "
-                    f"{attr} SPL is {reported}"
-                )
