@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tests.conftest import EXAMPLES
 from tests.tee.conftest import run_measure
-from trustedml.tee import measure_job, measurement_settings
+from trustedml.spark import measurement_settings
+from trustedml.tee import measure_job
 
 PI = EXAMPLES / "pi.py"
 

@@ -10,10 +10,10 @@ import pytest
 from tests.conftest import EXAMPLES, PASSPHRASE
 from trustedml import KeyDirectory, KeyRing, PlainSparkConfig, Secret, SecureSparkConfig
 from trustedml.errors import ConfigError, SparkConfigError
-from trustedml.spark import check_secure_conf, conf_refusal
+from trustedml.spark import check_secure_conf, conf_refusal, measurement_settings
 from trustedml.spark._conf_policy import ALLOWED_KEYS
 from trustedml.spark._config import MANAGED_KEYS
-from trustedml.tee import measure_job, measurement_settings
+from trustedml.tee import measure_job
 
 PI = EXAMPLES / "pi.py"
 # What an attacker would set; these tests expect it refused.

@@ -13,8 +13,9 @@ import pytest
 from tests.conftest import EXAMPLES, PASSPHRASE
 from trustedml import ConfigError, KeyDirectory, LaunchError, PlainSparkConfig, Secret
 from trustedml import SecureSparkConfig as Secure
-from trustedml.tee import JobMeasurement, measure_job, measured_conf, measurement_settings
-from trustedml.tee._measure import DOMAIN, MACHINE_LOCAL_KEYS, canonical_json
+from trustedml.spark import MACHINE_LOCAL_KEYS, measured_conf, measurement_settings
+from trustedml.tee import JobMeasurement, measure_job
+from trustedml.tee._measure import DOMAIN, canonical_json
 
 PI = EXAMPLES / "pi.py"
 HELPER = "def double(x):\n    return 2 * x\n"

@@ -22,6 +22,7 @@ from trustedml import (
 )
 from trustedml.attestation._sim import SimKey, SimVerifier
 from trustedml.errors import EvidenceProviderError
+from trustedml.spark import measurement_settings
 from trustedml.tee import (
     Job,
     LaunchPlan,
@@ -29,7 +30,6 @@ from trustedml.tee import (
     SimBackend,
     job_evidence_provider,
     measure_job,
-    measurement_settings,
 )
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)

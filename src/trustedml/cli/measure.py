@@ -10,7 +10,8 @@ import click
 
 from trustedml.cli._common import handle_errors
 from trustedml.cli.jobs import _parse_confs, no_ui_for, spark_options, tee_options, warn_insecure
-from trustedml.tee import measure_job, measurement_settings
+from trustedml.spark import measurement_settings
+from trustedml.tee import measure_job
 
 
 @click.command(

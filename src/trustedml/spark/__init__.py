@@ -16,10 +16,12 @@ from trustedml.spark._encrypted import (
     write_encrypted,
     write_encrypted_pandas,
 )
+from trustedml.spark._measured import MACHINE_LOCAL_KEYS, measured_conf, measurement_settings
 from trustedml.spark._session import start_session
 from trustedml.spark._submit import run, spark_home, submit
 
 __all__ = [
+    "MACHINE_LOCAL_KEYS",
     "ConfRefusal",
     "DeployMode",
     "PlainSparkConfig",
@@ -27,6 +29,8 @@ __all__ = [
     "SparkSettings",
     "check_secure_conf",
     "conf_refusal",
+    "measured_conf",
+    "measurement_settings",
     "mode_for_master",
     "read_encrypted",
     "read_encrypted_pandas",

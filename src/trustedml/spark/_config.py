@@ -199,6 +199,10 @@ class SparkSettings(Protocol):
         """The --conf properties let through with --allow-insecure-conf (measured)."""
         ...
 
+    def measured_conf(self) -> dict[str, str]:
+        """The properties of :meth:`conf` that enter the job measurement."""
+        ...
+
 
 @dataclass(frozen=True)
 class _Common:
@@ -264,6 +268,18 @@ class _Common:
     def insecure_conf(self) -> dict[str, str]:
         """The --conf properties let through with --allow-insecure-conf: none here."""
         return {}
+
+    def measured_conf(self) -> dict[str, str]:
+        """The properties of :meth:`conf` that enter the job measurement: all but the
+        machine-local and secret-looking ones (:func:`trustedml.spark.measured_conf`)."""
+        # Imported here: _measured builds configurations of this module.
+        from trustedml.spark._measured import measured_conf
+
+        return measured_conf(self.conf())
+
+    def conf(self) -> dict[str, str]:
+        """Non-secret Spark properties (each configuration builds its own)."""
+        raise NotImplementedError
 
     def _common_env(self) -> dict[str, str]:
         env = {

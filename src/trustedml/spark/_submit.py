@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from trustedml._env import JOB_ENV
 from trustedml._fs import write_private
 from trustedml.errors import ConfigError, LaunchError
 from trustedml.spark._config import SparkSettings, properties_text
 from trustedml.tee import (
     DIGEST_SIZE,
-    JOB_ENV,
     Job,
     JobMeasurement,
     LaunchPlan,

@@ -29,9 +29,8 @@ from trustedml.tee._measure import (
     java_binary,
     java_properties,
     measure_job,
-    measured_conf,
-    measurement_settings,
 )
+from trustedml.tee._settings import JobSettings
 from trustedml.tee._sim import SIM_BANNER, SimBackend
 
 __all__ = [
@@ -50,6 +49,7 @@ __all__ = [
     "GramineRuntime",
     "Job",
     "JobMeasurement",
+    "JobSettings",
     "LaunchPlan",
     "NoTee",
     "SimBackend",
@@ -63,6 +63,4 @@ __all__ = [
     "job_measurement",
     "job_tee",
     "measure_job",
-    "measured_conf",
-    "measurement_settings",
 ]

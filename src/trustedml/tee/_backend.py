@@ -6,14 +6,12 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from trustedml._env import ENV_JOB_MEASUREMENT, ENV_SIM_KEY, ENV_TEE, ENV_TSM_ROOT, JOB_ENV
 from trustedml.errors import ConfigError, LaunchError
 from trustedml.tee._measure import JobMeasurement
-
-if TYPE_CHECKING:
-    from trustedml.spark._config import SparkSettings
+from trustedml.tee._settings import JobSettings
 
 # What a running job learns about where it runs (trustedml.tee.job_*() read them); the
 # names live in trustedml._env, shared with trustedml.runtime, and are re-exported here.
@@ -46,7 +44,7 @@ class Job:
     launcher: str
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(repr=False)
-    settings: SparkSettings = field(repr=False)
+    settings: JobSettings = field(repr=False)
     conf_dir: Path
     app: Path | None = None
     args: tuple[str, ...] = ()
