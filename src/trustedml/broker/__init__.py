@@ -17,17 +17,17 @@ from trustedml.broker._client import (
     client_ssl_context,
 )
 from trustedml.broker._config import BrokerConfig, broker_secrets, read_trusted_sim_keys
-from trustedml.broker._errors import (
+from trustedml.broker._master import ADMIN_TOKEN_SECRET, MASTER_KEY_SECRET, MasterKey
+from trustedml.broker._server import BrokerServer, build_ssl_context, configure_logging, serve
+from trustedml.broker._store import BrokerStore, SQLiteStore, open_store
+from trustedml.broker._verify import migrate_store, verify_audit_log, verify_store
+from trustedml.errors import (
     AuditLogError,
     BrokerKeyNotFoundError,
     BrokerRefusedError,
     BrokerUnavailableError,
     KeyBrokerError,
 )
-from trustedml.broker._master import ADMIN_TOKEN_SECRET, MASTER_KEY_SECRET, MasterKey
-from trustedml.broker._server import BrokerServer, build_ssl_context, configure_logging, serve
-from trustedml.broker._store import BrokerStore, SQLiteStore, open_store
-from trustedml.broker._verify import migrate_store, verify_audit_log, verify_store
 
 __all__ = [
     "ADMIN_TOKEN_SECRET",

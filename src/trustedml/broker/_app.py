@@ -18,8 +18,9 @@ from starlette.routing import Route
 
 from trustedml._version import __version__
 from trustedml.broker._config import BrokerConfig
+from trustedml.broker._errors import Refusal
 from trustedml.broker._http import EdgeMiddleware
-from trustedml.broker._service import BrokerService, Refusal
+from trustedml.broker._service import BrokerService
 from trustedml.broker._store import BrokerStore
 
 log = logging.getLogger("trustedml.broker")
@@ -121,16 +122,16 @@ def create_app(
 
     async def challenge(request: Request) -> Response:
         await read_body(request, config.max_body)
-        return json_response(await service.challenge(_client(request)))
+        return json_response(await service.key_release.challenge(_client(request)))
 
     async def attest(request: Request) -> Response:
         body = await read_body(request, config.max_attest_body)
-        return json_response(await service.attest(_client(request), body))
+        return json_response(await service.key_release.attest(_client(request), body))
 
     def release(operation: str) -> Handler:
         async def handler(request: Request) -> Response:
             body = await read_body(request, config.max_body)
-            doc = await service.release(
+            doc = await service.key_release.release(
                 operation,
                 _client(request),
                 request.path_params["key_id"],
@@ -145,7 +146,7 @@ def create_app(
         action: str, handler: Callable[[Request], Awaitable[Any]], status: int = 200
     ) -> Handler:
         async def wrapped(request: Request) -> Response:
-            await service.check_admin(
+            await service.admin.check_admin(
                 request.headers.get("authorization"), _client(request), action
             )
             return json_response(await handler(request), status)
@@ -153,36 +154,38 @@ def create_app(
         return wrapped
 
     async def keys_get(request: Request) -> Any:
-        return service.list_keys()
+        return service.admin.list_keys()
 
     async def keys_post(request: Request) -> Any:
-        return await service.create_key(
+        return await service.admin.create_key(
             _client(request), await read_body(request, config.max_admin_body)
         )
 
     async def key_get(request: Request) -> Any:
-        return service.get_key(request.path_params["key_id"])
+        return service.admin.get_key(request.path_params["key_id"])
 
     async def key_delete(request: Request) -> Any:
-        return await service.delete_key(_client(request), request.path_params["key_id"])
+        return await service.admin.delete_key(_client(request), request.path_params["key_id"])
 
     async def key_rotate(request: Request) -> Any:
         await read_body(request, config.max_admin_body)
-        return await service.rotate_key(_client(request), request.path_params["key_id"])
+        return await service.admin.rotate_key(_client(request), request.path_params["key_id"])
 
     def key_state(enabled: bool) -> Callable[[Request], Awaitable[Any]]:
         async def handler(request: Request) -> Any:
             await read_body(request, config.max_admin_body)
-            return await service.set_state(_client(request), request.path_params["key_id"], enabled)
+            return await service.admin.set_state(
+                _client(request), request.path_params["key_id"], enabled
+            )
 
         return handler
 
     async def policy_get(request: Request) -> Any:
-        return service.get_policy(request.path_params["key_id"])
+        return service.admin.get_policy(request.path_params["key_id"])
 
     async def policy_put(request: Request) -> Any:
         body = await read_body(request, config.max_admin_body)
-        return await service.set_policy(_client(request), request.path_params["key_id"], body)
+        return await service.admin.set_policy(_client(request), request.path_params["key_id"], body)
 
     async def audit_get(request: Request) -> Any:
         try:
@@ -201,45 +204,30 @@ def create_app(
     async def stats_get(request: Request) -> Any:
         return service.stats()
 
+    admin_routes: list[tuple[str, str, str, Callable[[Request], Awaitable[Any]], int]] = [
+        # method, path, action (audited when refused), handler, status
+        ("GET", "/v1/admin/keys", "key.list", keys_get, 200),
+        ("POST", "/v1/admin/keys", "key.create", keys_post, 201),
+        ("GET", "/v1/admin/keys/{key_id}", "key.show", key_get, 200),
+        ("DELETE", "/v1/admin/keys/{key_id}", "key.delete", key_delete, 200),
+        ("POST", "/v1/admin/keys/{key_id}/rotate", "key.rotate", key_rotate, 200),
+        ("POST", "/v1/admin/keys/{key_id}/disable", "key.disable", key_state(False), 200),
+        ("POST", "/v1/admin/keys/{key_id}/enable", "key.enable", key_state(True), 200),
+        ("GET", "/v1/admin/keys/{key_id}/policy", "key.policy.show", policy_get, 200),
+        ("PUT", "/v1/admin/keys/{key_id}/policy", "key.policy", policy_put, 200),
+        ("GET", "/v1/admin/audit", "audit.show", audit_get, 200),
+        ("GET", "/v1/admin/stats", "stats", stats_get, 200),
+    ]
     routes = [  # the busiest first: Starlette tries them in order
         Route("/v1/keys/{key_id}/unwrap", _guard(release("unwrap")), methods=["POST"]),
         Route("/v1/keys/{key_id}/datakey", _guard(release("datakey")), methods=["POST"]),
         Route("/v1/challenge", _guard(challenge), methods=["POST"]),
         Route("/v1/attest", _guard(attest), methods=["POST"]),
         Route("/v1/health", _guard(health), methods=["GET"]),
-        Route("/v1/admin/keys", _guard(admin("key.list", keys_get)), methods=["GET"]),
-        Route("/v1/admin/keys", _guard(admin("key.create", keys_post, 201)), methods=["POST"]),
-        Route("/v1/admin/keys/{key_id}", _guard(admin("key.show", key_get)), methods=["GET"]),
-        Route(
-            "/v1/admin/keys/{key_id}", _guard(admin("key.delete", key_delete)), methods=["DELETE"]
+        *(
+            Route(path, _guard(admin(action, handler, status)), methods=[method])
+            for method, path, action, handler, status in admin_routes
         ),
-        Route(
-            "/v1/admin/keys/{key_id}/rotate",
-            _guard(admin("key.rotate", key_rotate)),
-            methods=["POST"],
-        ),
-        Route(
-            "/v1/admin/keys/{key_id}/disable",
-            _guard(admin("key.disable", key_state(False))),
-            methods=["POST"],
-        ),
-        Route(
-            "/v1/admin/keys/{key_id}/enable",
-            _guard(admin("key.enable", key_state(True))),
-            methods=["POST"],
-        ),
-        Route(
-            "/v1/admin/keys/{key_id}/policy",
-            _guard(admin("key.policy.show", policy_get)),
-            methods=["GET"],
-        ),
-        Route(
-            "/v1/admin/keys/{key_id}/policy",
-            _guard(admin("key.policy", policy_put)),
-            methods=["PUT"],
-        ),
-        Route("/v1/admin/audit", _guard(admin("audit.show", audit_get)), methods=["GET"]),
-        Route("/v1/admin/stats", _guard(admin("stats", stats_get)), methods=["GET"]),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any
 
-from trustedml.broker._errors import AuditLogError
+from trustedml.errors import AuditLogError
 
 ENTRY_DOMAIN = b"trustedml/broker/audit/v1\x00"
 HEAD_DOMAIN = b"trustedml/broker/audit-head/v1\x00"

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trustedml.broker._audit import AuditChain, AuditEntry, AuditHead, verify_entries
-from trustedml.broker._errors import AuditLogError
 from trustedml.broker._integrity import (
     GENESIS_HEX,
     Seal,
@@ -38,6 +37,7 @@ from trustedml.broker._store import (
     _entry_from_row,
     _head_from_text,
 )
+from trustedml.errors import AuditLogError
 
 
 class Sealer:

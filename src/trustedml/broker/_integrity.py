@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustedml.broker._audit import GENESIS, canonical_json
-from trustedml.broker._errors import AuditLogError, KeyBrokerError
+from trustedml.errors import AuditLogError, KeyBrokerError
 
 if TYPE_CHECKING:
     from trustedml.broker._store import KeyRow, VersionRow

@@ -27,11 +27,10 @@ from trustedml._fs import write_private
 from trustedml._secret import Secret
 from trustedml.broker._app import create_app
 from trustedml.broker._config import BrokerConfig
-from trustedml.broker._errors import BrokerUnavailableError
 from trustedml.broker._http import BrokerHttpProtocol
 from trustedml.broker._service import BrokerService
 from trustedml.broker._store import BrokerStore
-from trustedml.errors import ConfigError
+from trustedml.errors import BrokerUnavailableError, ConfigError
 
 log = logging.getLogger("trustedml.broker")
 

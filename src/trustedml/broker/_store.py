@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from trustedml.broker._audit import AuditEntry, AuditHead
-from trustedml.broker._errors import AuditLogError, KeyBrokerError
 from trustedml.broker._integrity import (
     HeadWriter,
     Seal,
@@ -28,7 +27,7 @@ from trustedml.broker._integrity import (
     read_head_file,
     write_head_file,
 )
-from trustedml.errors import ConfigError
+from trustedml.errors import AuditLogError, ConfigError, KeyBrokerError
 
 SCHEMA_VERSION = 2  # 2: row MACs, key index and seal (1: run `trustedml broker migrate`)
 KEY_STATES = ("enabled", "disabled")

@@ -14,11 +14,10 @@ from typing import Any
 from trustedml._secret import Secret
 from trustedml.broker._audit import AuditVerification
 from trustedml.broker._check import StoreCheck, check_state, check_store, migrate_v1
-from trustedml.broker._errors import AuditLogError, KeyBrokerError
 from trustedml.broker._integrity import Seal, write_head_file
 from trustedml.broker._master import MasterKey
 from trustedml.broker._store import BrokerStore, SQLiteStore
-from trustedml.errors import ConfigError
+from trustedml.errors import AuditLogError, ConfigError, KeyBrokerError
 
 
 @contextlib.contextmanager

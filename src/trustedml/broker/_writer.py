@@ -9,8 +9,8 @@ import threading
 from collections.abc import Callable, Sequence
 
 from trustedml.broker._audit import AuditEntry, AuditHead
-from trustedml.broker._errors import KeyBrokerError
 from trustedml.broker._store import AppendAudit, BrokerStore, SetAuditHead, StoreOp
+from trustedml.errors import KeyBrokerError
 
 _STOP = object()
 
