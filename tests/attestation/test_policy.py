@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -671,3 +672,67 @@ def test_snp_id_block_fields_in_the_file_form() -> None:
         Policy.from_dict({"allow": [{"type": "sev-snp", "id_key_digest": "ab" * 32}]})
     with pytest.raises(PolicyError, match="id_key_digest: applies to sev-snp evidence, not sgx"):
         Identity(evidence_type=EvidenceType.SGX, id_key_digest=AZURE_ID_KEY)
+
+
+# -- one validator: a value built in code and read from a file meets the same check ------
+
+ONE_FAULT_TWO_FORMS: list[tuple[Callable[[], object], dict[str, Any], str]] = [
+    (
+        lambda: Policy(allowed_advisory_ids=["ok", 3]),  # type: ignore[arg-type]
+        {"allowed_advisory_ids": ["ok", 3]},
+        "allowed_advisory_ids[1]: expected an advisory ID like 'INTEL-SA-00615', got 3",
+    ),
+    (
+        lambda: Policy(allowed_advisory_ids={"INTEL-SA-00289": 1}),  # type: ignore[arg-type]
+        {"allowed_advisory_ids": {"INTEL-SA-00289": 1}},
+        "allowed_advisory_ids: expected a list of IDs, got a table",
+    ),
+    (
+        lambda: Policy(allow_debug=1),  # type: ignore[arg-type]
+        {"allow_debug": 1},
+        "allow_debug: expected true or false, got 1",
+    ),
+    (
+        lambda: Policy(max_collateral_age="30 days"),  # type: ignore[arg-type]
+        {"max_collateral_age": "30 days"},
+        "max_collateral_age: expected a duration like '30d', '12h', '15m', '3600s' or an "
+        "integer of seconds, got '30 days'",
+    ),
+    (
+        lambda: Identity(evidence_type=EvidenceType.SGX, mrsigner=b"\0" * 31),
+        {"allow": [{"type": "sgx-dcap", "mrsigner": "00" * 31}]},
+        "mrsigner: expected 32 bytes (64 hex characters), got 31 bytes (62 hex characters)",
+    ),
+    (
+        lambda: Identity(evidence_type="tpm"),  # type: ignore[arg-type]
+        {"allow": [{"type": "tpm"}]},
+        "expected one of sgx-dcap, tdx-dcap, sev-snp, sim, got 'tpm'",
+    ),
+    (
+        Identity,
+        {"allow": [{}]},
+        "sets no field; an identity that matches anything must say so with its type "
+        '(Identity(evidence_type=...), or type = "..." in a policy file)',
+    ),
+]
+
+
+@pytest.mark.parametrize(("build", "file", "message"), ONE_FAULT_TWO_FORMS)
+def test_code_and_file_forms_share_one_validator(
+    build: Callable[[], object], file: dict[str, Any], message: str
+) -> None:
+    # Same words either way; only the address differs (field name, or the entry's key).
+    with pytest.raises(PolicyError) as in_code:
+        build()
+    with pytest.raises(PolicyError) as from_file:
+        Policy.from_dict(file)
+    assert str(in_code.value).endswith(message)
+    assert str(from_file.value).endswith(message)
+
+
+def test_a_json_null_is_a_bad_value_not_an_unset_one() -> None:
+    with pytest.raises(PolicyError, match="max_collateral_age: expected a duration"):
+        Policy.from_dict({"max_collateral_age": None})
+    with pytest.raises(PolicyError, match="min_snp_tcb: expected a table"):
+        Policy.from_dict({"min_snp_tcb": None})
+    assert Policy(max_collateral_age=None, min_snp_tcb=None).max_collateral_age is None
