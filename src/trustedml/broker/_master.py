@@ -18,11 +18,14 @@ MASTER_KEY_SIZE = 32
 MASTER_KEY_SECRET = "broker_master_key"  # noqa: S105
 ADMIN_TOKEN_SECRET = "broker_admin_token"  # noqa: S105
 
-_KEK_WRAP_INFO = b"trustedml/broker/kek-wrap/v1"
-_AUDIT_INFO = b"trustedml/broker/audit-key/v1"
+# The keys derived from the master key: attribute name -> HKDF info.
+_DERIVED = {
+    "kek_wrapping_key": b"trustedml/broker/kek-wrap/v1",
+    "audit_key": b"trustedml/broker/audit-key/v1",
+    "row_key": b"trustedml/broker/row-mac/v1",
+    "seal_key": b"trustedml/broker/seal/v1",
+}
 _CHECK_INFO = b"trustedml/broker/master-check/v1"
-_ROW_INFO = b"trustedml/broker/row-mac/v1"
-_SEAL_INFO = b"trustedml/broker/seal/v1"
 
 
 def _derive(master: bytes, info: bytes) -> bytes:
@@ -39,7 +42,13 @@ class MasterKey:
     * ``check_value`` is stored in the database to recognise the right master key.
     """
 
-    __slots__ = ("_audit", "_check", "_kek_wrap", "_row", "_seal")
+    __slots__ = ("_check", *_DERIVED)
+
+    kek_wrapping_key: bytes
+    audit_key: bytes
+    row_key: bytes
+    seal_key: bytes
+    _check: bytes
 
     def __init__(self, key: Secret) -> None:
         raw = key.reveal()
@@ -47,11 +56,12 @@ class MasterKey:
             raise ConfigError(
                 f"broker master key: expected {MASTER_KEY_SIZE} bytes, got {len(raw)}"
             )
-        self._kek_wrap = _derive(raw, _KEK_WRAP_INFO)
-        self._audit = _derive(raw, _AUDIT_INFO)
-        self._check = _derive(raw, _CHECK_INFO)
-        self._row = _derive(raw, _ROW_INFO)
-        self._seal = _derive(raw, _SEAL_INFO)
+        for name, info in _DERIVED.items():
+            object.__setattr__(self, name, _derive(raw, info))
+        object.__setattr__(self, "_check", _derive(raw, _CHECK_INFO))
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"MasterKey.{name} is read-only")
 
     @classmethod
     def generate(cls) -> Secret:
@@ -62,22 +72,6 @@ class MasterKey:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("a MasterKey cannot be pickled")
-
-    @property
-    def kek_wrapping_key(self) -> bytes:
-        return self._kek_wrap
-
-    @property
-    def audit_key(self) -> bytes:
-        return self._audit
-
-    @property
-    def row_key(self) -> bytes:
-        return self._row
-
-    @property
-    def seal_key(self) -> bytes:
-        return self._seal
 
     @property
     def check_value(self) -> str:
