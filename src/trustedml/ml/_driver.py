@@ -3,6 +3,7 @@ starts, the training run itself, and mapping errors to exit codes."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from trustedml.errors import ConfigError, TrustedMLError, reworded
+from trustedml.ml._datasets import missing_default
 from trustedml.ml._io import check_key
 
 
@@ -19,7 +21,19 @@ class _Result(Protocol):
     def model_path(self) -> str | None: ...
 
 
+class _Config(Protocol):
+    def check(self) -> None: ...
+
+
 R = TypeVar("R", bound=_Result)
+
+
+def resolved_input(option: str, given: Path, default: Path) -> Path:
+    """``given``, resolved; a ConfigError naming ``option`` when it is the absent default."""
+    missing = missing_default(option, given, default)
+    if missing is not None:
+        raise ConfigError(missing)
+    return given.resolve()
 
 
 def check_model_out(model_out: Path | None, key_id: str) -> None:
@@ -32,6 +46,24 @@ def check_model_out(model_out: Path | None, key_id: str) -> None:
         check_key(key_id)
     except TrustedMLError as exc:
         raise reworded(exc, f"--model-key-id {key_id}: {exc}") from None
+
+
+def check_and_train(
+    app_name: str,
+    train_fn: Callable[[Any], R],
+    config: _Config,
+    args: argparse.Namespace,
+    *inputs: Path,
+) -> int:
+    """Check ``config``, the ``inputs`` and where the model goes on the driver, then
+    train with :func:`train_on_spark`."""
+    from trustedml.ml._lenet import check_inputs
+
+    config.check()
+    # Fail here, in one line, rather than in both training processes.
+    check_inputs(*inputs)
+    check_model_out(args.model_out, args.model_key_id)
+    return train_on_spark(app_name, train_fn, config)
 
 
 def train_on_spark(app_name: str, train_fn: Callable[..., R], *args: Any) -> int:
@@ -50,6 +82,24 @@ def train_on_spark(app_name: str, train_fn: Callable[..., R], *args: Any) -> int
         print(f"Model saved to {result.model_path}", flush=True)
     print(f"Training took {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
     return 0
+
+
+def run_workload(
+    args: argparse.Namespace,
+    locate: Callable[[argparse.Namespace], Path],
+    evaluate: Callable[[argparse.Namespace, Path], int],
+    train: Callable[[argparse.Namespace, Path], int],
+) -> int:
+    """Evaluate the ``--evaluate-only`` model, or else train, on the input ``locate``
+    finds; the exit status of :func:`run_main`."""
+
+    def body() -> int:
+        found = locate(args)
+        if args.evaluate_only is not None:
+            return evaluate(args, found)
+        return train(args, found)
+
+    return run_main(body)
 
 
 def run_main(body: Callable[[], int]) -> int:

@@ -335,15 +335,22 @@ def open_model(path: str | os.PathLike[str]) -> bytes:
         raise about(exc, "cannot open model", path) from None
 
 
-def load_lenet(path: str | os.PathLike[str]) -> LeNet5:
-    """A LeNet-5 from an encrypted model file (wrong key: IntegrityError)."""
+def load_saved(path: str | os.PathLike[str], model_format: str, kind: str) -> dict[str, Any]:
+    """What ``torch.save`` wrote to an encrypted model file, checked to be of
+    ``model_format`` (else a ConfigError calling it not a ``kind`` model)."""
     data = open_model(path)
     try:
         saved = torch.load(io.BytesIO(data), weights_only=True)
     except Exception as exc:  # torch raises several unrelated types on bad input
         raise ConfigError(f"{path}: not a saved model ({type(exc).__name__})") from None
-    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-        raise ConfigError(f"{path}: not a LeNet-5 model saved by trusted-ml")
+    if not isinstance(saved, dict) or saved.get("format") != model_format:
+        raise ConfigError(f"{path}: not a {kind} model saved by trusted-ml")
+    return saved
+
+
+def load_lenet(path: str | os.PathLike[str]) -> LeNet5:
+    """A LeNet-5 from an encrypted model file (wrong key: IntegrityError)."""
+    saved = load_saved(path, MODEL_FORMAT, "LeNet-5")
     model = LeNet5()
     model.load_state_dict(saved["state_dict"])
     return channels_last(model)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from trustedml.errors import ConfigError, TrustedMLError
-from trustedml.ml._datasets import default_dataset, default_help, missing_default
+from trustedml.ml._datasets import missing_default
 from trustedml.ml._io import check_key, save_model
+from trustedml.ml._options import add_input, add_output
 from trustedml.runtime import job_keystore
 
 if TYPE_CHECKING:
@@ -20,11 +22,35 @@ if TYPE_CHECKING:
 SEED = 42
 
 
+class Tuning(NamedTuple):
+    """An XGBoost workload's defaults for ``--max-depth``, ``--n-estimators`` and
+    ``--learning-rate``."""
+
+    max_depth: int
+    n_estimators: int
+    learning_rate: float
+
+
 def spark_session(app_name: str) -> SparkSession:
     """The job's session (``trustedml submit`` configures everything else)."""
     from pyspark.sql import SparkSession
 
     return SparkSession.builder.appName(app_name).getOrCreate()
+
+
+def run_on_spark(prog: str, body: Callable[[SparkSession], None]) -> int:
+    """Run ``body`` with the session ``trustedml-<prog>`` and stop it after; the exit
+    status, with a trusted-ml error as one line ``<prog>: error: ...`` and 1."""
+    spark = spark_session(f"trustedml-{prog}")
+    try:
+        body(spark)
+    except TrustedMLError as exc:
+        # Missing keys and bad paths caught on the driver are the user's to fix: say so plainly.
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        spark.stop()
+    return 0
 
 
 def xgboost_parser(
@@ -38,24 +64,19 @@ def xgboost_parser(
 ) -> argparse.ArgumentParser:
     """The options both XGBoost workloads take, with the defaults each was tuned with."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument(
-        "--file-path",
-        type=Path,
-        default=default_dataset(dataset),
-        help=f"CSV, plaintext or .tml encrypted with the job's keys ({default_help(dataset)})",
-    )
+    what = "CSV, plaintext or .tml encrypted with the job's keys"
+    add_input(parser, "--file-path", dataset, what)
     parser.add_argument("--num-workers", type=_positive_int, default=2)
     parser.add_argument("--max-depth", type=_positive_int, default=max_depth)
     parser.add_argument("--n-estimators", type=_positive_int, default=n_estimators)
     parser.add_argument("--learning-rate", type=float, default=learning_rate)
     parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument(
+    add_output(
+        parser,
         "--model-out",
-        type=Path,
-        default=None,
-        help="save the booster (XGBoost JSON) here, encrypted; .tml is appended",
+        "save the booster (XGBoost JSON) here, encrypted; .tml is appended",
+        ("--model-key-id", "models", "KEK that wraps the model"),
     )
-    parser.add_argument("--model-key-id", default="models", help="KEK that wraps the model")
     parser.add_argument("--show", type=int, default=20, help="prediction rows to print")
     return parser
 
@@ -94,6 +115,15 @@ def parse_checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> ar
     if args.model_out is not None:
         require_key(parser, "--model-key-id", args.model_key_id)
     return args
+
+
+def xgboost_args(
+    argv: list[str] | None, prog: str, description: str, dataset: str, tuned: Tuning
+) -> argparse.Namespace:
+    """An XGBoost workload's checked arguments (:func:`xgboost_parser`, then
+    :func:`parse_checked`)."""
+    parser = xgboost_parser(prog, description, dataset, **tuned._asdict())
+    return parse_checked(parser, argv)
 
 
 def _positive_int(text: str) -> int:
@@ -139,6 +169,28 @@ def save_booster(model: Any, path: str | os.PathLike[str], key_id: str) -> Path:
     """Save the booster of a fitted ``xgboost.spark`` model as XGBoost JSON, encrypted."""
     raw = model.get_booster().save_raw("json")
     return save_model(bytes(raw), path, key_id)
+
+
+def fit_and_score(
+    estimator: Callable[..., Any],
+    args: argparse.Namespace,
+    split: Sequence[DataFrame],
+    feature_cols: Sequence[str],
+    label_col: str,
+) -> tuple[Any, DataFrame]:
+    """Fit ``estimator`` (an ``xgboost.spark`` class) with the workload's settings on the
+    first of ``split`` (train, test); the model and its predictions for test, cached."""
+    train, test = split
+    model = estimator(**xgboost_params(args)).fit(assemble(train, feature_cols, label_col))
+    # Scored once: the table and each metric would otherwise rerun the Python UDF.
+    return model, model.transform(assemble(test, feature_cols, label_col)).cache()
+
+
+def save_if_asked(model: Any, args: argparse.Namespace) -> None:
+    """With ``--model-out``, save the booster encrypted under ``--model-key-id`` and say where."""
+    if args.model_out is not None:
+        saved = save_booster(model, args.model_out, args.model_key_id)
+        print(f"model saved encrypted (key {args.model_key_id}): {saved}")
 
 
 def xgboost_params(args: argparse.Namespace) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from trustedml.ml._io import read_input_bytes, save_model
 from trustedml.ml._lenet import (
     NUM_PROCESSES,
     check_training_options,
-    open_model,
+    load_saved,
     process_group,
     report_worker_errors,
     saved_path,
@@ -349,13 +349,7 @@ def load_text_model(
 ) -> tuple[BagOfWords, list[str], dict[str, float]]:
     """The classifier, its vocabulary and its split parameters from an encrypted
     model file (wrong key: IntegrityError)."""
-    data = open_model(path)
-    try:
-        saved = torch.load(io.BytesIO(data), weights_only=True)
-    except Exception as exc:  # torch raises several unrelated types on bad input
-        raise ConfigError(f"{path}: not a saved model ({type(exc).__name__})") from None
-    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-        raise ConfigError(f"{path}: not a text classification model saved by trusted-ml")
+    saved = load_saved(path, MODEL_FORMAT, "text classification")
     vocab: list[str] = saved["vocab"]
     model = BagOfWords(len(vocab), int(saved["embed_dim"]))
     model.load_state_dict(saved["state_dict"])

@@ -16,33 +16,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from trustedml.errors import ConfigError
-from trustedml.ml._datasets import default_dataset, default_help, missing_default
-from trustedml.ml._driver import check_model_out, run_main, train_on_spark
+from trustedml.ml._datasets import default_dataset
+from trustedml.ml._driver import check_and_train, resolved_input, run_workload
+from trustedml.ml._options import add_input, add_model, add_training, training_fields
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lenet", description="Train or evaluate LeNet-5 on MNIST with TorchDistributor."
     )
-    parser.add_argument(
-        "--data-path",
-        type=Path,
-        default=default_dataset("mnist"),
-        help=f"directory of the MNIST IDX files ({default_help('mnist')})",
-    )
-    parser.add_argument("--max-epoch", type=int, default=2)
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=128,
-        help="total batch size, split over the 2 processes (default 128)",
-    )
-    parser.add_argument(
-        "--learning-rate",
-        type=float,
-        default=0.006,
-        help="peak of Adam's one-cycle schedule (default 0.006)",
+    add_input(parser, "--data-path", "mnist", "directory of the MNIST IDX files")
+    add_training(
+        parser,
+        max_epoch=2,
+        batch_size=128,
+        learning_rate=0.006,
+        schedule="peak of Adam's one-cycle schedule",
     )
     parser.add_argument(
         "--train-limit",
@@ -51,26 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="train on the first N training images only",
     )
-    parser.add_argument(
-        "--model-out",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="save the trained model encrypted to PATH.tml",
-    )
-    parser.add_argument(
-        "--model-key-id",
-        default="models",
-        help="KEK the model is encrypted under (default: models)",
-    )
-    parser.add_argument(
-        "--evaluate-only",
-        type=Path,
-        default=None,
-        metavar="MODEL",
-        help="evaluate an encrypted model on the test images, no training",
-    )
-    parser.add_argument("--seed", type=int, default=42)
+    add_model(parser, saves="the trained model", evaluates_on="the test images")
     return parser
 
 
@@ -83,42 +53,23 @@ def _evaluate(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def _train(args: argparse.Namespace, data_dir: Path) -> int:
-    from trustedml.ml._lenet import TrainConfig, check_inputs, train_lenet
+    from trustedml.ml._lenet import TrainConfig, train_lenet
     from trustedml.ml._mnist import idx_path
 
     config = TrainConfig(
-        data_dir=str(data_dir),
-        max_epoch=args.max_epoch,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        train_limit=args.train_limit,
-        model_out=str(args.model_out.resolve()) if args.model_out else None,
-        model_key_id=args.model_key_id,
-        seed=args.seed,
+        data_dir=str(data_dir), train_limit=args.train_limit, **training_fields(args)
     )
-    config.check()
-    # Fail here, in one line, rather than in both training processes.
-    check_inputs(
-        *(idx_path(data_dir, s, k) for s in ("train", "test") for k in ("images", "labels"))
-    )
-    check_model_out(args.model_out, args.model_key_id)
-    return train_on_spark("trustedml-lenet", train_lenet, config)
+    inputs = (idx_path(data_dir, s, k) for s in ("train", "test") for k in ("images", "labels"))
+    return check_and_train("trustedml-lenet", train_lenet, config, args, *inputs)
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return resolved_input("--data-path", args.data_path, default_dataset("mnist"))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the workload with command-line arguments ``argv``; returns the exit code."""
-    args = _parser().parse_args(argv)
-
-    def body() -> int:
-        missing = missing_default("--data-path", args.data_path, default_dataset("mnist"))
-        if missing is not None:
-            raise ConfigError(missing)
-        data_dir = args.data_path.resolve()
-        if args.evaluate_only is not None:
-            return _evaluate(args, data_dir)
-        return _train(args, data_dir)
-
-    return run_main(body)
+    return run_workload(_parser().parse_args(argv), _data_dir, _evaluate, _train)
 
 
 if __name__ == "__main__":

@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trustedml.errors import TrustedMLError
-from trustedml.ml._datasets import default_dataset, default_help
 from trustedml.ml._io import read_table
-from trustedml.ml._tabular import check_input, require_key, spark_session
+from trustedml.ml._options import add_input, add_output
+from trustedml.ml._tabular import check_input, require_key, run_on_spark
 from trustedml.runtime import job_keystore
 from trustedml.spark import write_encrypted_pandas
 
 if TYPE_CHECKING:
     import pyspark.pandas as ps
+    from pyspark.sql import SparkSession
 
 SCHEMA = "timestamp STRING, value BIGINT"
 AWAKE_BEGIN, AWAKE_END = 6, 23
@@ -40,20 +39,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="nyc-taxi-prep", description="pandas-on-Spark feature prep of NYC taxi demand"
     )
-    parser.add_argument(
+    add_input(
+        parser,
         "--file-path",
-        type=Path,
-        default=default_dataset("nyc_taxi.csv"),
-        help="CSV input with header timestamp,value; plaintext or encrypted (.tml) "
-        f"({default_help('nyc_taxi.csv')})",
+        "nyc_taxi.csv",
+        "CSV input with header timestamp,value; plaintext or encrypted (.tml)",
     )
-    parser.add_argument(
+    add_output(
+        parser,
         "--output",
-        type=Path,
-        default=None,
-        help="directory for the prepared rows: CSV with header, encrypted",
+        "directory for the prepared rows: CSV with header, encrypted",
+        ("--key-id", "data", "KEK that wraps the output"),
     )
-    parser.add_argument("--key-id", default="data", help="KEK that wraps the output")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --output directory"
     )
@@ -90,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     import pyspark.pandas as ps
     from pyspark.sql import functions as F
 
-    spark = spark_session("trustedml-nyc-taxi-prep")
-    try:
+    def body(spark: SparkSession) -> None:
         # The timestamps are wall-clock times with no zone. In UTC each exists exactly
         # once, so parsing and taking the hour cannot shift across a daylight-saving change.
         spark.conf.set("spark.sql.session.timeZone", "UTC")
@@ -121,13 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                 timestampFormat=TIMESTAMP_FORMAT,
             )
             print(f"output written encrypted (key {args.key_id}): {args.output}")
-    except TrustedMLError as exc:
-        # Missing keys and bad paths caught on the driver are the user's to fix: say so plainly.
-        print(f"nyc-taxi-prep: error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        spark.stop()
-    return 0
+
+    return run_on_spark("nyc-taxi-prep", body)
 
 
 if __name__ == "__main__":
