@@ -9,7 +9,8 @@
   (type 3, 648 bytes: adds TEE_TCB_SVN2 and MR_SERVICETD).
 
 All integers are little-endian. Parsing only: nothing here decides whether a quote
-is trustworthy (see :mod:`trustedml.attestation._intel`).
+is trustworthy (see :mod:`trustedml.attestation._intel`). The PCK certificate's SGX
+extension is parsed in :mod:`._pck` and exported from here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ import struct
 from dataclasses import dataclass
 
 from trustedml.errors import EvidenceFormatError, UnsupportedEvidenceError
-from trustedml.hazmat.attestation import _der
+from trustedml.hazmat.attestation._pck import (
+    SGX_EXTENSION_OID,
+    PckExtension,
+    parse_pck_extension,
+)
 
 __all__ = [
     "ATT_KEY_TYPE_ECDSA_P256",
@@ -110,6 +115,12 @@ class _Reader:
         return value
 
 
+def _exact(raw: bytes, size: int, what: str) -> bytes:
+    if len(raw) != size:
+        raise EvidenceFormatError(f"{what} must be {size} bytes, got {len(raw)}")
+    return bytes(raw)
+
+
 @dataclass(frozen=True)
 class QuoteHeader:
     """The 48-byte quote header. ``qe_svn``/``pce_svn`` are only meaningful in v3
@@ -162,11 +173,7 @@ class SgxReportBody:
     @classmethod
     def parse(cls, raw: bytes) -> SgxReportBody:
         """Parse exactly :data:`SGX_REPORT_BODY_SIZE` bytes."""
-        if len(raw) != SGX_REPORT_BODY_SIZE:
-            raise EvidenceFormatError(
-                f"SGX report body must be {SGX_REPORT_BODY_SIZE} bytes, got {len(raw)}"
-            )
-        raw = bytes(raw)
+        raw = _exact(raw, SGX_REPORT_BODY_SIZE, "SGX report body")
         (miscselect,) = _U32.unpack_from(raw, 16)
         isv_prod_id, isv_svn, config_svn = struct.unpack_from("<HHH", raw, 256)
         return cls(
@@ -216,11 +223,7 @@ class TdReport10:
     @classmethod
     def parse(cls, raw: bytes) -> TdReport10:
         """Parse exactly :data:`TD_REPORT10_SIZE` bytes."""
-        if len(raw) != TD_REPORT10_SIZE:
-            raise EvidenceFormatError(
-                f"TD report 1.0 body must be {TD_REPORT10_SIZE} bytes, got {len(raw)}"
-            )
-        return cls(*_td10_fields(bytes(raw)))
+        return cls(*_td10_fields(_exact(raw, TD_REPORT10_SIZE, "TD report 1.0 body")))
 
     @property
     def debug(self) -> bool:
@@ -243,11 +246,7 @@ class TdReport15(TdReport10):
     @classmethod
     def parse(cls, raw: bytes) -> TdReport15:
         """Parse exactly :data:`TD_REPORT15_SIZE` bytes."""
-        if len(raw) != TD_REPORT15_SIZE:
-            raise EvidenceFormatError(
-                f"TD report 1.5 body must be {TD_REPORT15_SIZE} bytes, got {len(raw)}"
-            )
-        raw = bytes(raw)
+        raw = _exact(raw, TD_REPORT15_SIZE, "TD report 1.5 body")
         return cls(
             *_td10_fields(raw),
             raw[TD_REPORT10_SIZE : TD_REPORT10_SIZE + 16],  # tee_tcb_svn2
@@ -363,6 +362,15 @@ class Quote:
         return self.header.is_tdx
 
 
+def _qe_report(reader: _Reader) -> tuple[SgxReportBody, bytes, bytes]:
+    # The QE report, its PCK signature and the QE auth data: inline in v3, inside
+    # certification data type 6 in v4/v5.
+    qe_report = SgxReportBody.parse(reader.take(SGX_REPORT_BODY_SIZE, "QE report"))
+    qe_sig = reader.take(ECDSA_SIGNATURE_SIZE, "QE report signature")
+    auth_size = reader.u16("QE auth data size")
+    return qe_report, qe_sig, reader.take(auth_size, "QE auth data")
+
+
 def _parse_certification_data(
     reader: _Reader, where: str, *, allow_qe_report: bool
 ) -> CertificationData:
@@ -378,10 +386,7 @@ def _parse_certification_data(
     if not allow_qe_report:
         raise UnsupportedEvidenceError(f"{where}: certification data type 6 is not allowed here")
     inner = _Reader(data, 0, len(data), f"{where} (QE report certification data)")
-    qe_report = SgxReportBody.parse(inner.take(SGX_REPORT_BODY_SIZE, "QE report"))
-    qe_sig = inner.take(ECDSA_SIGNATURE_SIZE, "QE report signature")
-    auth_size = inner.u16("QE auth data size")
-    auth = inner.take(auth_size, "QE auth data")
+    qe_report, qe_sig, auth = _qe_report(inner)
     nested = _parse_certification_data(inner, "nested certification data", allow_qe_report=False)
     inner.finish("nested certification data")
     return CertificationData(
@@ -464,10 +469,7 @@ def parse_quote(data: bytes) -> Quote:
     signature = sig_reader.take(ECDSA_SIGNATURE_SIZE, "quote signature")
     attestation_key = sig_reader.take(ECDSA_KEY_SIZE, "attestation key")
     if header.version == 3:
-        qe_report = SgxReportBody.parse(sig_reader.take(SGX_REPORT_BODY_SIZE, "QE report"))
-        qe_sig = sig_reader.take(ECDSA_SIGNATURE_SIZE, "QE report signature")
-        auth_size = sig_reader.u16("QE auth data size")
-        auth = sig_reader.take(auth_size, "QE auth data")
+        qe_report, qe_sig, auth = _qe_report(sig_reader)
         cert = _parse_certification_data(sig_reader, "certification data", allow_qe_report=False)
     else:
         cert = _parse_certification_data(sig_reader, "certification data", allow_qe_report=True)
@@ -487,132 +489,4 @@ def parse_quote(data: bytes) -> Quote:
         signed_bytes=data[:signed_end],
         signature_data=signature_data,
         size=sig_start + sig_size,
-    )
-
-
-# --- PCK certificate SGX extension (OID 1.2.840.113741.1.13.1) -------------------
-
-SGX_EXTENSION_OID = "1.2.840.113741.1.13.1"
-_PPID = SGX_EXTENSION_OID + ".1"
-_TCB = SGX_EXTENSION_OID + ".2"
-_PCE_ID = SGX_EXTENSION_OID + ".3"
-_FMSPC = SGX_EXTENSION_OID + ".4"
-_SGX_TYPE = SGX_EXTENSION_OID + ".5"
-_PLATFORM_INSTANCE_ID = SGX_EXTENSION_OID + ".6"
-_CONFIGURATION = SGX_EXTENSION_OID + ".7"
-_PCESVN = _TCB + ".17"
-_CPUSVN = _TCB + ".18"
-_CONFIG_FLAGS = {
-    _CONFIGURATION + ".1": "dynamic_platform",
-    _CONFIGURATION + ".2": "cached_keys",
-    _CONFIGURATION + ".3": "smt_enabled",
-}
-_SGX_TYPE_NAMES = {0: "Standard", 1: "Scalable", 2: "ScalableWithIntegrity"}
-
-
-@dataclass(frozen=True)
-class PckExtension:
-    """The Intel SGX extension of a PCK certificate: the platform's identity (FMSPC,
-    PCE-ID, PPID) and the TCB the PCK was issued for."""
-
-    ppid: bytes
-    tcb_components: tuple[int, ...]
-    pce_svn: int
-    cpusvn: bytes
-    pce_id: bytes
-    fmspc: bytes
-    sgx_type: int
-    platform_instance_id: bytes | None = None
-    dynamic_platform: bool | None = None
-    cached_keys: bool | None = None
-    smt_enabled: bool | None = None
-
-    @property
-    def sgx_type_name(self) -> str:
-        return _SGX_TYPE_NAMES.get(self.sgx_type, f"unknown ({self.sgx_type})")
-
-
-def _oid_value_pairs(value: bytes, what: str) -> dict[str, _der.Tlv]:
-    # SEQUENCE OF SEQUENCE { OID, value } as a dict; a duplicate would be ambiguous.
-    out: dict[str, _der.Tlv] = {}
-    for item in _der.sequence_items(value, what):
-        pair = _der.sequence_items(item.expect(_der.SEQUENCE, what), what)
-        if len(pair) != 2:
-            raise EvidenceFormatError(f"{what}: entry has {len(pair)} elements, expected 2")
-        oid = _der.decode_oid(pair[0].expect(_der.OBJECT_IDENTIFIER, what), what)
-        if oid in out:
-            raise EvidenceFormatError(f"{what}: duplicate entry {oid}")
-        out[oid] = pair[1]
-    return out
-
-
-def _required(entries: dict[str, _der.Tlv], oid: str, what: str) -> _der.Tlv:
-    try:
-        return entries[oid]
-    except KeyError:
-        raise EvidenceFormatError(f"PCK SGX extension: {what} ({oid}) is missing") from None
-
-
-def _octets(tlv: _der.Tlv, size: int, what: str) -> bytes:
-    value = tlv.expect(_der.OCTET_STRING, what)
-    if len(value) != size:
-        raise EvidenceFormatError(f"{what}: expected {size} bytes, got {len(value)}")
-    return value
-
-
-def _bounded_int(tlv: _der.Tlv, tag: int, upper: int, what: str) -> int:
-    value = _der.decode_integer(tlv.expect(tag, what), what)
-    if not 0 <= value <= upper:
-        raise EvidenceFormatError(f"{what}: {value} outside 0..{upper}")
-    return value
-
-
-def parse_pck_extension(der: bytes) -> PckExtension:
-    """Parse the DER value of the SGX extension (OID 1.2.840.113741.1.13.1).
-
-    Unknown entries are ignored (Intel may add some); required ones missing,
-    duplicated or malformed raise :class:`~trustedml.errors.EvidenceFormatError`.
-    """
-    top = _der.read_single(der, _der.SEQUENCE, "PCK SGX extension")
-    entries = _oid_value_pairs(top, "PCK SGX extension")
-    tcb_value = _required(entries, _TCB, "TCB").expect(_der.SEQUENCE, "PCK SGX extension TCB")
-    tcb = _oid_value_pairs(tcb_value, "PCK SGX extension TCB")
-    components = tuple(
-        _bounded_int(
-            _required(tcb, f"{_TCB}.{i}", f"TCB component {i} SVN"),
-            _der.INTEGER,
-            0xFF,
-            f"PCK TCB component {i} SVN",
-        )
-        for i in range(1, 17)
-    )
-    flags: dict[str, bool] = {}
-    if _CONFIGURATION in entries:
-        config = _oid_value_pairs(
-            entries[_CONFIGURATION].expect(_der.SEQUENCE, "PCK configuration"),
-            "PCK configuration",
-        )
-        for oid, name in _CONFIG_FLAGS.items():
-            if oid in config:
-                flags[name] = _der.decode_boolean(
-                    config[oid].expect(_der.BOOLEAN, f"PCK configuration {name}"),
-                    f"PCK configuration {name}",
-                )
-    instance = entries.get(_PLATFORM_INSTANCE_ID)
-    return PckExtension(
-        ppid=_octets(_required(entries, _PPID, "PPID"), 16, "PCK PPID"),
-        tcb_components=components,
-        pce_svn=_bounded_int(_required(tcb, _PCESVN, "PCESVN"), _der.INTEGER, 0xFFFF, "PCK PCESVN"),
-        cpusvn=_octets(_required(tcb, _CPUSVN, "CPUSVN"), 16, "PCK CPUSVN"),
-        pce_id=_octets(_required(entries, _PCE_ID, "PCE-ID"), 2, "PCK PCE-ID"),
-        fmspc=_octets(_required(entries, _FMSPC, "FMSPC"), 6, "PCK FMSPC"),
-        sgx_type=_bounded_int(
-            _required(entries, _SGX_TYPE, "SGX type"), _der.ENUMERATED, 0xFF, "PCK SGX type"
-        ),
-        platform_instance_id=(
-            None if instance is None else _octets(instance, 16, "PCK platform instance ID")
-        ),
-        dynamic_platform=flags.get("dynamic_platform"),
-        cached_keys=flags.get("cached_keys"),
-        smt_enabled=flags.get("smt_enabled"),
     )
