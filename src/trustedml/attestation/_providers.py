@@ -36,6 +36,31 @@ def _describe(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
+def _read_file(path: Path, who: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise EvidenceProviderError(f"{who}: cannot read {path}: {_describe(exc)}") from exc
+
+
+def _write_existing(path: Path, data: bytes, who: str, *, missing_hint: str = "") -> None:
+    # No O_CREAT: a missing pseudo-file or attribute means no such TEE interface, not a
+    # file to make.
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            written = os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        hint = missing_hint if isinstance(exc, FileNotFoundError) else ""
+        raise EvidenceProviderError(f"{who}: cannot write {path}: {_describe(exc)}{hint}") from exc
+    if written != len(data):
+        raise EvidenceProviderError(
+            f"{who}: short write to {path}: expected {len(data)} bytes, got {written}"
+        )
+
+
 class GramineProvider:
     """SGX DCAP quotes from Gramine's ``/dev/attestation`` pseudo-files.
 
@@ -80,27 +105,10 @@ class GramineProvider:
             )
 
     def _read(self, name: str) -> bytes:
-        path = self._root / name
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise EvidenceProviderError(f"gramine: cannot read {path}: {_describe(exc)}") from exc
+        return _read_file(self._root / name, "gramine")
 
     def _write(self, name: str, data: bytes) -> None:
-        path = self._root / name
-        try:
-            # No O_CREAT: a missing pseudo-file means no Gramine, not a file to make.
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                written = os.write(fd, data)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise EvidenceProviderError(f"gramine: cannot write {path}: {_describe(exc)}") from exc
-        if written != len(data):
-            raise EvidenceProviderError(
-                f"gramine: short write to {path}: expected {len(data)} bytes, got {written}"
-            )
+        _write_existing(self._root / name, data, "gramine")
 
     def __repr__(self) -> str:
         return f"GramineProvider(root={str(self._root)!r})"
@@ -191,34 +199,16 @@ class ConfigfsTsmProvider:
         entry.rmdir()
 
     def _read_attribute(self, entry: Path, name: str) -> bytes:
-        path = entry / name
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise EvidenceProviderError(
-                f"configfs-tsm: cannot read {path}: {_describe(exc)}"
-            ) from exc
+        return _read_file(entry / name, "configfs-tsm")
 
     def _write_attribute(self, entry: Path, name: str, data: bytes) -> None:
-        path = entry / name
-        try:
-            # configfs attributes exist once the entry does; never create a plain file.
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                written = os.write(fd, data)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            hint = ""
-            if name == "privlevel" and isinstance(exc, FileNotFoundError):
-                hint = " (this TSM has no privilege levels; privlevel is for SEV-SNP)"
-            raise EvidenceProviderError(
-                f"configfs-tsm: cannot write {path}: {_describe(exc)}{hint}"
-            ) from exc
-        if written != len(data):
-            raise EvidenceProviderError(
-                f"configfs-tsm: short write to {path}: expected {len(data)} bytes, got {written}"
-            )
+        # configfs attributes exist once the entry does.
+        missing = (
+            " (this TSM has no privilege levels; privlevel is for SEV-SNP)"
+            if name == "privlevel"
+            else ""
+        )
+        _write_existing(entry / name, data, "configfs-tsm", missing_hint=missing)
 
     # -- helpers -----------------------------------------------------------------------
 
