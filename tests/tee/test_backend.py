@@ -63,3 +63,18 @@ def test_wrong_options_are_refused() -> None:
         get_backend("sim")
     with pytest.raises(ConfigError, match="--tee none: got an unexpected keyword argument"):
         get_backend("none", key_path="k")
+
+
+def test_one_table_names_the_backends_and_the_cli_offers_exactly_those() -> None:
+    import click
+
+    from trustedml.cli import cli  # noqa: TID251  (the --tee choices come from the table)
+    from trustedml.tee import BACKEND_NAMES
+    from trustedml.tee._registry import BACKENDS
+
+    assert BACKEND_NAMES == ("cvm", "gramine", "none", "sim")
+    assert all(getattr(BACKENDS[name], "name", None) == name for name in BACKEND_NAMES)
+    for command in ("submit", "run", "measure"):
+        (tee,) = [p for p in cli.commands[command].params if p.name == "tee"]
+        assert isinstance(tee.type, click.Choice)
+        assert tuple(tee.type.choices) == BACKEND_NAMES, command

@@ -1,7 +1,6 @@
 """TEE backends (none, sim, gramine, cvm) and the job measurement."""
 
 from trustedml.tee._backend import (
-    BACKEND_NAMES,
     ENV_JOB_MEASUREMENT,
     ENV_SIM_KEY,
     ENV_TEE,
@@ -11,7 +10,6 @@ from trustedml.tee._backend import (
     LaunchPlan,
     NoTee,
     TeeBackend,
-    get_backend,
 )
 from trustedml.tee._cvm import CvmBackend
 from trustedml.tee._gramine import (
@@ -30,6 +28,7 @@ from trustedml.tee._measure import (
     java_properties,
     measure_job,
 )
+from trustedml.tee._registry import BACKEND_NAMES, get_backend
 from trustedml.tee._settings import JobSettings
 from trustedml.tee._sim import SIM_BANNER, SimBackend
 

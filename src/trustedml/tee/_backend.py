@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from trustedml._env import ENV_JOB_MEASUREMENT, ENV_SIM_KEY, ENV_TEE, ENV_TSM_ROOT, JOB_ENV
-from trustedml.errors import ConfigError, LaunchError
+from trustedml.errors import LaunchError
 from trustedml.tee._measure import JobMeasurement
 from trustedml.tee._settings import JobSettings
 
 # What a running job learns about where it runs (trustedml.tee.job_*() read them); the
 # names live in trustedml._env, shared with trustedml.runtime, and are re-exported here.
 __all__ = [
-    "BACKEND_NAMES",
     "ENV_JOB_MEASUREMENT",
     "ENV_SIM_KEY",
     "ENV_TEE",
@@ -26,7 +24,6 @@ __all__ = [
     "LaunchPlan",
     "NoTee",
     "TeeBackend",
-    "get_backend",
     "job_environment",
 ]
 
@@ -138,30 +135,3 @@ class NoTee:
             env=job_environment(job.env, self.name, job.measurement),
             cwd=job.cwd,
         )
-
-
-BACKEND_NAMES = ("cvm", "gramine", "none", "sim")
-
-
-def get_backend(name: str, **options: object) -> TeeBackend:
-    """Return the backend called ``name`` ("none", "sim", "gramine", "cvm"), built
-    with ``options`` (see :class:`SimBackend`, :class:`GramineBackend`,
-    :class:`CvmBackend`)."""
-    from trustedml.tee._cvm import CvmBackend
-    from trustedml.tee._gramine import GramineBackend
-    from trustedml.tee._sim import SimBackend
-
-    backends: dict[str, Callable[..., TeeBackend]] = {
-        "none": NoTee,
-        "sim": SimBackend,
-        "gramine": GramineBackend,
-        "cvm": CvmBackend,
-    }
-    if name not in backends:
-        raise ConfigError(f"--tee: expected one of {', '.join(BACKEND_NAMES)}, got {name!r}")
-    factory = backends[name]
-    try:
-        inspect.signature(factory).bind(**options)
-    except TypeError as exc:
-        raise ConfigError(f"--tee {name}: {exc}") from None
-    return factory(**options)
