@@ -17,6 +17,7 @@ report v3 whose VCEK has serial number 0.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from trustedml.hazmat.attestation.intel import (
     SGX_EXTENSION_OID,
     PckExtension,
     Quote,
+    SgxReportBody,
     TdReport15,
     parse_pck_extension,
     parse_quote,
@@ -429,35 +431,45 @@ def _pck_ext(cert: x509.Certificate) -> PckExtension:
     )
 
 
-def test_ata_sgx_v3_layout() -> None:
-    raw, q = _quote_from(ATA_SGX_V3)
+@dataclass(frozen=True)
+class SgxV3Layout:
+    """What a published SGX quote v3 holds, field by field (from its MANIFEST.md)."""
+
+    sha256: str
+    qe_svn: int
+    pce_svn: int
+    user_data: str
+    cpusvn: str
+    mrenclave: str
+    mrsigner: str
+    report_data: bytes
+    qe_isv_svn: int
+    pck_tcb: tuple[int, ...]
+
+
+def _check_sgx_v3_layout(folder: Path, want: SgxV3Layout) -> Quote:
+    raw, q = _quote_from(folder)
     assert len(raw) == q.size == 4734
-    assert hashlib.sha256(raw).hexdigest() == (
-        "93aeaad2128ee866149de0491f4857ebc90e9336adec003919e4f47f3289b550"
-    )
+    assert hashlib.sha256(raw).hexdigest() == want.sha256
     assert detect_evidence_type(raw) is EvidenceType.SGX
     h = q.header
-    assert (q.version, h.att_key_type, h.tee_type, h.qe_svn, h.pce_svn) == (3, 2, 0, 11, 16)
-    assert h.user_data.hex() == "958a27bd734d30d998a46126252f61f500000000"
+    assert (q.version, h.att_key_type, h.tee_type) == (3, 2, 0)
+    assert (h.qe_svn, h.pce_svn) == (want.qe_svn, want.pce_svn)
+    assert h.user_data.hex() == want.user_data
     body = q.body
-    assert body.cpusvn.hex() == "10101110ffff01000000000000000000"
+    assert isinstance(body, SgxReportBody)
+    assert body.cpusvn.hex() == want.cpusvn
     assert body.attributes.hex() == "0500000000000000e700000000000000"
-    assert body.mrenclave.hex() == (
-        "6b2fb25e0084ad6ecbf6cfcefe09e2fa0fca2b84092f72c01f8fe98e9d7db5cd"
-    )
-    assert body.mrsigner.hex() == (
-        "334d8d7c1be636f4a2811c97bb31cb25419acf287f8acd548e1e2adc30b2c7f9"
-    )
+    assert body.mrenclave.hex() == want.mrenclave
+    assert body.mrsigner.hex() == want.mrsigner
     assert (body.isv_prod_id, body.isv_svn) == (0, 0)
-    assert body.report_data.hex() == (
-        "c28cac196a6a0a3456bfcc15bbc34abacf72bd27b576f206dac4217c135553bf" + "00" * 32
-    )
+    assert body.report_data == want.report_data
     assert q.signed_bytes == raw[: 48 + 384]
     sd = q.signature_data
     assert sd.certification_data.cert_type == CERT_TYPE_PCK_CERT_CHAIN
     assert sd.certification_data.data.endswith(b"-----END CERTIFICATE-----\n\x00")
     assert sd.qe_auth_data == bytes(range(32))
-    assert (sd.qe_report.isv_prod_id, sd.qe_report.isv_svn) == (1, 11)
+    assert (sd.qe_report.isv_prod_id, sd.qe_report.isv_svn) == (1, want.qe_isv_svn)
     certs = _pck_certs(q)
     assert [c.subject.rfc4514_string().split("CN=")[1] for c in certs] == [
         "Intel SGX PCK Certificate",
@@ -467,12 +479,35 @@ def test_ata_sgx_v3_layout() -> None:
     ext = _pck_ext(certs[0])
     assert ext.fmspc.hex() == "00606a000000"
     assert ext.pce_svn == 13
-    assert ext.tcb_components == (16, 16, 3, 3, 255, 255, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    assert ext.tcb_components == want.pck_tcb
     assert ext.sgx_type == 1  # Scalable
+    assert (ext.dynamic_platform, ext.cached_keys, ext.smt_enabled) == (True, False, False)
+    return q
+
+
+def test_ata_sgx_v3_layout() -> None:
+    q = _check_sgx_v3_layout(
+        ATA_SGX_V3,
+        SgxV3Layout(
+            sha256="93aeaad2128ee866149de0491f4857ebc90e9336adec003919e4f47f3289b550",
+            qe_svn=11,
+            pce_svn=16,
+            user_data="958a27bd734d30d998a46126252f61f500000000",
+            cpusvn="10101110ffff01000000000000000000",
+            mrenclave="6b2fb25e0084ad6ecbf6cfcefe09e2fa0fca2b84092f72c01f8fe98e9d7db5cd",
+            mrsigner="334d8d7c1be636f4a2811c97bb31cb25419acf287f8acd548e1e2adc30b2c7f9",
+            report_data=bytes.fromhex(
+                "c28cac196a6a0a3456bfcc15bbc34abacf72bd27b576f206dac4217c135553bf"
+            )
+            + bytes(32),
+            qe_isv_svn=11,
+            pck_tcb=(16, 16, 3, 3, 255, 255, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        ),
+    )
     # A Platform-CA PCK certificate carries the platform instance ID and configuration.
+    ext = _pck_ext(_pck_certs(q)[0])
     assert ext.platform_instance_id is not None
     assert ext.platform_instance_id.hex() == "9cd2ff73db174b44746e3f2b6abf79d9"
-    assert (ext.dynamic_platform, ext.cached_keys, ext.smt_enabled) == (True, False, False)
 
 
 def test_ata_sgx_v3_verdict_with_intel_collateral() -> None:
@@ -762,37 +797,21 @@ ATA_V3_AT = datetime(2025, 8, 15, 5, 45, tzinfo=UTC)
 
 
 def test_ata_sgx_v3_qesvn9_layout() -> None:
-    raw, q = _quote_from(ATA_SGX_V3_QE9)
-    assert len(raw) == q.size == 4734
-    assert hashlib.sha256(raw).hexdigest() == (
-        "c81a90ee23bbc132b4073fe78ad2a58bac8a538a56e4b97b4557216353a0e511"
+    _check_sgx_v3_layout(
+        ATA_SGX_V3_QE9,
+        SgxV3Layout(
+            sha256="c81a90ee23bbc132b4073fe78ad2a58bac8a538a56e4b97b4557216353a0e511",
+            qe_svn=9,
+            pce_svn=14,
+            user_data="f28dda234595e56eaeb7ce9b681a62cd00000000",
+            cpusvn="0e0e100fffff01000000000000000000",
+            mrenclave="a4f45c39dac622cb1dd32ddb35a52ec92db41d0fa88a1c911c49e59c534f61cd",
+            mrsigner="8f2dbc0f9c5d3378d596974b2deed1f93223cc49242899f83809bcc92546132c",
+            report_data=bytes(64),
+            qe_isv_svn=9,
+            pck_tcb=(14, 14, 3, 3, 255, 255, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        ),
     )
-    assert detect_evidence_type(raw) is EvidenceType.SGX
-    h = q.header
-    assert (q.version, h.att_key_type, h.tee_type, h.qe_svn, h.pce_svn) == (3, 2, 0, 9, 14)
-    assert h.user_data.hex() == "f28dda234595e56eaeb7ce9b681a62cd00000000"
-    body = q.body
-    assert body.cpusvn.hex() == "0e0e100fffff01000000000000000000"
-    assert body.attributes.hex() == "0500000000000000e700000000000000"
-    assert body.mrenclave.hex() == (
-        "a4f45c39dac622cb1dd32ddb35a52ec92db41d0fa88a1c911c49e59c534f61cd"
-    )
-    assert body.mrsigner.hex() == (
-        "8f2dbc0f9c5d3378d596974b2deed1f93223cc49242899f83809bcc92546132c"
-    )
-    assert (body.isv_prod_id, body.isv_svn) == (0, 0)
-    assert body.report_data == bytes(64)
-    sd = q.signature_data
-    assert (sd.qe_report.isv_prod_id, sd.qe_report.isv_svn) == (1, 9)
-    assert sd.qe_auth_data == bytes(range(32))
-    certs = _pck_certs(q)
-    assert len(certs) == 3
-    ext = _pck_ext(certs[0])
-    assert ext.fmspc.hex() == "00606a000000"
-    assert ext.pce_svn == 13
-    assert ext.tcb_components == (14, 14, 3, 3, 255, 255, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-    assert ext.sgx_type == 1
-    assert (ext.dynamic_platform, ext.cached_keys, ext.smt_enabled) == (True, False, False)
 
 
 def test_ata_sgx_v3_qesvn9_verdict_at_origin_time() -> None:
