@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -94,16 +94,47 @@ class VersionRow:
     mac: str = ""
 
 
+# The operations a write applies, in order, inside one transaction.
+
+
+def _set_meta(conn: sqlite3.Connection, name: str, text: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, text))
+
+
 @dataclass(frozen=True)
 class PutKey:
     """Insert or replace a key's row."""
 
     row: KeyRow
 
+    def apply(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            # An upsert, not INSERT OR REPLACE: a replace deletes the row first, and the
+            # cascade would take the key's versions.
+            "INSERT INTO keys (key_id, state, current_version, policy, "
+            "policy_revision, created_at, updated_at, row_seq, mac) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (key_id) DO UPDATE SET state = excluded.state, "
+            "current_version = excluded.current_version, "
+            "policy = excluded.policy, policy_revision = excluded.policy_revision, "
+            "updated_at = excluded.updated_at, row_seq = excluded.row_seq, "
+            "mac = excluded.mac",
+            astuple(self.row),  # the columns, in order
+        )
+
 
 @dataclass(frozen=True)
 class PutVersion:
+    """Add a version (a wrapped KEK) to a key."""
+
     row: VersionRow
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO key_versions (key_id, version, wrapped_kek, created_at, mac) "
+            "VALUES (?, ?, ?, ?, ?)",
+            astuple(self.row),  # the columns, in order
+        )
 
 
 @dataclass(frozen=True)
@@ -112,17 +143,42 @@ class DeleteKey:
 
     key_id: str
 
+    def apply(self, conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM key_versions WHERE key_id = ?", (self.key_id,))
+        conn.execute("DELETE FROM keys WHERE key_id = ?", (self.key_id,))
+
 
 @dataclass(frozen=True)
 class AppendAudit:
+    """Append an entry to the audit log (consecutive entries go in one statement)."""
+
     entry: AuditEntry
+
+    def row(self) -> tuple[object, ...]:
+        e = self.entry
+        return (
+            e.seq,
+            e.time,
+            e.event,
+            e.outcome,
+            e.key_id,
+            e.client,
+            e.measurement,
+            json.dumps(list(e.reasons)),
+            json.dumps(dict(e.details), sort_keys=True),
+            e.prev_mac,
+            e.mac,
+        )
 
 
 @dataclass(frozen=True)
 class SetAuditHead:
-    """Record the audit log's head (once per transaction, after its entries)."""
+    """Record the audit log's head (after the entries of its transaction)."""
 
     head: AuditHead
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        _set_meta(conn, "audit_head", json.dumps(self.head.to_dict(), sort_keys=True))
 
 
 @dataclass(frozen=True)
@@ -131,12 +187,18 @@ class SetKeyIndex:
 
     text: str
 
+    def apply(self, conn: sqlite3.Connection) -> None:
+        _set_meta(conn, "key_index", self.text)
+
 
 @dataclass(frozen=True)
 class SetSeal:
     """Record the seal in the database and, once committed, in the head file."""
 
     seal: Seal
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        _set_meta(conn, "seal", self.seal.to_text())
 
 
 StoreOp = PutKey | PutVersion | DeleteKey | AppendAudit | SetAuditHead | SetKeyIndex | SetSeal
@@ -424,7 +486,6 @@ class SQLiteStore:
         return [_entry_from_row(r) for r in rows], _head_from_text(head[0] if head else None)
 
     def write(self, ops: Sequence[StoreOp]) -> None:
-        head: AuditHead | None = None
         seal: Seal | None = None
         audit: list[tuple[object, ...]] = []
         with self._lock:
@@ -433,82 +494,16 @@ class SQLiteStore:
                 conn.execute("BEGIN IMMEDIATE")
                 for op in ops:
                     if isinstance(op, AppendAudit):
-                        e = op.entry
-                        audit.append(
-                            (
-                                e.seq,
-                                e.time,
-                                e.event,
-                                e.outcome,
-                                e.key_id,
-                                e.client,
-                                e.measurement,
-                                json.dumps(list(e.reasons)),
-                                json.dumps(dict(e.details), sort_keys=True),
-                                e.prev_mac,
-                                e.mac,
-                            )
-                        )
+                        audit.append(op.row())
                         continue
                     if audit:  # keep the order of operations
                         self._insert_audit(conn, audit)
                         audit = []
-                    if isinstance(op, SetAuditHead):
-                        head = op.head
-                    elif isinstance(op, SetSeal):
+                    op.apply(conn)
+                    if isinstance(op, SetSeal):
                         seal = op.seal
-                    elif isinstance(op, SetKeyIndex):
-                        conn.execute(
-                            "INSERT OR REPLACE INTO meta (name, value) VALUES ('key_index', ?)",
-                            (op.text,),
-                        )
-                    elif isinstance(op, PutKey):
-                        k = op.row
-                        conn.execute(
-                            # An upsert, not INSERT OR REPLACE: a replace deletes the
-                            # row first, and the cascade would take the key's versions.
-                            "INSERT INTO keys (key_id, state, current_version, policy, "
-                            "policy_revision, created_at, updated_at, row_seq, mac) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                            "ON CONFLICT (key_id) DO UPDATE SET state = excluded.state, "
-                            "current_version = excluded.current_version, "
-                            "policy = excluded.policy, policy_revision = excluded.policy_revision, "
-                            "updated_at = excluded.updated_at, row_seq = excluded.row_seq, "
-                            "mac = excluded.mac",
-                            (
-                                k.key_id,
-                                k.state,
-                                k.current_version,
-                                k.policy,
-                                k.policy_revision,
-                                k.created_at,
-                                k.updated_at,
-                                k.row_seq,
-                                k.mac,
-                            ),
-                        )
-                    elif isinstance(op, PutVersion):
-                        v = op.row
-                        conn.execute(
-                            "INSERT INTO key_versions (key_id, version, wrapped_kek, created_at, "
-                            "mac) VALUES (?, ?, ?, ?, ?)",
-                            (v.key_id, v.version, v.wrapped_kek, v.created_at, v.mac),
-                        )
-                    else:
-                        conn.execute("DELETE FROM key_versions WHERE key_id = ?", (op.key_id,))
-                        conn.execute("DELETE FROM keys WHERE key_id = ?", (op.key_id,))
                 if audit:
                     self._insert_audit(conn, audit)
-                if head is not None:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO meta (name, value) VALUES ('audit_head', ?)",
-                        (json.dumps(head.to_dict(), sort_keys=True),),
-                    )
-                if seal is not None:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO meta (name, value) VALUES ('seal', ?)",
-                        (seal.to_text(),),
-                    )
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
