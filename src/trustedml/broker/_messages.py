@@ -13,6 +13,7 @@ from typing import Any
 
 from trustedml.broker._audit import utc_timestamp
 from trustedml.broker._errors import Refusal
+from trustedml.broker._sessions import NewSession
 from trustedml.broker._wire import WireFormatError, loads_object
 from trustedml.data import KEY_ID_PATTERN
 from trustedml.hazmat import envelope
@@ -167,6 +168,20 @@ def parse_release(operation: str, key_id: str, body: bytes) -> ReleaseRequest:
 
 def challenge_answer(nonce: bytes, expires: float, ttl: float) -> dict[str, Any]:
     return {"nonce": b64(nonce), "expires_at": utc_timestamp(expires), "expires_in": ttl}
+
+
+def attest_answer(opened: NewSession, key_ids: list[str], now: float) -> dict[str, Any]:
+    session = opened.session
+    return {
+        "token": opened.token,
+        "token_type": "Bearer",
+        "sealed_session_key": b64(opened.sealed_session_key),
+        "expires_at": utc_timestamp(session.expires),
+        "expires_in": round(session.expires - now, 3),
+        "key_ids": key_ids,
+        "evidence_type": session.evidence_type,
+        "measurement": session.measurement,
+    }
 
 
 def release_answer(

@@ -18,14 +18,13 @@ from typing import Any
 import anyio.to_thread
 
 from trustedml.attestation import VerifiedEvidence, verify_evidence
-from trustedml.broker._audit import utc_timestamp
 from trustedml.broker._config import BrokerConfig
 from trustedml.broker._errors import Refusal
 from trustedml.broker._keys import Key
 from trustedml.broker._ledger import Decision, Ledger
 from trustedml.broker._messages import (
     AttestRequest,
-    b64,
+    attest_answer,
     bearer,
     challenge_answer,
     parse_attest,
@@ -269,16 +268,7 @@ class KeyRelease:
                 "measurement": session.measurement,
             },
         )
-        return {
-            "token": opened.token,
-            "token_type": "Bearer",
-            "sealed_session_key": b64(opened.sealed_session_key),
-            "expires_at": utc_timestamp(session.expires),
-            "expires_in": round(session.expires - now, 3),
-            "key_ids": request.key_ids,
-            "evidence_type": session.evidence_type,
-            "measurement": session.measurement,
-        }
+        return attest_answer(opened, request.key_ids, now)
 
     async def _appraise(
         self, request: AttestRequest, decision: Decision, now: float
