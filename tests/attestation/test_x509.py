@@ -25,7 +25,7 @@ from trustedml.errors import (
     CollateralError,
     EvidenceFormatError,
 )
-from trustedml.hazmat.attestation import _der
+from trustedml.hazmat.attestation import der as _der
 from trustedml.hazmat.attestation.intel import parse_quote
 
 AMD_AT = datetime(2023, 1, 1, tzinfo=UTC)

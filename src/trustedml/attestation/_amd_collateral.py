@@ -16,7 +16,7 @@ from trustedml.attestation._x509 import (
     load_pem_certificates,
 )
 from trustedml.errors import CollateralError, EvidenceFormatError
-from trustedml.hazmat.attestation._der import read_tlv
+from trustedml.hazmat.attestation.der import read_tlv
 from trustedml.hazmat.attestation.snp import CertTableEntry, TcbVersion, parse_cert_table
 
 __all__ = [

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from trustedml.attestation._model import EvidenceType, VerifiedEvidence, Verifier, require_aware
 from trustedml.errors import ConfigError, EvidenceFormatError, UnsupportedEvidenceError
-from trustedml.hazmat.attestation._der import read_tlv
+from trustedml.hazmat.attestation.der import read_tlv
 
 SIM_MAGIC = b"TMLSIM01"
 _TEE_TYPE_SGX = 0x00000000

@@ -11,7 +11,7 @@ their public keys, which only :func:`ec_public_key`, :func:`issued_by` and
 :func:`crl_signed_by` touch (a bad key is a chain problem, not a format one).
 
 On top of what cryptography checks, the outer DER is read with the strict reader of
-:mod:`trustedml.hazmat.attestation._der`: the signature and public-key BIT STRINGs
+:mod:`trustedml.hazmat.attestation.der`: the signature and public-key BIT STRINGs
 must have 0 unused bits (cryptography accepts 1..7 with zero padding: a second
 encoding of the same certificate).
 """
@@ -44,7 +44,7 @@ from trustedml.errors import (
     CollateralExpiredError,
     EvidenceFormatError,
 )
-from trustedml.hazmat.attestation import _der
+from trustedml.hazmat.attestation import der as _der
 
 __all__ = [
     "ErrorType",

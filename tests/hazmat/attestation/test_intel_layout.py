@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trustedml.errors import AttestationError, EvidenceFormatError, UnsupportedEvidenceError
-from trustedml.hazmat.attestation import _der
+from trustedml.hazmat.attestation import der as _der
 from trustedml.hazmat.attestation.intel import (
     SGX_EXTENSION_OID,
     Quote,

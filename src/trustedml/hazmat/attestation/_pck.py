@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trustedml.errors import EvidenceFormatError
-from trustedml.hazmat.attestation import _der
+from trustedml.hazmat.attestation import der as _der
 
 __all__ = ["SGX_EXTENSION_OID", "PckExtension", "parse_pck_extension"]
 
