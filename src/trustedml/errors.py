@@ -1,4 +1,11 @@
-"""The exception tree of trusted-ml: one root, one subtree per layer."""
+"""The exception tree of trusted-ml: one root, one subtree per layer, one parent each.
+
+Every error has exactly one parent inside the tree (ValueError beside ConfigError and
+EvidenceFormatError is not a branch of it), so ``except`` clauses and exit codes follow
+one path: data that cannot be opened (IntegrityError: tampered, a wrong or missing key,
+a wrong passphrase, an audit log that does not verify), what a key store cannot do
+(KeyStoreError: the broker's refusals), what the user must change (ConfigError,
+KeyDirectoryError, PolicyError: exit 2 in the CLI)."""
 
 from __future__ import annotations
 
@@ -58,11 +65,13 @@ class NotEncryptedError(IntegrityError):
 
 
 class KeyStoreError(TrustedMLError):
-    """A key store could not create, find or unwrap a key."""
+    """A key store could not create or release a key (a missing one is a
+    :class:`KeyNotFoundError`)."""
 
 
-class KeyNotFoundError(KeyStoreError, IntegrityError):
-    """No key-encryption key with the requested id: this store cannot open the data."""
+class KeyNotFoundError(IntegrityError):
+    """No key-encryption key with the requested id: this store cannot open the data
+    (as for a wrong key, or a file whose key id was altered)."""
 
 
 class KeyDirectoryError(TrustedMLError):
@@ -73,7 +82,7 @@ class KeyDirectoryExistsError(KeyDirectoryError):
     """`keys init` would overwrite an existing key directory."""
 
 
-class UnsealError(KeyDirectoryError, IntegrityError):
+class UnsealError(IntegrityError):
     """Sealed secrets could not be opened: wrong passphrase or a modified file."""
 
 
@@ -121,8 +130,9 @@ class TcbLevelNotFoundError(AttestationError):
     """No TCB level of the platform's TCB info matches the evidence."""
 
 
-class PolicyError(AttestationError, ConfigError):
-    """An appraisal policy is invalid (says expected vs got)."""
+class PolicyError(AttestationError):
+    """An appraisal policy is invalid (says expected vs got). The CLI treats it as a
+    usage error (exit 2), like a :class:`ConfigError`: the operator must fix the file."""
 
 
 class EvidenceProviderError(AttestationError):
@@ -133,28 +143,40 @@ class KeyBrokerError(KeyStoreError):
     """The key broker, its store or its client failed."""
 
 
-class BrokerRefusedError(KeyBrokerError):
-    """The broker refused a request; ``status`` is the HTTP status, ``code`` the error
-    code of docs/broker-protocol.md and ``reasons`` every reason it gave."""
+class _Refusal:
+    """What a broker's refusal carries besides its message: ``status`` is the HTTP status,
+    ``code`` the error code of docs/broker-protocol.md and ``reasons`` every reason it
+    gave. A mixin, not a branch of the tree: the error class after it is the parent."""
+
+    status: int
+    code: str
+    reasons: tuple[str, ...]
 
     def __init__(
         self, message: str, *, status: int, code: str, reasons: Sequence[str] = ()
     ) -> None:
-        super().__init__(message)
+        super().__init__(message)  # type: ignore[call-arg]  # the error class's __init__
         self.status = status
         self.code = code
         self.reasons = tuple(reasons)
 
 
-class BrokerKeyNotFoundError(BrokerRefusedError, KeyNotFoundError):
-    """The broker has no key (or key version) with the requested id (HTTP 404)."""
+class BrokerRefusedError(_Refusal, KeyBrokerError):
+    """The broker refused a request; ``status`` is the HTTP status, ``code`` the error
+    code of docs/broker-protocol.md and ``reasons`` every reason it gave."""
+
+
+class BrokerKeyNotFoundError(_Refusal, KeyNotFoundError):
+    """The broker has no key (or key version) with the requested id (HTTP 404): a
+    :class:`KeyNotFoundError` like any key store's, with the refusal's ``status``,
+    ``code`` and ``reasons``."""
 
 
 class BrokerUnavailableError(KeyBrokerError):
     """The broker could not be reached, or failed in a way that is not a refusal."""
 
 
-class AuditLogError(KeyBrokerError, IntegrityError):
+class AuditLogError(IntegrityError):
     """The audit log does not verify: an entry was edited, deleted or reordered.
 
     ``seq`` names the first row that fails (None when the log as a whole is wrong)."""

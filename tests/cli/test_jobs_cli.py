@@ -127,7 +127,7 @@ def test_broker_needs_a_tee(
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert (
-        "Error: --broker needs attestation evidence: choose --tee sim for development, "
+        "error: --broker needs attestation evidence: choose --tee sim for development, "
         "or gramine/cvm" in result.stderr
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from trustedml import __version__
+from trustedml.cli._common import Group
 from trustedml.cli.attest import attest_group
 from trustedml.cli.broker import broker_group
 from trustedml.cli.data import decrypt_command, encrypt_command
@@ -15,7 +16,7 @@ from trustedml.cli.measure import measure_command
 from trustedml.cli.ml import example_command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="trustedml")
 def cli() -> None:
     """trusted-ml: confidential PySpark analytics and ML in trusted execution environments."""

@@ -20,9 +20,9 @@ from trustedml.broker import (
 )
 from trustedml.cli._common import (
     ENV_KEYS,
+    Command,
     err_console,
     get_passphrase,
-    handle_errors,
     passphrase_options,
 )
 
@@ -70,7 +70,6 @@ def _store_options(func: F) -> F:
             keys_dir_option,
             click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
             passphrase_options,
-            handle_errors,
         )
     ):
         func = option(func)
@@ -90,7 +89,9 @@ def _expected_head(value: str) -> tuple[int, str]:
         raise click.UsageError(f"--expect-head: {exc}") from None
 
 
-@click.command("verify")
+@click.command(
+    "verify", cls=Command, short_help="Check the audit log, its seal, head file and key rows."
+)
 @click.option(
     "--expect-head",
     help="A head from `audit export-head` (SEQ:MAC, its JSON, or @FILE): the log must "
@@ -132,7 +133,11 @@ def audit_verify(
         )
 
 
-@click.command("export-head")
+@click.command(
+    "export-head",
+    cls=Command,
+    short_help="Print the verified audit head (SEQ:MAC) to keep elsewhere.",
+)
 @_store_options
 def audit_export_head(
     db: Path, keys_dir: Path, as_json: bool, passphrase_file: Path | None, prompt: bool
@@ -147,7 +152,11 @@ def audit_export_head(
     click.echo(json.dumps(head) if as_json else f"{head['seq']}:{head['mac']}")
 
 
-@click.command("migrate")
+@click.command(
+    "migrate",
+    cls=Command,
+    short_help="Adopt an older broker database, or rewrite a lost head file.",
+)
 @_store_options
 def migrate_command(
     db: Path, keys_dir: Path, as_json: bool, passphrase_file: Path | None, prompt: bool

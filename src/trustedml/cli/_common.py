@@ -1,19 +1,20 @@
-"""Shared CLI plumbing: error-to-exit-code mapping, passphrases, consoles and paths."""
+"""Shared CLI plumbing: command classes mapping errors to exit codes, passphrases, paths."""
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 from rich.console import Console
 
-from trustedml import ConfigError, KeyDirectoryError, Secret, TrustedMLError, UnsealError
+from trustedml import ConfigError, KeyDirectoryError, PolicyError, Secret, TrustedMLError
+from trustedml.jobs import ENV_KEYS as ENV_KEYS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -22,41 +23,72 @@ err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
 
 ENV_PASSPHRASE_FILE = "TRUSTEDML_PASSPHRASE_FILE"
-ENV_KEYS = "TRUSTEDML_KEYS"
 
 
-def fail(message: str, code: int = 1) -> None:
-    """Print one line naming what failed and exit."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
-    sys.exit(code)
+class CommandError(click.ClickException):
+    """A command failed: click prints it as one line on stderr and exits ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        # click reads exit_code from the exception; its class default is 1.
+        self.exit_code = exit_code  # type: ignore[misc]
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        err_console.print(f"[bold red]error:[/] {self.message}", markup=True, soft_wrap=True)
 
 
 def exit_code_for(exc: TrustedMLError) -> int:
     """2 for what the user must change in the command or its inputs (a setting, a
-    key directory argument that is not one), 1 for what failed while running (a
-    wrong passphrase included: the directory is right, the secret is not)."""
-    if isinstance(exc, ConfigError):
-        return 2
-    if isinstance(exc, KeyDirectoryError) and not isinstance(exc, UnsealError):
+    policy file, a key directory argument that is not one), 1 for what failed while
+    running (a wrong passphrase included: the directory is right, the secret is not)."""
+    if isinstance(exc, ConfigError | PolicyError | KeyDirectoryError):
         return 2
     return 1
 
 
-def handle_errors(func: F) -> F:
-    """Map library errors to exit codes (:func:`exit_code_for`); click's own usage
-    errors exit 2 on their own."""
+def os_error_message(exc: OSError) -> str:
+    """One line for an OS error: the file it names, then what went wrong."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except TrustedMLError as exc:
-            fail(str(exc), exit_code_for(exc))
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            fail(f"{where}{exc.strerror or exc}", 1)
 
-    return wrapper  # type: ignore[return-value]
+@contextlib.contextmanager
+def _errors_as_exit_codes() -> Iterator[None]:
+    try:
+        yield
+    except TrustedMLError as exc:
+        raise CommandError(str(exc), exit_code_for(exc)) from exc
+    except OSError as exc:
+        raise CommandError(os_error_message(exc)) from exc
+
+
+class Command(click.Command):
+    """A command whose library errors end as one line and an exit code
+    (:func:`exit_code_for`); click's own usage errors exit 2 on their own."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _errors_as_exit_codes():
+            return super().invoke(ctx)
+
+
+class Group(Command, click.Group):
+    """A command group that maps the errors of every command under it as
+    :class:`Command` does; its commands and subgroups are made of these classes."""
+
+    command_class = Command
+    group_class = type
+
+
+def stacked(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
+    """One decorator applying ``decorators`` as if written one above the other, so a
+    group of options is declared once and its help lists them in this order."""
+
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
 
 
 def passphrase_options(func: F) -> F:

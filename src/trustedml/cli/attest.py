@@ -25,10 +25,12 @@ from trustedml.attestation import (
     verify_evidence,
 )
 from trustedml.cli._common import (
+    CommandError,
+    Group,
     default_sim_key_path,
     err_console,
-    fail,
-    handle_errors,
+    exit_code_for,
+    os_error_message,
     out_console,
 )
 from trustedml.errors import AttestationError, ConfigError, TrustedMLError
@@ -85,15 +87,16 @@ def _print_fields(fields: Any, prefix: str = "") -> None:
     out_console.print(table)
 
 
-@click.group("attest")
+@click.group("attest", cls=Group)
 def attest_group() -> None:
     """Inspect, verify and produce TEE attestation evidence."""
 
 
-@attest_group.command("show")
+@attest_group.command(
+    "show", short_help="Print every field of a quote, SEV-SNP report or sim evidence."
+)
 @click.argument("evidence", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the fields as JSON.")
-@handle_errors
 def show_command(evidence: Path, as_json: bool) -> None:
     """Print every field of an SGX/TDX quote, an SEV-SNP report or sim evidence."""
     described = describe_evidence(evidence.read_bytes())
@@ -104,7 +107,9 @@ def show_command(evidence: Path, as_json: bool) -> None:
     _print_fields(described["fields"])
 
 
-@attest_group.command("verify")
+@attest_group.command(
+    "verify", short_help="Verify and appraise evidence; exit 0 only when accepted."
+)
 @click.argument("evidence", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option(
     "--collateral",
@@ -189,8 +194,7 @@ def verify_command(
             if when is not None:
                 body["verified_at"] = when.isoformat()
             click.echo(json.dumps(body, indent=2))
-        fail(message, code)
-        return
+        raise CommandError(message, code) from exc
     _report(appraisal, when, as_json)
     sys.exit(EXIT_ACCEPTED if appraisal.accepted else EXIT_REFUSED)
 
@@ -204,9 +208,9 @@ EXIT_REFUSED = 4
 
 
 def _failure(exc: BaseException) -> tuple[int, str]:
-    # PolicyError is both an AttestationError and a ConfigError: a bad policy file is
-    # the operator's mistake, not bad evidence, so ConfigError is tested first.
-    if isinstance(exc, ConfigError):
+    # A bad policy file (PolicyError, an AttestationError) is the operator's mistake,
+    # not bad evidence: a usage error, as for every command (exit_code_for).
+    if isinstance(exc, TrustedMLError) and exit_code_for(exc) == EXIT_USAGE:
         return EXIT_USAGE, "error"
     if isinstance(exc, AttestationError):
         return EXIT_INVALID, "invalid"
@@ -215,8 +219,7 @@ def _failure(exc: BaseException) -> tuple[int, str]:
 
 def _message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, TrustedMLError):
-        where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror or exc}"
+        return os_error_message(exc)
     return str(exc)
 
 
@@ -278,7 +281,6 @@ def _report(appraisal: Appraisal, when: datetime, as_json: bool) -> None:
     help=f"sim: signing key (created if missing; env {ENV_SIM_KEY}).",
 )
 @click.option("--measurement", metavar="HEX", help="sim: the measurement to claim.")
-@handle_errors
 def quote_command(
     report_data: str,
     provider: str,
@@ -307,7 +309,9 @@ def quote_command(
         err_console.print(f"wrote {len(evidence)} bytes of {provider} evidence to {out}")
 
 
-@attest_group.command("sim-key")
+@attest_group.command(
+    "sim-key", short_help="Create the sim signing key if needed; export its public key."
+)
 @click.option(
     "--sim-key",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -320,7 +324,6 @@ def quote_command(
     required=True,
     help="Write the public key (PEM) here, for `broker serve --trust-sim-key`.",
 )
-@handle_errors
 def sim_key_command(sim_key: Path | None, public_out: Path) -> None:
     """Create (if needed) this installation's sim signing key; export its public key."""
     key = SimKey.load_or_create(sim_key or default_sim_key_path())

@@ -36,9 +36,9 @@ from trustedml.cli._broker_store import (
     print_json,
 )
 from trustedml.cli._common import (
+    Group,
     err_console,
     get_passphrase,
-    handle_errors,
     out_console,
     passphrase_options,
 )
@@ -189,12 +189,14 @@ def make_broker_client(
 # -- commands --------------------------------------------------------------------------
 
 
-@click.group("broker")
+@click.group(
+    "broker", cls=Group, short_help="The key broker: attestation-gated release of data keys."
+)
 def broker_group() -> None:
     """The key broker: attestation-gated release of data keys, with an audit log."""
 
 
-@broker_group.command("serve")
+@broker_group.command("serve", short_help="Run the key broker over HTTPS (TLS 1.3).")
 @keys_dir_option
 @click.option(
     "--db",
@@ -228,7 +230,6 @@ def broker_group() -> None:
 @click.option("--json", "json_logs", is_flag=True, help="Structured logs: one JSON object a line.")
 @click.option("--access-log", is_flag=True, help="Log every request.")
 @passphrase_options
-@handle_errors
 def serve_command(
     keys_dir: Path,
     db: str,
@@ -310,7 +311,9 @@ def _db_files(db: str) -> list[Path]:
     return [path.with_name(path.name + suffix) for suffix in ("", "-wal", "-shm", ".head")]
 
 
-@broker_group.command("admin-token")
+@broker_group.command(
+    "admin-token", short_help="Export the broker's admin token (made if it never ran)."
+)
 @keys_dir_option
 @click.option(
     "--out",
@@ -319,7 +322,6 @@ def _db_files(db: str) -> list[Path]:
 )
 @click.option("--stdout", "to_stdout", is_flag=True, help="Print the admin token on stdout.")
 @passphrase_options
-@handle_errors
 def admin_token_command(
     keys_dir: Path,
     out: Path | None,
@@ -342,7 +344,7 @@ def admin_token_command(
 # -- keys ------------------------------------------------------------------------------
 
 
-@broker_group.group("key")
+@broker_group.group("key", short_help="Create, list, rotate, disable, delete keys; set policies.")
 def key_group() -> None:
     """Create, list, rotate, disable and delete keys; set their policies."""
 
@@ -383,7 +385,6 @@ def _report_key(key: dict[str, Any], as_json: bool, action: str) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @admin_options
-@handle_errors
 def key_create(
     key_id: str,
     policy_file: Path | None,
@@ -401,7 +402,6 @@ def key_create(
 @key_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @admin_options
-@handle_errors
 def key_list(as_json: bool, url: str, ca: Path | None, admin_token_file: Path) -> None:
     """List the broker's keys."""
     with _admin(url, ca, admin_token_file) as admin:
@@ -415,7 +415,6 @@ def key_list(as_json: bool, url: str, ca: Path | None, admin_token_file: Path) -
 @key_group.command("show")
 @click.argument("key_id")
 @admin_options
-@handle_errors
 def key_show(key_id: str, url: str, ca: Path | None, admin_token_file: Path) -> None:
     """Show key KEY_ID as JSON."""
     with _admin(url, ca, admin_token_file) as admin:
@@ -427,7 +426,6 @@ def _simple(name: str, action: str, help_text: str) -> None:
     @click.argument("key_id")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     @admin_options
-    @handle_errors
     def command(
         key_id: str, as_json: bool, url: str, ca: Path | None, admin_token_file: Path
     ) -> None:
@@ -445,11 +443,12 @@ _simple("disable", "disabled", "Refuse every release of KEY_ID until it is enabl
 _simple("enable", "enabled", "Allow releases of KEY_ID again (subject to its policy).")
 
 
-@key_group.command("delete")
+@key_group.command(
+    "delete", short_help="Delete KEY_ID and every version: its data becomes unreadable."
+)
 @click.argument("key_id")
 @click.option("--yes", is_flag=True, help="Confirm: data wrapped under KEY_ID becomes unreadable.")
 @admin_options
-@handle_errors
 def key_delete(key_id: str, yes: bool, url: str, ca: Path | None, admin_token_file: Path) -> None:
     """Delete KEY_ID and every version of it: its data keys can never be unwrapped again."""
     if not yes:
@@ -471,7 +470,6 @@ def policy_group() -> None:
 @click.argument("key_id")
 @click.argument("policy_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @admin_options
-@handle_errors
 def policy_set(
     key_id: str, policy_file: Path, url: str, ca: Path | None, admin_token_file: Path
 ) -> None:
@@ -485,7 +483,6 @@ def policy_set(
 @policy_group.command("clear")
 @click.argument("key_id")
 @admin_options
-@handle_errors
 def policy_clear(key_id: str, url: str, ca: Path | None, admin_token_file: Path) -> None:
     """Remove KEY_ID's policy: it refuses every release."""
     with _admin(url, ca, admin_token_file) as admin:
@@ -496,7 +493,6 @@ def policy_clear(key_id: str, url: str, ca: Path | None, admin_token_file: Path)
 @policy_group.command("show")
 @click.argument("key_id")
 @admin_options
-@handle_errors
 def policy_show(key_id: str, url: str, ca: Path | None, admin_token_file: Path) -> None:
     """Print KEY_ID's policy as JSON (null: none)."""
     with _admin(url, ca, admin_token_file) as admin:
@@ -517,7 +513,6 @@ def audit_group() -> None:
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON lines).")
 @admin_options
-@handle_errors
 def audit_show(
     after: int, limit: int, as_json: bool, url: str, ca: Path | None, admin_token_file: Path
 ) -> None:

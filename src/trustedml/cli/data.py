@@ -27,9 +27,9 @@ from trustedml import (
 from trustedml.broker import KeyBrokerClient
 from trustedml.cli._common import (
     ENV_KEYS,
+    Command,
     err_console,
     get_passphrase,
-    handle_errors,
     passphrase_options,
 )
 from trustedml.cli.broker import evidence_options, make_broker_client
@@ -136,7 +136,9 @@ def _report(results: list[FileResult], action: str, as_json: bool) -> None:
         err_console.print(f"{action} {len(results)} files, {total:,} bytes of plaintext")
 
 
-@click.command("encrypt")
+@click.command(
+    "encrypt", cls=Command, short_help="Encrypt SOURCE (a file or a directory) into TARGET."
+)
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--key-id", required=True, help="Key-encryption key that wraps the data keys.")
@@ -150,7 +152,6 @@ def _report(results: list[FileResult], action: str, as_json: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
 @passphrase_options
-@handle_errors
 def encrypt_command(
     source: Path,
     target: Path,
@@ -179,13 +180,14 @@ def encrypt_command(
     _report(results, "encrypted", as_json)
 
 
-@click.command("decrypt")
+@click.command(
+    "decrypt", cls=Command, short_help="Decrypt SOURCE (a .tml file or a directory) into TARGET."
+)
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("target", type=click.Path(path_type=Path))
 @keys_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
 @passphrase_options
-@handle_errors
 def decrypt_command(
     source: Path,
     target: Path,

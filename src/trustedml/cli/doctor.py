@@ -11,9 +11,9 @@ from rich.table import Table
 from trustedml._doctor import TSM_REPORT, Status, diagnose
 from trustedml.cli._common import (
     ENV_KEYS,
+    Command,
     default_sim_key_path,
     env_path,
-    handle_errors,
     out_console,
 )
 from trustedml.runtime import ENV_BROKER_CA, ENV_BROKER_URL
@@ -22,7 +22,11 @@ from trustedml.tee import ENV_SIM_KEY, ENV_TSM_ROOT
 _STYLE = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "bold red"}
 
 
-@click.command("doctor")
+@click.command(
+    "doctor",
+    cls=Command,
+    short_help="Check what this machine can run (Java, Spark, TEEs, broker).",
+)
 @click.option(
     "--keys",
     "keys_dir",
@@ -44,7 +48,6 @@ _STYLE = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "bold red"}
     help=f"CA certificate of --broker (env {ENV_BROKER_CA}; default: the CA of --keys).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-@handle_errors
 def doctor_command(
     keys_dir: Path | None, broker_url: str | None, broker_ca: Path | None, as_json: bool
 ) -> None:

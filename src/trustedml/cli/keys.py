@@ -10,26 +10,25 @@ from rich.table import Table
 
 from trustedml import KeyDirectory, LocalKeyStore, init_key_directory
 from trustedml.cli._common import (
+    Group,
     err_console,
     get_passphrase,
-    handle_errors,
     out_console,
     passphrase_options,
 )
 
 
-@click.group("keys")
+@click.group("keys", cls=Group)
 def keys_group() -> None:
     """Create and inspect key directories."""
 
 
-@keys_group.command("init")
+@keys_group.command("init", short_help="Create key directory DIRECTORY (TLS, Spark, enclave keys).")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--host", "hosts", multiple=True, help="Extra TLS host name or IP (repeatable).")
 @click.option("--days", default=365, show_default=True, help="Certificate validity in days.")
 @click.option("--force", is_flag=True, help="Replace an existing key directory.")
 @passphrase_options
-@handle_errors
 def keys_init(
     directory: Path,
     hosts: tuple[str, ...],
@@ -49,7 +48,7 @@ def keys_init(
     _print_manifest(keys, as_json=False)
 
 
-@keys_group.command("show")
+@keys_group.command("show", short_help="Print DIRECTORY's manifest and fingerprints (no secret).")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
@@ -58,7 +57,6 @@ def keys_init(
     help="Also unseal the vault with the passphrase and cross-check every file.",
 )
 @passphrase_options
-@handle_errors
 def keys_show(
     directory: Path, as_json: bool, check: bool, passphrase_file: Path | None, prompt: bool
 ) -> None:
@@ -78,7 +76,6 @@ def keys_show(
     help="File holding the new passphrase.",
 )
 @passphrase_options
-@handle_errors
 def keys_passwd(
     directory: Path,
     new_passphrase_file: Path | None,
@@ -97,7 +94,6 @@ def keys_passwd(
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("key_id")
 @passphrase_options
-@handle_errors
 def keys_new_kek(directory: Path, key_id: str, passphrase_file: Path | None, prompt: bool) -> None:
     """Create the key-encryption key KEY_ID, sealed in DIRECTORY."""
     store = LocalKeyStore(KeyDirectory(directory), get_passphrase(passphrase_file, prompt))
@@ -108,7 +104,6 @@ def keys_new_kek(directory: Path, key_id: str, passphrase_file: Path | None, pro
 @keys_group.command("list-keks")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @passphrase_options
-@handle_errors
 def keys_list_keks(directory: Path, passphrase_file: Path | None, prompt: bool) -> None:
     """List the key-encryption keys sealed in DIRECTORY (ids only)."""
     store = LocalKeyStore(KeyDirectory(directory), get_passphrase(passphrase_file, prompt))

@@ -8,25 +8,13 @@ from typing import Any
 
 import click
 
-from trustedml.cli._common import handle_errors
-from trustedml.cli.jobs import _parse_confs, no_ui_for, spark_options, tee_options, warn_insecure
+from trustedml.cli.jobs import job_command, print_notes
+from trustedml.jobs import insecure_conf_warnings, parse_conf, web_ui
 from trustedml.spark import measurement_settings
 from trustedml.tee import measure_job
 
 
-@click.command(
-    "measure",
-    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
-)
-@spark_options
-@tee_options
-@click.option(
-    "--py-files",
-    "py_files",
-    multiple=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Extra .py/.zip file shipped with the job (repeatable).",
-)
+@job_command("measure", py_files=True)
 @click.option(
     "--launcher",
     type=click.Choice(["submit", "run"]),
@@ -37,7 +25,6 @@ from trustedml.tee import measure_job
 @click.option("--json", "as_json", is_flag=True, help="Print the digest and all measured parts.")
 @click.argument("app", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.argument("app_args", nargs=-1, type=click.UNPROCESSED)
-@handle_errors
 def measure_command(
     app: Path,
     app_args: tuple[str, ...],
@@ -52,6 +39,7 @@ def measure_command(
     rpc_tls: bool,
     no_ui: bool,
     keks: tuple[str, ...],
+    tee: str,
     **_ignored: Any,
 ) -> None:
     """Print the job measurement (SHA-384, hex) of APP with ARGS.
@@ -67,12 +55,12 @@ def measure_command(
         master=master,
         rpc_tls=rpc_tls,
         log_level=log_level,
-        ui=not no_ui_for(_ignored.get("tee", "none"), no_ui),
-        extra=_parse_confs(confs),
+        ui=web_ui(tee, asked=not no_ui),
+        extra=parse_conf(confs),
         with_keys=bool(keks),
         allow_insecure=allow_insecure,
     )
-    warn_insecure(settings)
+    print_notes(insecure_conf_warnings(settings))
     measurement = measure_job(app, app_args, py_files, settings, launcher=launcher)
     if as_json:
         click.echo(json.dumps(measurement.to_dict(), indent=2, sort_keys=True))

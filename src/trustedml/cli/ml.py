@@ -10,8 +10,7 @@ from typing import Any
 import click
 
 from trustedml import submit
-from trustedml.cli._common import handle_errors
-from trustedml.cli.jobs import build_job, show_plan, spark_options, tee_options
+from trustedml.cli.jobs import job_command, launch
 
 # NAME on the command line -> module of trustedml.ml.workloads
 WORKLOADS = {
@@ -34,29 +33,13 @@ def workload_file(name: str) -> Path:
     return Path(spec.origin)
 
 
-@click.command(
-    "example",
-    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
-)
-@spark_options
-@tee_options
+@job_command("example", short_help="Run a BigDL PPML reference example NAME through submit.")
 @click.argument("name", type=click.Choice(sorted(WORKLOADS)))
 @click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
-@handle_errors
 def example_command(name: str, workload_args: tuple[str, ...], **options: Any) -> None:
-    """Run the seed's ML workload NAME through `submit` (secure mode by default).
+    """Run the BigDL PPML reference example NAME through `submit` (secure by default).
 
     Options after NAME go to the workload, e.g.
     `trustedml example --keys K --kek models lenet --data-path DIR --max-epoch 2`.
     """
-    expected, evidence_out = options["expect_measurement"], options["evidence_out"]
-    settings, backend = build_job(**options)
-    code = submit(
-        workload_file(name),
-        workload_args,
-        settings=settings,
-        tee=backend,
-        expected_measurement=expected,
-        on_plan=show_plan(evidence_out),
-    )
-    sys.exit(code)
+    sys.exit(launch(options, submit, workload_file(name), workload_args))

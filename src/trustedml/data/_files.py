@@ -13,7 +13,7 @@ from pathlib import Path
 from trustedml._progress import NoProgress, Progress
 from trustedml.data._keystore import DataKey, KeyStore, check_key_id
 from trustedml.data._streams import DecryptingReader, EncryptingWriter
-from trustedml.errors import ConfigError, KeyStoreError, reworded
+from trustedml.errors import ConfigError, KeyNotFoundError, KeyStoreError, reworded
 from trustedml.hazmat import framing
 
 SUFFIX = ".tml"
@@ -52,7 +52,7 @@ def _data_key_for(path: Path, key_id: str, keystore: KeyStore) -> DataKey:
     """A fresh data key for encrypting ``path``; a refusal names the file."""
     try:
         return keystore.generate_data_key(key_id)
-    except KeyStoreError as exc:
+    except (KeyStoreError, KeyNotFoundError) as exc:
         raise reworded(exc, f"{path}: {exc}") from exc
 
 
