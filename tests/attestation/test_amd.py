@@ -22,6 +22,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.attestation.builders import certificate, crl
 from tests.hazmat.attestation.test_snp_layout import REPORTED_TCB, build_report
 from trustedml.attestation._amd import PINNED_ARK_SHA256, SnpVerifier, _build_roots
 from trustedml.attestation._model import EvidenceType, TcbStatus, Verifier
@@ -356,7 +357,6 @@ def test_ark_pems_need_one_self_signed_root() -> None:
 
 # --- synthetic chains: report versions 3 and 5, Genoa/Turin, VLEK ----------------------
 
-PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 SPL_OID = "1.3.6.1.4.1.3704.1.3."
 HWID_OID = "1.3.6.1.4.1.3704.1.4"
 
@@ -385,23 +385,19 @@ def signed_cert(
     extensions: Sequence[tuple[str, bytes]] = (),
     not_after: datetime = datetime(2040, 1, 1, tzinfo=UTC),
 ) -> x509.Certificate:
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(amd_name(subject))
-        .issuer_name(amd_name(issuer))
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(datetime(2020, 1, 1, tzinfo=UTC))
-        .not_valid_after(not_after)
+    return certificate(
+        amd_name(subject),
+        amd_name(issuer),
+        public_key,
+        signing_key,
+        ca=True if ca else None,
+        extensions=[
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value)
+            for oid, value in extensions
+        ],
+        not_after=not_after,
+        algorithm=hashes.SHA384(),
     )
-    if ca:
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-    for oid, value in extensions:
-        ext = x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value)
-        builder = builder.add_extension(ext, critical=False)
-    if isinstance(signing_key, rsa.RSAPrivateKey):
-        return builder.sign(signing_key, hashes.SHA384(), rsa_padding=PSS)
-    return builder.sign(signing_key, hashes.SHA384())
 
 
 @functools.cache
@@ -727,20 +723,14 @@ def amd_crl(
     signer: rsa.RSAPrivateKey | None = None,
     issuer: str | None = None,
 ) -> x509.CertificateRevocationList:
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(amd_name(issuer or f"ARK-{product}"))
-        .last_update(issued)
-        .next_update(next_update)
+    return crl(
+        amd_name(issuer or f"ARK-{product}"),
+        signer or rsa_key(0),
+        last_update=issued,
+        next_update=next_update,
+        revoked=revoked,
+        revoked_at=issued - timedelta(days=30),
     )
-    for serial in revoked:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(serial)
-            .revocation_date(issued - timedelta(days=30))
-            .build()
-        )
-    return builder.sign(signer or rsa_key(0), hashes.SHA384(), rsa_padding=PSS)
 
 
 def _genoa() -> tuple[bytes, bytes]:

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.attestation.builders import SigningKey, certificate, crl
 from trustedml.attestation._intel import IntelVerifier
 from trustedml.attestation._model import EvidenceType
 from trustedml.errors import AttestationError
@@ -198,7 +199,7 @@ def odd_certificates() -> tuple[bytes, ...]:
     Intel's names on a stranger's key, an absurd validity, no extensions."""
     now = datetime(2025, 7, 1, tzinfo=UTC)
     out = []
-    keys = [
+    keys: list[SigningKey] = [
         rsa.generate_private_key(public_exponent=65537, key_size=2048),
         ed25519.Ed25519PrivateKey.generate(),
         ec.generate_private_key(ec.SECP384R1()),
@@ -206,18 +207,18 @@ def odd_certificates() -> tuple[bytes, ...]:
     ]
     for key in keys:
         for cn in ("Intel SGX PCK Certificate", "Intel SGX TCB Signing", "Intel SGX Root CA"):
-            builder = (
-                x509.CertificateBuilder()
-                .subject_name(_name(cn))
-                .issuer_name(_name("Intel SGX Root CA"))
-                .public_key(key.public_key())
-                .serial_number(1)
-                .not_valid_before(now - timedelta(days=1))
-                .not_valid_after(now + timedelta(days=365))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            cert = certificate(
+                _name(cn),
+                _name("Intel SGX Root CA"),
+                key.public_key(),
+                key,
+                serial=1,
+                ca=True,
+                not_before=now - timedelta(days=1),
+                not_after=now + timedelta(days=365),
+                rsa_pss=False,
             )
-            algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-            out.append(builder.sign(key, algorithm).public_bytes(serialization.Encoding.DER))
+            out.append(cert.public_bytes(serialization.Encoding.DER))
     return tuple(out)
 
 
@@ -225,14 +226,10 @@ def odd_certificates() -> tuple[bytes, ...]:
 def odd_crls() -> tuple[bytes, ...]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime(2025, 7, 1, tzinfo=UTC)
-    crl = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(_name("Intel SGX Root CA"))
-        .last_update(now)
-        .next_update(now + timedelta(days=30))
-        .sign(key, hashes.SHA256())
+    revocations = crl(
+        _name("Intel SGX Root CA"), key, last_update=now, next_update=now + timedelta(days=30)
     )
-    return (crl.public_bytes(serialization.Encoding.DER),)
+    return (revocations.public_bytes(serialization.Encoding.DER),)
 
 
 def der_like(draw: st.DrawFn) -> bytes:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from tests.attestation.builders import certificate, crl
 from tests.hazmat.attestation.test_intel_layout import integer, oid, tlv
 from trustedml.attestation import _intel
 from trustedml.attestation._intel import INTEL_SGX_ROOT_CA_SHA256, IntelVerifier, parse_quote
@@ -319,19 +320,16 @@ def _cert(
     extensions: tuple[x509.ExtensionType, ...] = (),
     not_after: datetime = datetime(2040, 1, 1, tzinfo=UTC),
 ) -> x509.Certificate:
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(issuer_cn))
-        .public_key(public_key)
-        .serial_number(serial)
-        .not_valid_before(datetime(2020, 1, 1, tzinfo=UTC))
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    return certificate(
+        _name(cn),
+        _name(issuer_cn),
+        public_key,
+        issuer_key,
+        serial=serial,
+        ca=ca,
+        extensions=extensions,
+        not_after=not_after,
     )
-    for ext in extensions:
-        builder = builder.add_extension(ext, critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
 
 
 def _raw_sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
@@ -656,17 +654,14 @@ class Synth:
 
 
 def _crl(key: ec.EllipticCurvePrivateKey, issuer: str, revoked: tuple[int, ...]) -> bytes:
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(_name(issuer))
-        .last_update(ISSUED)
-        .next_update(NEXT + timedelta(days=300))
+    revocations = crl(
+        _name(issuer),
+        key,
+        last_update=ISSUED,
+        next_update=NEXT + timedelta(days=300),
+        revoked=revoked,
     )
-    for serial in revoked:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(ISSUED).build()
-        )
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    return revocations.public_bytes(serialization.Encoding.DER)
 
 
 def test_synthetic_sgx_up_to_date() -> None:

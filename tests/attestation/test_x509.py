@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.attestation.builders import certificate, crl
 from tests.attestation.test_corruption import canonical_pem, case, replace_pck_pem
 from trustedml.attestation import _x509
 from trustedml.errors import (
@@ -114,17 +115,9 @@ def test_public_key_with_unused_bits_is_refused() -> None:
         key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
     now = datetime(2025, 1, 1, tzinfo=UTC)
-    der = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(5)
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.DER)
-    )
+    der = certificate(
+        name, name, key.public_key(), key, serial=5, not_before=now, not_after=now + timedelta(1)
+    ).public_bytes(serialization.Encoding.DER)
     _x509.load_der_certificate(der, "test", CollateralError)
     bad = with_unused_bits(der, _spki_bit_string(der), 3)
     with pytest.raises(CollateralError, match="public key: BIT STRING of whole octets"):
@@ -137,14 +130,9 @@ def even_crl() -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Intel SGX Root CA")])
     now = datetime(2025, 1, 1, tzinfo=UTC)
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(name)
-        .last_update(now)
-        .next_update(now + timedelta(days=30))
-    )
     while True:
-        der = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+        revocations = crl(name, key, last_update=now, next_update=now + timedelta(days=30))
+        der = revocations.public_bytes(serialization.Encoding.DER)
         if der[-1] % 2 == 0:
             return der
 
