@@ -101,9 +101,9 @@ def _clear_collateral_caches() -> None:
     # Verifiers memoise pure results (parsed collateral, checked signatures) in bounded
     # LRU caches; the pinned roots (unbounded functools.cache) stay loaded, as in a
     # long-running broker.
-    from trustedml.attestation import _amd, _intel, _intel_collateral, _intel_tcb, _x509
-
-    for module in (_intel, _intel_collateral, _intel_tcb, _amd, _x509):
+    # Every loaded module of the package, so that a module split off later is not missed.
+    modules = [m for n, m in sys.modules.items() if n.startswith("trustedml.attestation.")]
+    for module in modules:
         for value in vars(module).values():
             info = getattr(value, "cache_info", None)
             if callable(info) and info().maxsize is not None:
