@@ -24,6 +24,7 @@ from trustedml.cli._common import (
     err_console,
     get_passphrase,
     passphrase_options,
+    stacked,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,19 +62,17 @@ def _db_option(func: F) -> F:
     )(func)
 
 
-def _store_options(func: F) -> F:
-    """What every offline store command takes: the database, the key directory, --json
-    and the passphrase; errors become one line and an exit code."""
-    for option in reversed(
-        (
-            _db_option,
-            keys_dir_option,
-            click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
-            passphrase_options,
-        )
-    ):
-        func = option(func)
-    return func
+def _store_command(name: str, short_help: str) -> Callable[[F], click.Command]:
+    """An offline store command: the database, the key directory, --json and the
+    passphrase; errors become one line and an exit code."""
+    options = stacked(
+        _db_option,
+        keys_dir_option,
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+        passphrase_options,
+    )
+    command = click.command(name, cls=Command, short_help=short_help)
+    return lambda func: command(options(func))
 
 
 def _expected_head(value: str) -> tuple[int, str]:
@@ -89,15 +88,12 @@ def _expected_head(value: str) -> tuple[int, str]:
         raise click.UsageError(f"--expect-head: {exc}") from None
 
 
-@click.command(
-    "verify", cls=Command, short_help="Check the audit log, its seal, head file and key rows."
-)
+@_store_command("verify", "Check the audit log, its seal, head file and key rows.")
 @click.option(
     "--expect-head",
     help="A head from `audit export-head` (SEQ:MAC, its JSON, or @FILE): the log must "
     "still contain it.",
 )
-@_store_options
 def audit_verify(
     db: Path,
     keys_dir: Path,
@@ -133,12 +129,7 @@ def audit_verify(
         )
 
 
-@click.command(
-    "export-head",
-    cls=Command,
-    short_help="Print the verified audit head (SEQ:MAC) to keep elsewhere.",
-)
-@_store_options
+@_store_command("export-head", "Print the verified audit head (SEQ:MAC) to keep elsewhere.")
 def audit_export_head(
     db: Path, keys_dir: Path, as_json: bool, passphrase_file: Path | None, prompt: bool
 ) -> None:
@@ -152,12 +143,7 @@ def audit_export_head(
     click.echo(json.dumps(head) if as_json else f"{head['seq']}:{head['mac']}")
 
 
-@click.command(
-    "migrate",
-    cls=Command,
-    short_help="Adopt an older broker database, or rewrite a lost head file.",
-)
-@_store_options
+@_store_command("migrate", "Adopt an older broker database, or rewrite a lost head file.")
 def migrate_command(
     db: Path, keys_dir: Path, as_json: bool, passphrase_file: Path | None, prompt: bool
 ) -> None:

@@ -91,6 +91,17 @@ def stacked(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
     return apply
 
 
+def trusted_sim_keys_option(flag: str, help_text: str) -> Callable[[F], F]:
+    """``flag`` (repeatable): sim public keys (PEM) whose evidence verifies, as ``sim_keys``."""
+    return click.option(
+        flag,
+        "sim_keys",
+        multiple=True,
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help=help_text,
+    )
+
+
 def passphrase_options(func: F) -> F:
     func = click.option(
         "--prompt",

@@ -32,6 +32,7 @@ from trustedml.cli._common import (
     exit_code_for,
     os_error_message,
     out_console,
+    trusted_sim_keys_option,
 )
 from trustedml.errors import AttestationError, ConfigError, TrustedMLError
 from trustedml.tee import ENV_SIM_KEY
@@ -129,13 +130,7 @@ def show_command(evidence: Path, as_json: bool) -> None:
     metavar="HEX",
     help="Require the evidence's report_data to equal this (zero-padded to 64 bytes).",
 )
-@click.option(
-    "--sim-key",
-    "sim_keys",
-    multiple=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Trusted sim public key (PEM) for sim evidence; repeatable.",
-)
+@trusted_sim_keys_option("--sim-key", "Trusted sim public key (PEM) for sim evidence; repeatable.")
 @click.option(
     "--json",
     "as_json",

@@ -41,6 +41,7 @@ from trustedml.cli._common import (
     get_passphrase,
     out_console,
     passphrase_options,
+    trusted_sim_keys_option,
 )
 from trustedml.runtime import ENV_BROKER_CA, ENV_BROKER_URL
 from trustedml.tee import ENV_SIM_KEY
@@ -211,12 +212,9 @@ def broker_group() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the listening port here once the broker accepts connections.",
 )
-@click.option(
+@trusted_sim_keys_option(
     "--trust-sim-key",
-    "sim_keys",
-    multiple=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="PEM public key whose sim evidence verifies (repeatable; none: sim evidence fails).",
+    "PEM public key whose sim evidence verifies (repeatable; none: sim evidence fails).",
 )
 @click.option("--challenge-ttl", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds a challenge nonce stays valid.")  # fmt: skip

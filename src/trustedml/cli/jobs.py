@@ -121,21 +121,17 @@ tee_options = stacked(
         metavar="SIZE",
         help=f"--tee gramine: enclave size, e.g. 4G (default {DEFAULT_ENCLAVE_SIZE}).",
     ),
-    click.option(
-        "--threads",
-        type=int,
-        help=f"--tee gramine: maximum enclave threads (default {DEFAULT_MAX_THREADS}).",
-    ),
-    click.option(
-        "--isv-prod-id",
-        type=int,
-        help="--tee gramine: the enclave's ISV product id, 0..65535 (default 0).",
-    ),
-    click.option(
-        "--isv-svn",
-        type=int,
-        help="--tee gramine: the enclave's security version, 0..65535 (default 0); raise it "
-        "with each release so policies can set min_isv_svn.",
+    *(
+        click.option(flag, type=int, help=f"--tee gramine: {text}")
+        for flag, text in (
+            ("--threads", f"maximum enclave threads (default {DEFAULT_MAX_THREADS})."),
+            ("--isv-prod-id", "the enclave's ISV product id, 0..65535 (default 0)."),
+            (
+                "--isv-svn",
+                "the enclave's security version, 0..65535 (default 0); raise it with each "
+                "release so policies can set min_isv_svn.",
+            ),
+        )
     ),
     click.option(
         "--manifest-dir",
