@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,6 @@ from trustedml import (
     decrypt_path,
     encrypt_path,
 )
-from trustedml.broker import KeyBrokerClient
 from trustedml.cli._common import (
     ENV_KEYS,
     Command,
@@ -94,24 +95,23 @@ def keys_option(func: click.decorators.FC) -> click.decorators.FC:
     )(func)
 
 
+@contextlib.contextmanager
 def _store(
     keys_dir: Path | None, passphrase_file: Path | None, prompt: bool, broker: dict[str, Any]
-) -> KeyStore:
+) -> Iterator[KeyStore]:
+    """The command's key store; a broker client's connection closes on the way out."""
     url = broker.pop("broker_url")
     ca = broker.pop("ca")
     if url:
         if ca is None and keys_dir is not None:
             ca = KeyDirectory(keys_dir).ca_cert
-        return make_broker_client(url, ca, **broker)
+        with make_broker_client(url, ca, **broker) as client:
+            yield client
+        return
     if keys_dir is None:
         raise click.UsageError(f"give --keys DIR (or {ENV_KEYS}), or --broker URL")
     keys = KeyDirectory(keys_dir)
-    return LocalKeyStore(keys, get_passphrase(passphrase_file, prompt))
-
-
-def _close(store: KeyStore) -> None:
-    if isinstance(store, KeyBrokerClient):
-        store.close()
+    yield LocalKeyStore(keys, get_passphrase(passphrase_file, prompt))
 
 
 def _report(results: list[FileResult], action: str, as_json: bool) -> None:
@@ -164,19 +164,15 @@ def encrypt_command(
     **broker: Any,
 ) -> None:
     """Encrypt SOURCE (a file, or every file under a directory) into TARGET."""
-    store = _store(keys_dir, passphrase_file, prompt, broker)
-    try:
-        with _bar() as bar:
-            results = encrypt_path(
-                source,
-                target,
-                key_id=key_id,
-                keystore=store,
-                log2_chunk=chunk_size,
-                progress=RichProgress(bar),
-            )
-    finally:
-        _close(store)
+    with _store(keys_dir, passphrase_file, prompt, broker) as store, _bar() as bar:
+        results = encrypt_path(
+            source,
+            target,
+            key_id=key_id,
+            keystore=store,
+            log2_chunk=chunk_size,
+            progress=RichProgress(bar),
+        )
     _report(results, "encrypted", as_json)
 
 
@@ -201,10 +197,6 @@ def decrypt_command(
 
     Every chunk is authenticated; on any failure nothing is written.
     """
-    store = _store(keys_dir, passphrase_file, prompt, broker)
-    try:
-        with _bar() as bar:
-            results = decrypt_path(source, target, keystore=store, progress=RichProgress(bar))
-    finally:
-        _close(store)
+    with _store(keys_dir, passphrase_file, prompt, broker) as store, _bar() as bar:
+        results = decrypt_path(source, target, keystore=store, progress=RichProgress(bar))
     _report(results, "decrypted", as_json)

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trustedml.data import SUFFIX, KeyRing, read_encrypted_bytes, write_encrypted_bytes
-from trustedml.errors import ConfigError
-from trustedml.runtime import AttestedKeyStore, job_keystore
+from trustedml.data import SUFFIX, read_encrypted_bytes, write_encrypted_bytes
+from trustedml.errors import ConfigError, KeyBrokerError, KeyNotFoundError
+from trustedml.runtime import job_keyring, job_keystore
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -53,15 +53,18 @@ def read_table(spark: SparkSession, path: str | os.PathLike[str], fmt: str = "cs
 def check_key(key_id: str) -> None:
     """Raise unless this job may encrypt under KEK ``key_id``: with ``--kek``, one of
     the keys it was given; with ``--broker``, a key the broker releases to this job
-    (this attests now, so a refusal comes before any work)."""
-    store = job_keystore()
-    if isinstance(store, AttestedKeyStore):
-        store.client.attest([key_id])
-    elif isinstance(store, KeyRing) and key_id not in (key_ids := store.key_ids()):
+    (this attests now if the job has not yet, so a refusal comes before any work)."""
+    try:
+        job_keystore().for_workers([key_id])
+    except KeyBrokerError:
+        raise
+    except KeyNotFoundError:
+        # Not the broker's answer: a --kek job without this key.
+        key_ids = job_keyring().key_ids()
         raise ConfigError(
             f"this job has no such key (it has {', '.join(key_ids) or 'none'}; "
             f"start it with --kek {key_id})"
-        )
+        ) from None
 
 
 def save_model(data: bytes, path: str | os.PathLike[str], key_id: str) -> Path:

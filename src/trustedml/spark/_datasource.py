@@ -66,8 +66,8 @@ class _Split(InputPartition):
 
 
 class _Reader(DataSourceReader):
-    def __init__(self, ring: KeyStore, options: dict[str, str], schema: StructType) -> None:
-        self._ring = ring
+    def __init__(self, keystore: KeyStore, options: dict[str, str], schema: StructType) -> None:
+        self._keystore = keystore
         self._mode = options.get("mode", "text")
         self._files = list_files(options["path"])
         self._split_bytes = int(options.get("splitbytes", DEFAULT_SPLIT_BYTES))
@@ -79,7 +79,7 @@ class _Reader(DataSourceReader):
         splits: list[InputPartition] = []
         for path in self._files:
             with open(path, "rb") as raw:
-                reader = DecryptingReader(raw, self._ring, name=path)
+                reader = DecryptingReader(raw, self._keystore, name=path)
                 count, chunk = reader.layout.count, reader.layout.chunk_size
                 if self._mode == "parquet":
                     splits.extend(self._row_group_splits(path, reader))
@@ -112,7 +112,7 @@ class _Reader(DataSourceReader):
         import pyarrow as pa
 
         with open(partition.path, "rb") as raw:
-            reader = DecryptingReader(raw, self._ring, name=partition.path)
+            reader = DecryptingReader(raw, self._keystore, name=partition.path)
             if self._mode == "parquet":
                 groups = list(range(partition.first, partition.stop))
                 yield from _parquet_batches(reader, self._schema, groups)
@@ -181,12 +181,12 @@ def _parquet_batches(
         yield batch if batch.schema.equals(target) else batch.cast(target)
 
 
-def parquet_schema(ring: KeyStore, path: str) -> StructType:
+def parquet_schema(keystore: KeyStore, path: str) -> StructType:
     import pyarrow.parquet as pq
     from pyspark.sql.pandas.types import from_arrow_schema
 
     with open(path, "rb") as raw:
-        schema = pq.ParquetFile(DecryptingReader(raw, ring, name=path)).schema_arrow
+        schema = pq.ParquetFile(DecryptingReader(raw, keystore, name=path)).schema_arrow
     result: StructType = from_arrow_schema(schema)
     return result
 
@@ -201,9 +201,9 @@ class _CommitMessage(WriterCommitMessage):
 
 class _Writer(DataSourceArrowWriter):
     def __init__(
-        self, ring: KeyStore, options: dict[str, str], schema: StructType, overwrite: bool
+        self, keystore: KeyStore, options: dict[str, str], schema: StructType, overwrite: bool
     ) -> None:
-        self._ring = ring
+        self._keystore = keystore
         self._path = options["path"]
         self._format = options.get("format", "text")
         if self._format not in WRITE_FORMATS:
@@ -238,7 +238,7 @@ class _Writer(DataSourceArrowWriter):
             with open(tmp, "wb") as raw:
                 os.fchmod(raw.fileno(), 0o600)
                 writer = EncryptingWriter(
-                    raw, self._ring.generate_data_key(self._key_id), log2_chunk=self._log2
+                    raw, self._keystore.generate_data_key(self._key_id), log2_chunk=self._log2
                 )
                 if self._format == "parquet":
                     _write_parquet(writer, iterator, self._schema)
@@ -332,29 +332,30 @@ def _lower(options: Any) -> dict[str, str]:
 
 
 class TrustedMLDataSource(DataSource):
-    """Registered per session by :func:`register`, with the session's key ring."""
+    """Registered per session by :func:`register`, carrying what
+    ``KeyStore.for_workers()`` made for the files at hand: the keys in the worker."""
 
-    _keyring: KeyStore | None = None
+    _keystore: KeyStore | None = None
 
     @classmethod
     def name(cls) -> str:
         return NAME
 
-    def _ring(self) -> KeyStore:
-        if self._keyring is None:
+    def _keys(self) -> KeyStore:
+        if self._keystore is None:
             raise ConfigError("the trustedml data source was not registered with keys")
-        return self._keyring
+        return self._keystore
 
     def schema(self) -> StructType | str:
         mode = self.options.get("mode", "text")
         if mode not in READ_MODES:
             raise ConfigError(f"mode: expected one of {', '.join(READ_MODES)}, got {mode!r}")
         if mode == "parquet":
-            return parquet_schema(self._ring(), list_files(self.options["path"])[0])
+            return parquet_schema(self._keys(), list_files(self.options["path"])[0])
         return StructType([StructField("value", StringType(), True)])
 
     def reader(self, schema: StructType) -> DataSourceReader:
-        return _Reader(self._ring(), _lower(self.options), schema)
+        return _Reader(self._keys(), _lower(self.options), schema)
 
     def writer(self, schema: StructType, overwrite: bool) -> DataSourceArrowWriter:
-        return _Writer(self._ring(), _lower(self.options), schema, overwrite)
+        return _Writer(self._keys(), _lower(self.options), schema, overwrite)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
-from trustedml.data import KeyRing, KeyStore, LocalKeyStore
-from trustedml.errors import ConfigError
+from trustedml.data import KeyStore
+from trustedml.errors import ConfigError, KeyStoreError, reworded
 from trustedml.hazmat import framing
 
 if TYPE_CHECKING:
@@ -17,43 +17,38 @@ if TYPE_CHECKING:
 FORMATS = ("csv", "json", "text", "parquet")
 
 
-def _ring(keystore: KeyStore, key_ids: Iterable[str] = ()) -> KeyStore:
-    """What travels to the Python workers: KEKs (a KeyRing), or for an attested key
-    store, the process's broker session, which the workers of this job share."""
-    if isinstance(keystore, KeyRing):
-        return keystore
-    if isinstance(keystore, LocalKeyStore):
-        return keystore.keyring()
-    for_workers = getattr(keystore, "for_workers", None)
-    if callable(for_workers):
-        shared: KeyStore = for_workers(sorted(set(key_ids)))
-        return shared
-    raise ConfigError(
-        "keystore: expected a LocalKeyStore, a KeyRing or the job's attested key store, "
-        f"got {type(keystore).__name__}"
-    )
+def register(spark: SparkSession, keystore: KeyStore, key_ids: Collection[str] = ()) -> None:
+    """Register the ``trustedml`` data source for ``spark`` with the keys ``key_ids``
+    (every key the store holds when empty; see :meth:`KeyStore.for_workers`).
 
-
-def register(spark: SparkSession, keystore: KeyStore, key_ids: Iterable[str] = ()) -> None:
-    """Register the ``trustedml`` data source for ``spark`` with these keys.
-
-    The key-encryption keys travel pickled with the data source to Spark's Python
-    workers (over Spark's encrypted channels in secure mode); they never touch disk.
+    ``keystore.for_workers(key_ids)`` travels pickled with the data source to Spark's
+    Python workers (over Spark's encrypted channels in secure mode); it never touches
+    disk. A key the store cannot serve fails here, before any task starts.
     """
     from trustedml.spark._datasource import TrustedMLDataSource
 
-    ring = _ring(keystore, key_ids)
-    if getattr(spark, "_trustedml_keyring", None) == ring:
+    workers = keystore.for_workers(sorted(set(key_ids)))
+    if getattr(spark, "_trustedml_keystore", None) == workers:
         return
     # A subclass per registration carries the keys; cloudpickle ships it by value.
-    bound = type("TrustedMLDataSource", (TrustedMLDataSource,), {"_keyring": ring})
+    bound = type("TrustedMLDataSource", (TrustedMLDataSource,), {"_keystore": workers})
     spark.dataSource.register(bound)
-    spark._trustedml_keyring = ring  # type: ignore[attr-defined]
+    spark._trustedml_keystore = workers  # type: ignore[attr-defined]
+
+
+def _register_for(
+    spark: SparkSession, keystore: KeyStore, key_ids: Collection[str], path: str
+) -> None:
+    """:func:`register` for reading or writing ``path``; a key refusal names it."""
+    try:
+        register(spark, keystore, key_ids)
+    except KeyStoreError as exc:
+        raise reworded(exc, f"{path}: {exc}") from exc
 
 
 def _file_key_ids(path: str) -> set[str]:
-    """The KEK ids named by the headers of the encrypted files under ``path``: what an
-    attested key store must attest for before the workers share its session."""
+    """The KEK ids named by the headers of the encrypted files under ``path``: all the
+    workers reading them may be given."""
     from trustedml.spark._datasource import list_files
 
     ids = set()
@@ -92,7 +87,7 @@ def read_encrypted(
 
     _check_format(fmt)
     path = os.fspath(path)
-    register(spark, keystore, _file_key_ids(path) if hasattr(keystore, "for_workers") else ())
+    _register_for(spark, keystore, _file_key_ids(path), path)
     opts = {k: v for k, v in options.items() if k not in ("schema", "splitBytes")}
     schema = options.get("schema")
     multiline = _truthy(opts.get("multiLine", opts.get("multiline", False)))
@@ -148,8 +143,8 @@ def write_encrypted(
 
     _check_format(fmt)
     spark = df.sparkSession
-    register(spark, keystore, [key_id])
     path = os.fspath(path)
+    _register_for(spark, keystore, [key_id], path)
     if mode not in ("errorifexists", "error", "overwrite", "append", "ignore"):
         raise ConfigError(
             f"mode: expected errorifexists, overwrite, append or ignore, got {mode!r}"
