@@ -32,7 +32,8 @@ class Decision:
 
 
 class Ledger:
-    """Appends audit entries and commits them; open between ``start`` and ``stop``."""
+    """Appends audit entries and commits them. The service sets ``chain`` and ``writer``
+    when it opens its store (and drops the writer when it closes it)."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock

@@ -39,8 +39,8 @@ log = logging.getLogger("trustedml.broker")
 
 
 class BrokerService:
-    """Everything the broker decides. HTTP lives in :mod:`trustedml.broker._app`, which
-    sets the defaults of ``store`` (the config's database) and ``clock``."""
+    """Everything the broker decides, and its store (None: the config's database). HTTP
+    lives in :mod:`trustedml.broker._app`, which calls ``key_release`` and ``admin``."""
 
     def __init__(
         self, config: BrokerConfig, store: BrokerStore | None, clock: Callable[[], float]
