@@ -6,12 +6,12 @@ and satisfies the key's policy. Every decision is appended to a MAC-chained audi
 log. The protocol is specified in docs/broker-protocol.md.
 """
 
+from trustedml.broker._admin_client import BrokerAdminClient
 from trustedml.broker._app import create_app
 from trustedml.broker._audit import AuditEntry, AuditHead, AuditVerification
 from trustedml.broker._check import parse_expected_head
 from trustedml.broker._client import (
     AttestationResult,
-    BrokerAdminClient,
     BrokerSession,
     KeyBrokerClient,
     client_ssl_context,
