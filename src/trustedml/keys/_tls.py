@@ -58,6 +58,22 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+def _key_usage(*granted: str) -> x509.KeyUsage:
+    """A KeyUsage extension allowing exactly the ``granted`` uses."""
+    uses = (
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+        "encipher_only",
+        "decipher_only",
+    )
+    return x509.KeyUsage(**{use: use in granted for use in uses})
+
+
 def generate_tls(hosts: tuple[str, ...], days: int, now: dt.datetime) -> TlsMaterial:
     if days < 1:
         raise ConfigError(f"certificate validity must be at least 1 day, got {days}")
@@ -77,17 +93,7 @@ def generate_tls(hosts: tuple[str, ...], days: int, now: dt.datetime) -> TlsMate
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage("digital_signature", "key_cert_sign", "crl_sign"),
             critical=True,
         )
         .add_extension(ca_ski, critical=False)
@@ -105,17 +111,7 @@ def generate_tls(hosts: tuple[str, ...], days: int, now: dt.datetime) -> TlsMate
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage("digital_signature", "key_agreement"),
             critical=True,
         )
         .add_extension(
