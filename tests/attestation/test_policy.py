@@ -20,7 +20,7 @@ from trustedml.attestation._policy import (
     parse_duration,
 )
 from trustedml.attestation._sim import SimKey, SimProvider, SimVerifier
-from trustedml.errors import ConfigError, PolicyError
+from trustedml.errors import AttestationError, ConfigError, PolicyError
 
 AT = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 MRENCLAVE = bytes.fromhex("11" * 32)
@@ -557,9 +557,12 @@ def test_load_errors(tmp_path: Path) -> None:
         Policy.load(tmp_path / "missing.toml")
 
 
-def test_policy_errors_are_config_errors() -> None:
-    with pytest.raises(ConfigError):
+def test_policy_errors_are_attestation_errors_only() -> None:
+    # One parent in the tree: the CLI maps PolicyError to exit 2 by name (tests/test_errors.py).
+    with pytest.raises(PolicyError) as caught:
         Policy.from_dict({"nope": 1})
+    assert isinstance(caught.value, AttestationError)
+    assert not isinstance(caught.value, ConfigError)
 
 
 # -- minimum SEV-SNP TCB: judged on a real report (GCP Milan, reported TCB 4/0/27/222) ----
