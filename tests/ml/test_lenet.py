@@ -1,31 +1,34 @@
 """LeNet-5 on MNIST: the model and its files in-process, then the `lenet` workload end
-to end through the real CLI in secure mode (encrypted inputs and model)."""
+to end through the real CLI in secure mode, its keys from a real key broker after
+(simulated) attestation: encrypted inputs and model, and jobs the broker refuses."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import os
 import pickle
 import re
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
+import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import DATASETS, FAST_KDF, PASSPHRASE, run_cli
-from tests.ml.conftest import MLKeys
-from tests.ml.test_mnist import IMAGES, LABELS, write_mnist
-from trustedml import (
-    ConfigError,
-    IntegrityError,
-    KeyRing,
-    LocalKeyStore,
-    Secret,
-    encrypt_file,
-    init_key_directory,
+from tests.conftest import DATASETS, run_cli
+from tests.ml.conftest import (
+    OWNER,
+    Broker,
+    error_lines,
+    output,
+    releases,
+    run_driver,
+    side_by_side,
 )
+from tests.ml.test_mnist import IMAGES, LABELS, idx_bytes, write_mnist
+from trustedml import ConfigError, IntegrityError, KeyRing
 from trustedml.hazmat.framing import MAGIC
 from trustedml.ml._io import save_model
 from trustedml.ml._lenet import (
@@ -39,9 +42,12 @@ from trustedml.ml._lenet import (
     saved_path,
     to_input,
 )
+from trustedml.ml._mnist import load_mnist
+from trustedml.ml.workloads import lenet
 from trustedml.runtime import ENV_KEYRING
 
 MNIST = DATASETS / "mnist"
+ANOTHER_JOB = hashlib.sha384(b"another job").hexdigest()
 EPOCH = re.compile(
     r"^Epoch (\d+): Top1Accuracy is Accuracy\(correct: (\d+), count: (\d+), accuracy: [0-9.]+\)$",
     re.MULTILINE,
@@ -122,73 +128,103 @@ def test_load_rejects_other_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert MODEL_FORMAT not in garbage.read_bytes().decode("latin-1")
 
 
-@pytest.fixture(scope="module")
-def other_keys(
-    tmp_path_factory: pytest.TempPathFactory, session_passphrase_file: Path
-) -> list[str]:
-    """CLI options of a second key directory with its own KEK ``models``."""
-    path = tmp_path_factory.mktemp("other-keys") / "keys"
-    keys = init_key_directory(path, Secret(PASSPHRASE), kdf=FAST_KDF)
-    LocalKeyStore(keys, Secret(PASSPHRASE)).create_kek("models")
-    return ["--keys", str(path), "--passphrase-file", str(session_passphrase_file),
-            "--kek", "models", "--no-ui"]  # fmt: skip
-
-
-def run_cli_both(
-    first: list[str], second: list[str]
-) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
-    """Two CLI runs side by side: most of each is a JVM starting up."""
-    with ThreadPoolExecutor(2) as pool:
-        a, b = pool.submit(run_cli, first), pool.submit(run_cli, second)
-        return a.result(), b.result()
-
-
-def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
-    # spark-submit merges the Python driver's stderr into its stdout.
-    output = result.stdout + result.stderr
-    return [line for line in output.splitlines() if line.startswith("error")]
+def mnist_copy(directory: Path, train: int) -> Path:
+    """MNIST with its first ``train`` training images and the whole test split, the
+    training files under the dotted spelling some unpackers use."""
+    directory.mkdir()
+    images, labels = load_mnist(MNIST, "train", train)
+    (directory / "train-images.idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images), 1))
+    (directory / "train-labels.idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels), 1))
+    for test in MNIST.glob("t10k-*"):
+        shutil.copy(test, directory / test.name)
+    return directory
 
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_lenet_end_to_end(ml_keys: MLKeys, other_keys: list[str], tmp_path: Path) -> None:
-    # Encrypted inputs, the training files under the dotted spelling some unpackers use.
+def test_lenet_end_to_end_with_keys_from_the_broker(broker: Broker, tmp_path: Path) -> None:
     data = tmp_path / "mnist"
-    data.mkdir()
-    for src in sorted(MNIST.glob("*-ubyte.gz")):
-        name = src.name.replace("-idx", ".idx") if src.name.startswith("train") else src.name
-        encrypt_file(src, data / f"{name}.tml", key_id="data", keystore=ml_keys.store)
     model = tmp_path / "lenet.pt"
-    result = run_cli(["example", *ml_keys.submit_args(), "lenet", "--data-path", str(data),
-                      "--max-epoch", "1", "--train-limit", "6000", "--batch-size", "64",
-                      "--model-out", str(model)])  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
-    epochs = EPOCH.findall(result.stdout)
-    assert [(epoch, count) for epoch, _, count in epochs] == [("1", "10000")], result.stdout
+    saved = saved_path(model)
+    args = ["--data-path", str(data), "--max-epoch", "1", "--train-limit", "6000",
+            "--batch-size", "64", "--model-out", str(model)]  # fmt: skip
+    evaluate = ["--evaluate-only", str(saved), "--data-path", str(MNIST)]
+    job, evaluator = broker.measure(lenet, args), broker.measure(lenet, evaluate)
+    broker.create_key("mnist", [OWNER, job], tmp_path)
+    broker.create_key("models", [OWNER, job, evaluator], tmp_path)
+    enc = run_cli(["encrypt", str(mnist_copy(tmp_path / "plain", 8000)), str(data),
+                   "--key-id", "mnist", *broker.owner()])  # fmt: skip
+    assert enc.returncode == 0, enc.stderr
+    assert sorted(p.name for p in data.iterdir()) == [
+        "t10k-images-idx3-ubyte.gz.tml", "t10k-labels-idx1-ubyte.gz.tml",
+        "train-images.idx3-ubyte.gz.tml", "train-labels.idx1-ubyte.gz.tml",
+    ]  # fmt: skip
+
+    # Another job (one argument changed: another measurement) gets nothing: one clear
+    # line before any training, and no model. It runs beside the real one.
+    other = [*args[:-1], str(tmp_path / "stolen.pt")]
+    ran, refused = side_by_side(
+        partial(run_cli, ["example", *broker.job(), "lenet", *args]),
+        partial(run_cli, ["example", *broker.job(), "lenet", *other]),
+    )
+    said = output(ran)
+    assert ran.returncode == 0, said[-5000:]
+    assert "NO HARDWARE PROTECTION" in ran.stderr
+    epochs = EPOCH.findall(ran.stdout)
+    assert [(epoch, count) for epoch, _, count in epochs] == [("1", "10000")], ran.stdout
     correct = int(epochs[0][1])
     # 6,000 images, 1 epoch: ~0.94; chance is 0.10.
     assert correct / 10_000 >= 0.90
 
-    saved = saved_path(model)
-    assert saved.is_file()
-    assert not model.exists()
+    said = output(refused)
+    assert refused.returncode == 1, said[-5000:]
+    errors = error_lines(refused)
+    assert len(errors) == 1, said[-5000:]
+    assert errors[0].startswith(f"error: cannot open input {data}/"), errors[0]
+    assert "policy_refused" in errors[0] or "does not satisfy the key policy" in errors[0]
+    assert "Traceback" not in said
+    assert "Epoch" not in said
+    assert not list(tmp_path.glob("stolen*"))
+
+    # The model: encrypted only, nothing of torch's container or the layers shows.
+    assert sorted(p.name for p in tmp_path.glob("lenet*")) == ["lenet.pt.tml"]
     raw = saved.read_bytes()
     assert raw.startswith(MAGIC)
     assert b"PK\x03\x04" not in raw  # torch.save's zip container
     assert b"conv1" not in raw
     with pytest.raises(pickle.UnpicklingError):
         torch.load(io.BytesIO(raw), weights_only=True)
+    plain = tmp_path / "lenet-plain.pt"
+    dec = run_cli(["decrypt", str(saved), str(plain), *broker.owner()])
+    assert dec.returncode == 0, dec.stderr
+    state = torch.load(io.BytesIO(plain.read_bytes()), weights_only=True)
+    assert state["format"] == "trustedml.lenet5/1"
+    assert state["state_dict"]["conv1.weight"].shape == (6, 1, 5, 5)
 
-    evaluate = ["lenet", "--evaluate-only", str(saved), "--data-path", str(MNIST)]
-    right, wrong = run_cli_both(
-        ["example", *ml_keys.submit_args(), *evaluate], ["example", *other_keys, *evaluate]
-    )
-    assert right.returncode == 0, right.stderr[-3000:]
+    # --evaluate-only on the plaintext test split: the job it was measured for gets
+    # the model key and the training's count; any other job, one line and exit 1.
+    right = run_driver(lenet, evaluate, broker.job_env(evaluator), tmp_path)
+    assert right.returncode == 0, output(right)[-3000:]
     assert f"Top1Accuracy is Accuracy(correct: {correct}, count: 10000, " in right.stdout
-    assert wrong.returncode == 1, wrong.stderr[-3000:]
+    wrong = run_driver(lenet, evaluate, broker.job_env(ANOTHER_JOB), tmp_path)
+    assert wrong.returncode == 1, output(wrong)[-3000:]
     assert "Top1Accuracy" not in wrong.stdout
-    assert error_lines(wrong) == [
-        f"error: cannot open model {saved}: cannot unwrap the data key with key-encryption "
-        "key 'models' (wrong key, or the wrapped key was modified)"
-    ]
-    assert "Traceback" not in wrong.stdout + wrong.stderr
+    errors = error_lines(wrong)
+    assert len(errors) == 1, output(wrong)
+    assert errors[0].startswith(f"error: cannot open model {saved}: "), errors[0]
+    assert "policy_refused" in errors[0] or "does not satisfy the key policy" in errors[0]
+    assert "Traceback" not in output(wrong)
+
+    entries = broker.audit()
+    attests = [e for e in entries if e["event"] == "attest" and e["measurement"] == job]
+    # The driver's (input and model key checks), then each training process's own:
+    # they inherit the job's environment, no key crosses pyspark's plaintext pickles.
+    assert len(attests) >= 3, attests
+    assert {e["outcome"] for e in attests} == {"ok"}
+    # Each of the 4 files unwrapped by the driver's check and by both training processes.
+    assert releases(entries, "unwrap", "mnist") >= 12
+    assert releases(entries, "datakey", "models") == 1  # rank 0's model
+    assert releases(entries, "unwrap", "models") >= 2  # the owner's decrypt, the evaluation
+    refusals = [e for e in entries if e["event"] == "attest" and e["outcome"] != "ok"]
+    assert refusals
+    assert all(e["measurement"] != job for e in refusals)

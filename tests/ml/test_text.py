@@ -1,6 +1,7 @@
 """Rotten Tomatoes text classification: loading, tokenizer, vocabulary, split and model
 in-process, then the `text-classification` workload end to end through the real CLI
-in secure mode (encrypted input and model)."""
+in secure mode with `--kek` keys: encrypted input and model. (Keys from a key broker:
+test_lenet.py; every workload reads and writes through the same job key store.)"""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import io
 import os
 import pickle
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,7 @@ import pytest
 import torch
 
 from tests.conftest import DATASETS, FAST_KDF, PASSPHRASE, run_cli
-from tests.ml.conftest import MLKeys
-from tests.ml.test_lenet import error_lines, run_cli_both
+from tests.ml.conftest import MLKeys, error_lines, output, run_driver, side_by_side
 from trustedml import (
     ConfigError,
     IntegrityError,
@@ -26,6 +27,7 @@ from trustedml import (
     Secret,
     encrypt_file,
     init_key_directory,
+    read_encrypted_bytes,
 )
 from trustedml.hazmat.framing import MAGIC
 from trustedml.ml._io import save_model
@@ -45,6 +47,7 @@ from trustedml.ml._text import (
     split_stratified,
     tokenize,
 )
+from trustedml.ml.workloads import text_classification
 from trustedml.runtime import ENV_KEYRING
 
 REVIEWS = DATASETS / "rotten_tomatoes.csv.bz2"
@@ -212,6 +215,7 @@ def test_text_classification_end_to_end(
     # 6,000 reviews (1,200 held out), 5 epochs: ~0.75; the majority label is 0.58.
     assert float(accuracy[0]) >= 0.70
 
+    # The model: encrypted only; with the key, the classifier and its vocabulary.
     saved = saved_path(model)
     raw = saved.read_bytes()
     assert raw.startswith(MAGIC)
@@ -219,12 +223,19 @@ def test_text_classification_end_to_end(
     assert b"embedding" not in raw
     with pytest.raises(pickle.UnpicklingError):
         torch.load(io.BytesIO(raw), weights_only=True)
+    plain = read_encrypted_bytes(saved, keystore=ml_keys.store)
+    state = torch.load(io.BytesIO(plain), weights_only=True)
+    assert state["format"].startswith("trustedml.")
+    assert np.asarray(state["vocab"]).size > 100
 
-    evaluate = ["text-classification", "--evaluate-only", str(saved), "--file-path", str(REVIEWS)]
-    right, wrong = run_cli_both(
-        ["example", *ml_keys.submit_args(), *evaluate], ["example", *other_keys, *evaluate]
+    # --evaluate-only with the job's keys (as its driver runs it), and through the
+    # real CLI with another key directory's KEK `models`.
+    evaluate = ["--evaluate-only", str(saved), "--file-path", str(REVIEWS)]
+    right, wrong = side_by_side(
+        partial(run_driver, text_classification, evaluate, ml_keys.job_env(), tmp_path),
+        partial(run_cli, ["example", *other_keys, "text-classification", *evaluate]),
     )
-    assert right.returncode == 0, right.stdout[-3000:]
+    assert right.returncode == 0, output(right)[-3000:]
     assert re.search(
         rf"^accuracy: {re.escape(accuracy[0])} \([0-9]+ of 1200\)$", right.stdout, re.M
     )
@@ -234,4 +245,4 @@ def test_text_classification_end_to_end(
         f"error: cannot open model {saved}: cannot unwrap the data key with key-encryption "
         "key 'models' (wrong key, or the wrapped key was modified)"
     ]
-    assert "Traceback" not in wrong.stdout + wrong.stderr
+    assert "Traceback" not in output(wrong)
