@@ -1,10 +1,14 @@
-"""The XGBoost workloads, end to end through the real CLI in secure mode."""
+"""The XGBoost workloads, end to end through the real CLI in secure mode (both at once:
+a launch leaves a core idle much of the time), and their checks before Spark starts."""
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import DATASETS, run_cli
-from tests.ml.conftest import MLKeys
+from tests.ml.conftest import MLKeys, side_by_side
 from trustedml import KeyRing, encrypt_file, read_encrypted_bytes
 from trustedml.attestation import SimKey
 from trustedml.ml.workloads import xgboost_classifier, xgboost_regressor
@@ -47,24 +51,47 @@ def _load_encrypted_booster(path: Path, keys: MLKeys) -> Any:
     return booster
 
 
+@dataclass(frozen=True)
+class Runs:
+    """Both workloads run once, side by side, for the tests below."""
+
+    directory: Path
+    regressor: subprocess.CompletedProcess[str]
+    classifier: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def runs(ml_keys: MLKeys, tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    directory = tmp_path_factory.mktemp("xgboost")
+    encrypted = directory / "pima.csv.tml"
+    encrypt_file(PIMA, encrypted, key_id="data", keystore=ml_keys.store)
+    regressor, classifier = side_by_side(
+        partial(run_cli, [
+            "example", *ml_keys.submit_args(), "xgboost-regressor", "--file-path", str(BOSTON),
+            "--model-out", str(directory / "boston.json"), "--show", "5",
+        ]),
+        partial(run_cli, [
+            "example", *ml_keys.submit_args(), "xgboost-classifier", "--file-path", str(encrypted),
+            "--model-out", str(directory / "pima.json"), "--show", "5",
+        ]),
+    )  # fmt: skip
+    return Runs(directory, regressor, classifier)
+
+
 @pytest.mark.spark
 @pytest.mark.slow
 def test_regressor_trains_reports_rmse_and_saves_an_encrypted_booster(
-    ml_keys: MLKeys, tmp_path: Path
+    runs: Runs, ml_keys: MLKeys
 ) -> None:
-    model = tmp_path / "boston.json"
-    result = run_cli([
-        "example", *ml_keys.submit_args(), "xgboost-regressor",
-        "--file-path", str(BOSTON), "--model-out", str(model), "--show", "5",
-    ])  # fmt: skip
+    result = runs.regressor
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert _header(["features", "label", "prediction"], out), out
     assert _metric("RMSE", out) <= 5.0
 
-    saved = tmp_path / "boston.json.tml"
+    saved = runs.directory / "boston.json.tml"
     assert saved.is_file()
-    assert not model.exists()
+    assert not (runs.directory / "boston.json").exists()
     booster = _load_encrypted_booster(saved, ml_keys)
     frame = pd.read_csv(BOSTON)
     features, target = frame.iloc[:, :-1].to_numpy(), frame.iloc[:, -1].to_numpy()
@@ -77,15 +104,9 @@ def test_regressor_trains_reports_rmse_and_saves_an_encrypted_booster(
 @pytest.mark.spark
 @pytest.mark.slow
 def test_classifier_on_an_encrypted_copy_reports_accuracy_and_auc(
-    ml_keys: MLKeys, tmp_path: Path
+    runs: Runs, ml_keys: MLKeys
 ) -> None:
-    encrypted = tmp_path / "pima.csv.tml"
-    encrypt_file(PIMA, encrypted, key_id="data", keystore=ml_keys.store)
-    model = tmp_path / "pima.json"
-    result = run_cli([
-        "example", *ml_keys.submit_args(), "xgboost-classifier",
-        "--file-path", str(encrypted), "--model-out", str(model), "--show", "5",
-    ])  # fmt: skip
+    result = runs.classifier
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     shown = [*xgboost_classifier.FEATURES, "label", "rawPrediction", "probability", "prediction"]
@@ -93,7 +114,7 @@ def test_classifier_on_an_encrypted_copy_reports_accuracy_and_auc(
     assert _metric("accuracy", out) >= 0.70
     assert _metric("AUC", out) >= 0.75
 
-    booster = _load_encrypted_booster(tmp_path / "pima.json.tml", ml_keys)
+    booster = _load_encrypted_booster(runs.directory / "pima.json.tml", ml_keys)
     frame = pd.read_csv(PIMA, header=None)
     features, outcome = frame.iloc[:, :8].to_numpy(), frame.iloc[:, 8].to_numpy()
     probability = booster.predict(xgb.DMatrix(features))
