@@ -1,10 +1,9 @@
 """Parquet Modular Encryption in Spark, for tests/data/test_pme.py.
 
-pme_roundtrip.py roundtrip IN_FILE OUT_DIR MARKER FOOTER_KEY COLUMN_KEY
-    read the encrypted IN_FILE, write an encrypted dataset to OUT_DIR (footer
-    under FOOTER_KEY, column "name" under COLUMN_KEY), print both as JSON
-pme_roundtrip.py read IN_PATH
-    read an encrypted file or dataset and print its rows as JSON
+pme_roundtrip.py IN_FILE OUT_DIR MARKER FOOTER_KEY COLUMN_KEY [UNREADABLE]
+    read the encrypted IN_FILE, write an encrypted dataset to OUT_DIR (footer under
+    FOOTER_KEY, column "name" under COLUMN_KEY), print both as RESULT=<json>; then,
+    when given, read UNREADABLE, a file under a KEK this job lacks: the job fails
 """
 
 import json
@@ -18,25 +17,20 @@ def rows(df):
 
 
 spark = SparkSession.builder.getOrCreate()
-mode = sys.argv[1]
-result = {}
-if mode == "roundtrip":
-    in_file, out_dir, marker, footer_key, column_key = sys.argv[2:7]
-    result["read"] = rows(spark.read.parquet(in_file))
-    written = spark.createDataFrame(
-        [(i, f"{marker}-spark-{i}", i * 0.25) for i in range(20)],
-        "id long, name string, score double",
-    )
-    (
-        written.write.option("parquet.encryption.footer.key", footer_key)
-        .option("parquet.encryption.column.keys", f"{column_key}:name")
-        .parquet(out_dir)
-    )
-    result["written"] = rows(written)
-    result["reread"] = rows(spark.read.parquet(out_dir))
-elif mode == "read":
-    result["read"] = rows(spark.read.parquet(sys.argv[2]))
-else:
-    sys.exit(f"unknown mode {mode!r}")
+in_file, out_dir, marker, footer_key, column_key = sys.argv[1:6]
+result = {"read": rows(spark.read.parquet(in_file))}
+written = spark.createDataFrame(
+    [(i, f"{marker}-spark-{i}", i * 0.25) for i in range(20)],
+    "id long, name string, score double",
+)
+(
+    written.write.option("parquet.encryption.footer.key", footer_key)
+    .option("parquet.encryption.column.keys", f"{column_key}:name")
+    .parquet(out_dir)
+)
+result["written"] = rows(written)
+result["reread"] = rows(spark.read.parquet(out_dir))
+print("RESULT=" + json.dumps(result), flush=True)
+if len(sys.argv) > 6:
+    rows(spark.read.parquet(sys.argv[6]))  # fails: the job lacks its KEK
 spark.stop()
-print(json.dumps(result))

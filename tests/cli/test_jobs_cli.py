@@ -196,39 +196,3 @@ def test_key_directory_arguments_are_usage_errors(
     )
     assert unsealed.returncode == 1
     assert "wrong passphrase" in unsealed.stderr
-
-
-@pytest.mark.spark
-def test_allowed_conf_reaches_the_app(
-    session_keys: KeyDirectory, session_passphrase_file: Path, tmp_path: Path
-) -> None:
-    app = tmp_path / "conf_probe.py"
-    app.write_text(
-        "import json\n"
-        "from pyspark.sql import SparkSession\n"
-        "spark = SparkSession.builder.getOrCreate()\n"
-        "conf = spark.sparkContext.getConf()\n"
-        "keys = ['spark.app.name', 'spark.sql.shuffle.partitions', 'spark.eventLog.compress',\n"
-        "        'spark.ssl.enabled', 'spark.ui.enabled']\n"
-        "print('CONF=' + json.dumps({k: conf.get(k) for k in keys}))\n"
-        "spark.stop()\n"
-    )
-    result = run_cli(
-        ["submit", "--keys", str(session_keys.path), "--passphrase-file",
-         str(session_passphrase_file), "--no-ui", "--local-dir", str(tmp_path / "scratch"),
-         "--conf", "spark.app.name=h5-conf-probe", "--conf", "spark.sql.shuffle.partitions=3",
-         "--conf", "spark.eventLog.compress=false",
-         "--allow-insecure-conf", "spark.eventLog.compress", str(app)],
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    found = re.search(r"CONF=(.*)", result.stdout)
-    assert found, result.stdout
-    seen = json.loads(found.group(1))
-    assert seen == {
-        "spark.app.name": "h5-conf-probe",
-        "spark.sql.shuffle.partitions": "3",
-        "spark.eventLog.compress": "false",
-        "spark.ssl.enabled": "true",
-        "spark.ui.enabled": "false",
-    }
-    assert "warning: --allow-insecure-conf: spark.eventLog.compress=false" in result.stderr

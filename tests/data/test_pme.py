@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -248,38 +249,54 @@ def _spark(
     )
 
 
-def _json_line(stdout: str) -> dict[str, list[list[object]]]:
-    result: dict[str, list[list[object]]] = json.loads(stdout.strip().splitlines()[-1])
-    return result
+ABSENT = "absent-kek"
+
+
+@pytest.fixture(scope="module")
+def absent_ring() -> KeyRing:
+    """The KEK of a file the Spark job cannot read: it is not in the job's ring."""
+    return KeyRing({ABSENT: os.urandom(32)})
 
 
 @pytest.fixture(scope="module")
 def spark_roundtrip(
-    tmp_path_factory: pytest.TempPathFactory, ring: KeyRing, jar: Path, marker: str
-) -> tuple[dict[str, list[list[object]]], Path]:
-    """One Spark run: read a pyarrow-written file, write an encrypted dataset."""
+    tmp_path_factory: pytest.TempPathFactory,
+    ring: KeyRing,
+    absent_ring: KeyRing,
+    jar: Path,
+    marker: str,
+) -> tuple[dict[str, list[list[object]]], Path, subprocess.CompletedProcess[str]]:
+    """One Spark run: read a pyarrow-written file, write an encrypted dataset, then
+    fail on a file under a KEK the job lacks."""
     tmp = tmp_path_factory.mktemp("pme-spark")
     source = tmp / "from-arrow.parquet"
     _pme.write_encrypted_parquet(_table(marker), source, keyring=ring, footer_key=FOOTER)
+    unreadable = tmp / "absent-kek.parquet"
+    _pme.write_encrypted_parquet(_table(marker), unreadable, keyring=absent_ring, footer_key=ABSENT)
     out = tmp / "from-spark"
-    done = _spark(["roundtrip", str(source), str(out), marker, FOOTER, PII], ring, jar, tmp)
-    assert done.returncode == 0, done.stderr[-5000:]
-    return _json_line(done.stdout), out
+    args = [str(source), str(out), marker, FOOTER, PII, str(unreadable)]
+    done = _spark(args, ring, jar, tmp)
+    found = re.search(r"^RESULT=(.*)$", done.stdout, re.MULTILINE)
+    assert found, done.stdout[-3000:] + done.stderr[-5000:]
+    result: dict[str, list[list[object]]] = json.loads(found.group(1))
+    return result, out, done
 
 
 @pytest.mark.spark
 def test_spark_reads_pyarrow_file(
-    spark_roundtrip: tuple[dict[str, list[list[object]]], Path], marker: str
+    spark_roundtrip: tuple[dict[str, list[list[object]]], Path, object], marker: str
 ) -> None:
-    result, _ = spark_roundtrip
+    result, _, _ = spark_roundtrip
     assert result["read"] == _rows(_table(marker))
 
 
 @pytest.mark.spark
 def test_pyarrow_reads_spark_dataset(
-    spark_roundtrip: tuple[dict[str, list[list[object]]], Path], ring: KeyRing, marker: str
+    spark_roundtrip: tuple[dict[str, list[list[object]]], Path, object],
+    ring: KeyRing,
+    marker: str,
 ) -> None:
-    result, out = spark_roundtrip
+    result, out, _ = spark_roundtrip
     assert result["reread"] == result["written"]
     assert len(result["written"]) == 20
     parts = sorted(out.glob("part-*.parquet"))
@@ -299,21 +316,21 @@ def test_pyarrow_reads_spark_dataset(
 
 @pytest.mark.spark
 def test_spark_without_the_kek_fails_cleanly(
-    spark_roundtrip: tuple[dict[str, list[list[object]]], Path],
-    tmp_path: Path,
+    spark_roundtrip: tuple[dict[str, list[list[object]]], Path, subprocess.CompletedProcess[str]],
     ring: KeyRing,
-    jar: Path,
+    absent_ring: KeyRing,
     marker: str,
 ) -> None:
-    _, out = spark_roundtrip
-    others = KeyRing({"other-kek": os.urandom(32)})
-    done = _spark(["read", str(out)], others, jar, tmp_path)
+    _, _, done = spark_roundtrip
     assert done.returncode != 0
-    assert f"no key-encryption key '{FOOTER}'" in done.stderr
-    output = done.stdout + done.stderr
+    assert f"no key-encryption key '{ABSENT}'" in done.stderr
+    # The marker is in the unreadable file: no row of it shows (the rows the job
+    # printed as RESULT before are left out).
+    before, _, after = done.stdout.partition("RESULT=")
+    output = before + after.partition("\n")[2] + done.stderr
     assert marker not in output
     for value in [
-        *spark_pme.pme_environment(others).values(),
+        *spark_pme.pme_environment(absent_ring).values(),
         *spark_pme.pme_environment(ring).values(),
     ]:
         for entry in value.split(","):

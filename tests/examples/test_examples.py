@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES, run_cli
+from tests.conftest import APPS, EXAMPLES, run_cli
 from trustedml import KeyDirectory
 
 
@@ -29,32 +29,47 @@ def test_numpy(secure: list[str]) -> None:
     assert re.fullmatch(r"numpy\.dot: \d+\.\d+ sec\n", result.stdout)
 
 
-@pytest.mark.spark
-def test_pi(secure: list[str]) -> None:
-    result = run_cli(["submit", *secure, "--no-ui", str(EXAMPLES / "pi.py"), "4"])
+@pytest.fixture(scope="module")
+def spark_examples(session_keys: KeyDirectory, session_passphrase_file: Path) -> dict[str, str]:
+    """pi, wordcount and sql_basic submitted in secure mode, in one driver (one JVM):
+    what each printed, by name."""
+    scripts = [
+        [str(EXAMPLES / "pi.py"), "4"],
+        [str(EXAMPLES / "wordcount.py"), str(EXAMPLES / "sql_basic.py")],
+        [str(EXAMPLES / "sql_basic.py"), str(EXAMPLES / "resources")],
+    ]
+    secure = ["--keys", str(session_keys.path), "--passphrase-file", str(session_passphrase_file)]
+    joined = [arg for script in scripts for arg in ("---", *script)][1:]
+    result = run_cli(["submit", *secure, "--no-ui", str(APPS / "run_examples.py"), *joined])
     assert result.returncode == 0, result.stderr[-3000:]
-    match = re.search(r"^Pi is roughly (\d\.\d+)$", result.stdout, re.MULTILINE)
-    assert match, result.stdout
+    parts = re.split(r"^=== (\S+)\n", result.stdout, flags=re.MULTILINE)
+    assert parts[0] == "", parts[0]
+    printed = dict(zip(parts[1::2], parts[2::2], strict=True))
+    assert list(printed) == ["pi.py", "wordcount.py", "sql_basic.py"]
+    return printed
+
+
+@pytest.mark.spark
+def test_pi(spark_examples: dict[str, str]) -> None:
+    match = re.fullmatch(r"Pi is roughly (\d\.\d+)\n", spark_examples["pi.py"])
+    assert match, spark_examples["pi.py"]
     assert abs(float(match.group(1)) - math.pi) < 0.01
 
 
 @pytest.mark.spark
-def test_wordcount_on_a_python_file(secure: list[str]) -> None:
+def test_wordcount_on_a_python_file(spark_examples: dict[str, str]) -> None:
     source = EXAMPLES / "sql_basic.py"
     words = [w for line in source.read_text().splitlines() for w in line.split(" ") if w]
-    result = run_cli(["submit", *secure, "--no-ui", str(EXAMPLES / "wordcount.py"), str(source)])
-    assert result.returncode == 0, result.stderr[-3000:]
-    counts = dict(line.rsplit(": ", 1) for line in result.stdout.splitlines())
+    lines = spark_examples["wordcount.py"].splitlines()
+    counts = dict(line.rsplit(": ", 1) for line in lines)
+    assert len(counts) == len(lines)
     assert int(counts["import"]) == words.count("import") > 0
     assert sum(int(c) for c in counts.values()) == len(words)
 
 
 @pytest.mark.spark
-def test_sql_basic(secure: list[str]) -> None:
-    resources = EXAMPLES / "resources"
-    result = run_cli(["submit", *secure, "--no-ui", str(EXAMPLES / "sql_basic.py"), str(resources)])
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+def test_sql_basic(spark_examples: dict[str, str]) -> None:
+    out = spark_examples["sql_basic.py"]
     assert "|  19| Justin|" in out  # df.show() of people.json
     assert "Name: Justin" in out  # teenagers, by schema inference
     assert "|  30|    1|" in out  # groupBy("age").count()

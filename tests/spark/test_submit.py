@@ -1,22 +1,49 @@
-"""Real Spark runs through the real command line."""
+"""Real Spark runs through the real command line.
+
+A spark-submit costs a JVM, so one secure launch of tests/apps/secure_probe.py (the
+`probe` fixture) serves most tests here: each asserts on what that launch left behind.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import APPS, PASSPHRASE, cli_env, run_cli
-from trustedml import KeyDirectory, Secret
+from trustedml import KeyDirectory, LocalKeyStore, Secret, decrypt_path, encrypt_file
 
 pytestmark = pytest.mark.spark
+
+PROBE = APPS / "secure_probe.py"
+MARKER = "TRUSTEDML-MARKER-7f3a9c"
+
+
+@dataclass
+class Launch:
+    """What one launch of the probe left: its output and files, and what the test
+    saw while it ran."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    tmp: Path
+    cmdlines: dict[int, bytes]
+    effective: dict[str, str | None]
+    ui_cert: dict[str, str] | None
+
+    @property
+    def copy(self) -> Path:
+        return self.tmp / "copy"
 
 
 def _children(root_pid: int) -> list[int]:
@@ -45,7 +72,7 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
@@ -55,68 +82,11 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 180) -
         time.sleep(0.2)
 
 
-def test_secrets_never_in_argv_or_logs(
-    session_keys: KeyDirectory, session_passphrase_file: Path, tmp_path: Path
-) -> None:
-    opened = session_keys.unseal(Secret(PASSPHRASE))
-    secrets = {name: opened[name].reveal() for name in opened}
-    events = tmp_path / "events"
-    events.mkdir()
-    ready, go = tmp_path / "ready", tmp_path / "go"
-    out, err = tmp_path / "stdout", tmp_path / "stderr"
-    with out.open("wb") as fout, err.open("wb") as ferr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trustedml", "submit",
-             "--keys", str(session_keys.path), "--passphrase-file", str(session_passphrase_file),
-             "--log-level", "INFO", "--local-dir", str(tmp_path / "scratch"),
-             "--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir={events}",
-             "--conf", "spark.eventLog.compress=false",
-             # Event logs are refused in secure jobs; this test reads one for leaks.
-             "--allow-insecure-conf", "spark.eventLog.enabled",
-             "--allow-insecure-conf", "spark.eventLog.dir",
-             "--allow-insecure-conf", "spark.eventLog.compress",
-             str(APPS / "leak_probe.py"), str(ready), str(go)],
-            stdout=fout, stderr=ferr, env=cli_env(),
-        )  # fmt: skip
-        try:
-            _wait_for(ready, proc)
-            pids = _children(proc.pid)
-            cmdlines = {pid: _cmdline(pid) for pid in pids}
-            effective = json.loads(
-                re.search(r"EFFECTIVE=(.*)", out.read_text()).group(1)  # type: ignore[union-attr]
-            )
-            ui_cert = _fetch_ui_certificate(effective["ui"], session_keys.ca_cert)
-        finally:
-            go.write_text("go")
-            assert proc.wait(timeout=120) == 0, err.read_text()[-3000:]
-
-    # The live process tree: a JVM driver and Python processes, none with a secret in argv.
-    assert any(b"java" in c for c in cmdlines.values()), cmdlines
-    assert any(b"leak_probe.py" in c for c in cmdlines.values())
-    for pid, cmd in cmdlines.items():
-        for name, value in secrets.items():
-            assert value not in cmd, f"{name} in argv of pid {pid}"
-
-    # Every log: driver stdout/stderr (INFO level) and the event log.
-    logs = {out: out.read_bytes(), err: err.read_bytes()}
-    logs.update({p: p.read_bytes() for p in events.rglob("*") if p.is_file()})
-    assert any(b"SparkListenerEnvironmentUpdate" in blob for blob in logs.values())
-    assert len(logs[err]) > 1000  # INFO logging really happened
-    for path, blob in logs.items():
-        for name, value in secrets.items():
-            assert value not in blob, f"{name} in {path}"
-
-    # The protections were really on inside the running Spark.
-    assert effective["spark.authenticate"] == "true"
-    assert effective["spark.network.crypto.enabled"] == "true"
-    assert effective["spark.network.crypto.cipher"] == "AES/GCM/NoPadding"
-    assert effective["spark.network.crypto.authEngineVersion"] == "2"
-    assert effective["spark.io.encryption.enabled"] == "true"
-    assert effective["spark.python.unix.domain.socket.enabled"] == "true"
-    # The UI served TLS 1.3 with the key directory's certificate, whose keystore
-    # password reached Spark only through the environment.
-    assert ui_cert["version"] == "TLSv1.3"
-    assert ui_cert["subject_cn"] == "127.0.0.1"
+def _effective(stdout: str) -> dict[str, str | None]:
+    found = re.search(r"EFFECTIVE=(.*)", stdout)
+    assert found, stdout
+    report: dict[str, str | None] = json.loads(found.group(1))
+    return report
 
 
 def _fetch_ui_certificate(ui_url: str, ca: Path) -> dict[str, str]:
@@ -133,58 +103,189 @@ def _fetch_ui_certificate(ui_url: str, ca: Path) -> dict[str, str]:
     return {"version": str(version), "subject_cn": str(subject["commonName"])}
 
 
-@pytest.mark.parametrize("secure", [True, False], ids=["secure", "insecure"])
-def test_shuffle_files_are_encrypted_only_in_secure_mode(
-    session_keys: KeyDirectory, session_passphrase_file: Path, tmp_path: Path, secure: bool
-) -> None:
-    marker = "TRUSTEDML-MARKER-7f3a9c"
-    copy = tmp_path / "copy"
-    mode = (
-        ["--keys", str(session_keys.path), "--passphrase-file", str(session_passphrase_file)]
-        if secure
-        else ["--insecure"]
+def _taxi_csv(path: Path) -> Path:
+    path.write_text("timestamp,value\n" + "".join(
+        f"2014-07-0{1 + i // 48} {i % 24:02d}:{(i % 2) * 30:02d}:00,{i}\n" for i in range(96 * 2)
+    ))  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def kek_keys(session_keys: KeyDirectory, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session key directory with the KEKs `taxi` and `out`."""
+    keys = tmp_path_factory.mktemp("kek-keys") / "keys"
+    shutil.copytree(session_keys.path, keys)
+    store = LocalKeyStore(KeyDirectory(keys), Secret(PASSPHRASE))
+    store.create_kek("taxi")
+    store.create_kek("out")
+    return keys
+
+
+@pytest.fixture(scope="module")
+def store(kek_keys: Path) -> LocalKeyStore:
+    return LocalKeyStore(KeyDirectory(kek_keys), Secret(PASSPHRASE))
+
+
+@pytest.fixture(scope="module")
+def probe(
+    kek_keys: Path,
+    store: LocalKeyStore,
+    session_passphrase_file: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Launch:
+    """One secure `trustedml submit` of the probe, UI on, logging at INFO, an event log
+    (let through with --allow-insecure-conf), two allowed --conf keys, --py-files, two
+    KEKs; it exits 3. The process tree and the UI are inspected while it waits."""
+    tmp = tmp_path_factory.mktemp("probe")
+    encrypt_file(_taxi_csv(tmp / "taxi.csv"), tmp / "taxi.csv.tml", key_id="taxi", keystore=store)
+    events = tmp / "events"
+    events.mkdir()
+    ready, go = tmp / "ready", tmp / "go"
+    out, err = tmp / "stdout", tmp / "stderr"
+    with out.open("wb") as fout, err.open("wb") as ferr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trustedml", "submit",
+             "--keys", str(kek_keys), "--passphrase-file", str(session_passphrase_file),
+             "--kek", "taxi", "--kek", "out",
+             "--log-level", "INFO", "--local-dir", str(tmp / "scratch"),
+             "--py-files", str(APPS / "lib" / "shipped_helper.py"),
+             "--conf", "spark.app.name=h5-conf-probe", "--conf", "spark.sql.shuffle.partitions=3",
+             "--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir={events}",
+             "--conf", "spark.eventLog.compress=false",
+             # Event logs are refused in secure jobs; the leak test reads one.
+             "--allow-insecure-conf", "spark.eventLog.enabled",
+             "--allow-insecure-conf", "spark.eventLog.dir",
+             "--allow-insecure-conf", "spark.eventLog.compress",
+             str(PROBE), str(ready), str(go),
+             "--shuffle", MARKER, str(tmp / "copy"), "--helper",
+             "--encrypted", str(tmp / "taxi.csv.tml"), str(tmp / "taxi-out"), "taxi",
+             "--dead-worker", str(tmp / "dead-out"), "out", "--exit", "3"],
+            stdout=fout, stderr=ferr, env=cli_env(),
+        )  # fmt: skip
+        try:
+            _wait_for(ready, proc)
+            cmdlines = {pid: _cmdline(pid) for pid in _children(proc.pid)}
+            effective = _effective(out.read_text())
+            ui_cert = _fetch_ui_certificate(str(effective["ui"]), KeyDirectory(kek_keys).ca_cert)
+        finally:
+            go.write_text("go")
+            proc.wait(timeout=120)
+    return Launch(
+        proc.returncode, out.read_text(), err.read_text(), tmp, cmdlines, effective, ui_cert
     )
-    result = run_cli(
-        ["submit", *mode, "--no-ui", "--local-dir", str(tmp_path / "scratch"),
-         str(APPS / "shuffle_marker.py"), marker, str(copy)]
-    )  # fmt: skip
+
+
+def _launch(args: list[str], tmp: Path) -> Launch:
+    """A probe launch that does not wait for the test (GO exists from the start)."""
+    (tmp / "go").write_text("go")
+    result = run_cli(args)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "groups: [(0, 2858)" in result.stdout
-    shuffle = [p for p in copy.rglob("shuffle_*.data")]
+    return Launch(0, result.stdout, result.stderr, tmp, {}, _effective(result.stdout), None)
+
+
+@pytest.fixture(scope="module")
+def insecure_probe(tmp_path_factory: pytest.TempPathFactory) -> Launch:
+    tmp = tmp_path_factory.mktemp("insecure-probe")
+    return _launch(
+        ["submit", "--insecure", "--no-ui", "--local-dir", str(tmp / "scratch"),
+         str(PROBE), str(tmp / "ready"), str(tmp / "go"), "--shuffle", MARKER, str(tmp / "copy")],
+        tmp,
+    )  # fmt: skip
+
+
+def _secrets(kek_keys: Path, store: LocalKeyStore) -> dict[str, bytes]:
+    """Every secret of the probe's key directory: the sealed ones and the KEKs."""
+    opened = KeyDirectory(kek_keys).unseal(Secret(PASSPHRASE))
+    secrets = {name: opened[name].reveal() for name in opened}
+    for entry in store.keyring().export().reveal_text().split(","):
+        kek_id, value = entry.split(":", 1)
+        secrets[f"kek {kek_id}"] = value.encode()
+    return secrets
+
+
+def test_secrets_never_in_argv_or_logs(probe: Launch, kek_keys: Path, store: LocalKeyStore) -> None:
+    secrets = _secrets(kek_keys, store)
+    assert len(secrets) > 2
+
+    # The live process tree: a JVM driver and Python processes, none with a secret in argv.
+    assert any(b"java" in c for c in probe.cmdlines.values()), probe.cmdlines
+    assert any(PROBE.name.encode() in c for c in probe.cmdlines.values())
+    for pid, cmd in probe.cmdlines.items():
+        for name, value in secrets.items():
+            assert value not in cmd, f"{name} in argv of pid {pid}"
+
+    # Every log: driver stdout/stderr (INFO level) and the event log.
+    logs = {"stdout": probe.stdout.encode(), "stderr": probe.stderr.encode()}
+    logs.update({str(p): p.read_bytes() for p in (probe.tmp / "events").rglob("*") if p.is_file()})
+    assert any(b"SparkListenerEnvironmentUpdate" in blob for blob in logs.values())
+    assert len(logs["stderr"]) > 1000  # INFO logging really happened
+    for path, blob in logs.items():
+        for name, value in secrets.items():
+            assert value not in blob, f"{name} in {path}"
+
+
+def test_the_protections_are_on_inside_the_running_spark(probe: Launch) -> None:
+    effective = probe.effective
+    assert effective["spark.authenticate"] == "true"
+    assert effective["spark.network.crypto.enabled"] == "true"
+    assert effective["spark.network.crypto.cipher"] == "AES/GCM/NoPadding"
+    assert effective["spark.network.crypto.authEngineVersion"] == "2"
+    assert effective["spark.io.encryption.enabled"] == "true"
+    assert effective["spark.python.unix.domain.socket.enabled"] == "true"
+    # The UI served TLS 1.3 with the key directory's certificate, whose keystore
+    # password reached Spark only through the environment.
+    assert probe.ui_cert == {"version": "TLSv1.3", "subject_cn": "127.0.0.1"}
+
+
+def test_allowed_conf_reaches_the_app(probe: Launch) -> None:
+    seen = {k: probe.effective[k] for k in
+            ("spark.app.name", "spark.sql.shuffle.partitions", "spark.eventLog.compress",
+             "spark.ssl.enabled", "spark.ui.enabled")}  # fmt: skip
+    assert seen == {
+        "spark.app.name": "h5-conf-probe",
+        "spark.sql.shuffle.partitions": "3",
+        "spark.eventLog.compress": "false",
+        "spark.ssl.enabled": "true",
+        "spark.ui.enabled": "true",
+    }
+    assert "warning: --allow-insecure-conf: spark.eventLog.compress=false" in probe.stderr
+
+
+@pytest.mark.parametrize("launch", ["probe", "insecure_probe"], ids=["secure", "insecure"])
+def test_shuffle_files_are_encrypted_only_in_secure_mode(
+    request: pytest.FixtureRequest, launch: str
+) -> None:
+    run: Launch = request.getfixturevalue(launch)
+    assert "groups: [(0, 2858)" in run.stdout
+    shuffle = [p for p in run.copy.rglob("shuffle_*.data")]
     assert shuffle, "the job wrote no shuffle files"
-    found = [p.name for p in shuffle if marker.encode() in p.read_bytes()]
-    if secure:
+    found = [p.name for p in shuffle if MARKER.encode() in p.read_bytes()]
+    if launch == "probe":
         assert found == []
     else:
         assert found
-        assert "INSECURE" in result.stderr
+        assert "INSECURE" in run.stderr
 
 
-def test_py_files_and_exit_code(session_keys: KeyDirectory, session_passphrase_file: Path) -> None:
-    result = run_cli(
-        ["submit", "--keys", str(session_keys.path), "--passphrase-file",
-         str(session_passphrase_file), "--no-ui",
-         "--py-files", str(APPS / "lib" / "shipped_helper.py"),
-         str(APPS / "exit_code.py"), "3"]
-    )  # fmt: skip
-    assert result.returncode == 3, result.stderr[-3000:]
-    assert "tripled sum: 135" in result.stdout
+def test_py_files_and_exit_code(probe: Launch) -> None:
+    assert probe.returncode == 3, probe.stderr[-3000:]
+    assert "tripled sum: 135" in probe.stdout
+    # A failing job ends with one line saying so, after Spark's own account.
+    last = probe.stderr.strip().splitlines()[-1]
+    assert last == f"error: {PROBE.name} failed with exit status 3; its output above says why"
 
 
 def test_native_run_gets_the_secure_configuration(
     session_keys: KeyDirectory, session_passphrase_file: Path, tmp_path: Path
 ) -> None:
-    ready, go = tmp_path / "ready", tmp_path / "go"
-    go.write_text("go")  # do not wait
-    result = run_cli(
+    run = _launch(
         ["run", "--keys", str(session_keys.path), "--passphrase-file",
-         str(session_passphrase_file), "--", "python", str(APPS / "leak_probe.py"),
-         str(ready), str(go)]
+         str(session_passphrase_file), "--", "python", str(PROBE),
+         str(tmp_path / "ready"), str(tmp_path / "go")],
+        tmp_path,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    effective = json.loads(re.search(r"EFFECTIVE=(.*)", result.stdout).group(1))  # type: ignore[union-attr]
-    assert effective["spark.network.crypto.cipher"] == "AES/GCM/NoPadding"
-    assert effective["spark.io.encryption.enabled"] == "true"
+    assert run.effective["spark.network.crypto.cipher"] == "AES/GCM/NoPadding"
+    assert run.effective["spark.io.encryption.enabled"] == "true"
 
 
 def test_secure_mode_without_keys_is_a_usage_error() -> None:
@@ -225,58 +326,26 @@ def test_unknown_tee_backend() -> None:
 
 
 def test_job_reads_and_writes_encrypted_data_with_its_keks(
-    session_keys: KeyDirectory, session_passphrase_file: Path, tmp_path: Path
+    probe: Launch, store: LocalKeyStore
 ) -> None:
-    import shutil
-
-    from trustedml import LocalKeyStore, decrypt_path, encrypt_file
-
-    keys = tmp_path / "keys"
-    shutil.copytree(session_keys.path, keys)
-    store = LocalKeyStore(KeyDirectory(keys), Secret(PASSPHRASE))
-    store.create_kek("taxi")
-    src = tmp_path / "taxi.csv"
-    src.write_text("timestamp,value\n" + "".join(
-        f"2014-07-0{1 + i // 48} {i % 24:02d}:{(i % 2) * 30:02d}:00,{i}\n" for i in range(96 * 2)
-    ))  # fmt: skip
-    encrypt_file(src, tmp_path / "taxi.csv.tml", key_id="taxi", keystore=store)
-    result = run_cli(
-        ["submit", "--keys", str(keys), "--passphrase-file", str(session_passphrase_file),
-         "--kek", "taxi", "--no-ui", str(APPS / "encrypted_job.py"),
-         str(tmp_path / "taxi.csv.tml"), str(tmp_path / "out"), "taxi"]
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "rows: 192 days: 4" in result.stdout
-    kek = store.keyring().export().reveal_text()
-    assert kek.split(":", 1)[1] not in result.stdout + result.stderr
-    decrypt_path(tmp_path / "out", tmp_path / "plain", keystore=store)
-    (csv,) = (tmp_path / "plain").glob("*.csv")
+    assert "rows: 192 days: 4" in probe.stdout
+    plain = probe.tmp / "taxi-plain"
+    decrypt_path(probe.tmp / "taxi-out", plain, keystore=store)
+    (csv,) = plain.glob("*.csv")
     lines = csv.read_text().splitlines()
     assert lines[0] == "day,sum(value)"
     assert sorted(lines[1:])[0] == f"2014-07-01,{sum(range(48))}"
 
 
-def test_a_dead_worker_fails_the_job_clearly_and_leaves_no_output(
-    session_keys: KeyDirectory, session_passphrase_file: Path, tmp_path: Path
-) -> None:
-    import shutil
-
-    from trustedml import LocalKeyStore
-
-    keys = tmp_path / "keys"
-    shutil.copytree(session_keys.path, keys)
-    LocalKeyStore(KeyDirectory(keys), Secret(PASSPHRASE)).create_kek("out")
-    out = tmp_path / "out"
-    result = run_cli(
-        ["submit", "--keys", str(keys), "--passphrase-file", str(session_passphrase_file),
-         "--kek", "out", "--no-ui", str(APPS / "dead_worker.py"), str(out), "out"]
-    )  # fmt: skip
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "unreachable" not in result.stdout
-    assert "Python worker exited unexpectedly" in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last == "error: dead_worker.py failed with exit status 1; its output above says why"
+def test_a_dead_worker_fails_the_job_clearly_and_leaves_no_output(probe: Launch) -> None:
+    assert "unreachable" not in probe.stdout
+    # The write's own error (the app goes on, to exit 3), and Spark's log of the task.
+    said = probe.stdout.split("dead-worker: the write failed: ", 1)
+    assert len(said) == 2, probe.stdout[-3000:]
+    assert "Python worker exited unexpectedly" in said[1]
+    assert "Python worker exited unexpectedly" in probe.stderr
     # Files of the partitions that finished were removed when the job aborted; the
     # killed task can leave only its hidden, never-renamed temporary file.
+    out = probe.tmp / "dead-out"
     left = sorted(p.name for p in out.iterdir()) if out.exists() else []
     assert all(name.startswith(".part-") and name.endswith(".part") for name in left), left
