@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import DATASETS, run_cli
-from tests.ml.conftest import MLKeys
+from tests.conftest import DATASETS
+from tests.ml.conftest import MLKeys, launch
 from trustedml import KeyRing, decrypt_path, encrypt_file
 from trustedml.ml.workloads import nyc_taxi_prep
 from trustedml.runtime import ENV_KEYRING
@@ -28,7 +28,7 @@ def test_prep_of_an_encrypted_copy_writes_the_busy_half_encrypted(
     encrypt_file(NYC_TAXI, encrypted, key_id="data", keystore=ml_keys.store)
     output = tmp_path / "busy"
 
-    result = run_cli([
+    result = launch([
         "example", *ml_keys.submit_args(), "nyc-taxi-prep",
         "--file-path", str(encrypted), "--output", str(output),
     ])  # fmt: skip

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import DATASETS, FAST_KDF, PASSPHRASE, run_cli
-from tests.ml.conftest import MLKeys, error_lines, output, run_driver, side_by_side
+from tests.conftest import DATASETS, FAST_KDF, PASSPHRASE
+from tests.ml.conftest import MLKeys, error_lines, launch, output, run_driver, side_by_side
 from trustedml import (
     ConfigError,
     IntegrityError,
@@ -203,7 +203,7 @@ def test_text_classification_end_to_end(
     encrypted = tmp_path / "reviews.csv.bz2.tml"
     encrypt_file(REVIEWS, encrypted, key_id="data", keystore=ml_keys.store)
     model = tmp_path / "text.pt"
-    result = run_cli(["example", *ml_keys.submit_args(), "text-classification",
+    result = launch(["example", *ml_keys.submit_args(), "text-classification",
                       "--file-path", str(encrypted), "--limit", "6000", "--max-epoch", "5",
                       "--model-out", str(model)])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
@@ -233,7 +233,7 @@ def test_text_classification_end_to_end(
     evaluate = ["--evaluate-only", str(saved), "--file-path", str(REVIEWS)]
     right, wrong = side_by_side(
         partial(run_driver, text_classification, evaluate, ml_keys.job_env(), tmp_path),
-        partial(run_cli, ["example", *other_keys, "text-classification", *evaluate]),
+        partial(launch, ["example", *other_keys, "text-classification", *evaluate]),
     )
     assert right.returncode == 0, output(right)[-3000:]
     assert re.search(

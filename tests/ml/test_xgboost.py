@@ -1,5 +1,5 @@
-"""The XGBoost workloads, end to end through the real CLI in secure mode (both at once:
-a launch leaves a core idle much of the time), and their checks before Spark starts."""
+"""The XGBoost workloads, end to end through the real CLI in secure mode (launched once
+each, side by side, for the tests that check them), and their checks before Spark starts."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import DATASETS, run_cli
-from tests.ml.conftest import MLKeys, side_by_side
+from tests.conftest import DATASETS
+from tests.ml.conftest import MLKeys, launch, side_by_side
 from trustedml import KeyRing, encrypt_file, read_encrypted_bytes
 from trustedml.attestation import SimKey
 from trustedml.ml.workloads import xgboost_classifier, xgboost_regressor
@@ -66,11 +66,11 @@ def runs(ml_keys: MLKeys, tmp_path_factory: pytest.TempPathFactory) -> Runs:
     encrypted = directory / "pima.csv.tml"
     encrypt_file(PIMA, encrypted, key_id="data", keystore=ml_keys.store)
     regressor, classifier = side_by_side(
-        partial(run_cli, [
+        partial(launch, [
             "example", *ml_keys.submit_args(), "xgboost-regressor", "--file-path", str(BOSTON),
             "--model-out", str(directory / "boston.json"), "--show", "5",
         ]),
-        partial(run_cli, [
+        partial(launch, [
             "example", *ml_keys.submit_args(), "xgboost-classifier", "--file-path", str(encrypted),
             "--model-out", str(directory / "pima.json"), "--show", "5",
         ]),
