@@ -1,12 +1,13 @@
 """One Spark job holding the parts tests/spark/test_submit.py checks, so that one
 launch (one JVM) serves several tests.
 
-usage: secure_probe.py READY GO [--shuffle MARKER COPY_DIR] [--helper]
+usage: secure_probe.py READY GO [--udf] [--shuffle MARKER COPY_DIR] [--helper]
            [--encrypted SRC OUT KEY_ID] [--dead-worker OUT KEY_ID] [--exit N]
 
-Always: a Python UDF over a shuffle, then the effective settings as EFFECTIVE=<json>;
-then READY is written and the job waits (at most 120 s) for GO, so that the test can
-inspect the live process tree and the UI.
+Prints the effective settings as EFFECTIVE=<json> after the parts asked for; then
+writes READY and waits (at most 120 s) for GO, so that the test can inspect the live
+process tree and the UI.
+  --udf          a Python UDF (a Python worker fed over a Unix socket) over a shuffle
   --shuffle      shuffle rows holding MARKER, copy spark.local.dir to COPY_DIR at once
                  (Spark deletes it on stop)
   --helper       use shipped_helper, sent with --py-files, on the executors
@@ -41,6 +42,13 @@ SETTINGS = [
     "spark.ui.enabled",
     "spark.python.unix.domain.socket.enabled",
 ]
+
+
+def udf_over_a_shuffle(spark: SparkSession) -> None:
+    df = spark.range(0, 50_000).withColumn("k", F.col("id") % 13)
+    plus_one = F.udf(lambda x: x + 1, "long")
+    total = df.select(plus_one("id").alias("v"), "k").groupBy("k").sum("v").agg({"sum(v)": "sum"})
+    print("total:", total.collect()[0][0])
 
 
 def shuffle_marker(spark: SparkSession, marker: str, copy_dir: str) -> None:
@@ -92,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("ready", type=Path)
     parser.add_argument("go", type=Path)
+    parser.add_argument("--udf", action="store_true")
     parser.add_argument("--shuffle", nargs=2, metavar=("MARKER", "COPY_DIR"))
     parser.add_argument("--helper", action="store_true")
     parser.add_argument("--encrypted", nargs=3, metavar=("SRC", "OUT", "KEY_ID"))
@@ -100,10 +109,8 @@ def main() -> None:
     args = parser.parse_args()
 
     spark = SparkSession.builder.getOrCreate()  # no appName: --conf spark.app.name wins
-    df = spark.range(0, 50_000).withColumn("k", F.col("id") % 13)
-    plus_one = F.udf(lambda x: x + 1, "long")  # a Python worker, fed over a Unix socket
-    total = df.select(plus_one("id").alias("v"), "k").groupBy("k").sum("v").agg({"sum(v)": "sum"})
-    print("total:", total.collect()[0][0])
+    if args.udf:
+        udf_over_a_shuffle(spark)
     if args.shuffle:
         shuffle_marker(spark, *args.shuffle)
     if args.helper:

@@ -26,6 +26,15 @@ pytestmark = pytest.mark.spark
 
 PROBE = APPS / "secure_probe.py"
 MARKER = "TRUSTEDML-MARKER-7f3a9c"
+# What the secure configuration must have set inside the running Spark.
+PROTECTIONS = {
+    "spark.authenticate": "true",
+    "spark.network.crypto.enabled": "true",
+    "spark.network.crypto.cipher": "AES/GCM/NoPadding",
+    "spark.network.crypto.authEngineVersion": "2",
+    "spark.io.encryption.enabled": "true",
+    "spark.python.unix.domain.socket.enabled": "true",
+}
 
 
 @dataclass
@@ -72,11 +81,12 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], err: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"job ended early with {proc.returncode}")
+            said = err.read_text()[-3000:]
+            raise AssertionError(f"job ended early with {proc.returncode}: {said}")
         if time.monotonic() > deadline:
             raise AssertionError("job never became ready")
         time.sleep(0.2)
@@ -156,14 +166,14 @@ def probe(
              "--allow-insecure-conf", "spark.eventLog.enabled",
              "--allow-insecure-conf", "spark.eventLog.dir",
              "--allow-insecure-conf", "spark.eventLog.compress",
-             str(PROBE), str(ready), str(go),
+             str(PROBE), str(ready), str(go), "--udf",
              "--shuffle", MARKER, str(tmp / "copy"), "--helper",
              "--encrypted", str(tmp / "taxi.csv.tml"), str(tmp / "taxi-out"), "taxi",
              "--dead-worker", str(tmp / "dead-out"), "out", "--exit", "3"],
             stdout=fout, stderr=ferr, env=cli_env(),
         )  # fmt: skip
         try:
-            _wait_for(ready, proc)
+            _wait_for(ready, proc, err)
             cmdlines = {pid: _cmdline(pid) for pid in _children(proc.pid)}
             effective = _effective(out.read_text())
             ui_cert = _fetch_ui_certificate(str(effective["ui"]), KeyDirectory(kek_keys).ca_cert)
@@ -225,13 +235,7 @@ def test_secrets_never_in_argv_or_logs(probe: Launch, kek_keys: Path, store: Loc
 
 
 def test_the_protections_are_on_inside_the_running_spark(probe: Launch) -> None:
-    effective = probe.effective
-    assert effective["spark.authenticate"] == "true"
-    assert effective["spark.network.crypto.enabled"] == "true"
-    assert effective["spark.network.crypto.cipher"] == "AES/GCM/NoPadding"
-    assert effective["spark.network.crypto.authEngineVersion"] == "2"
-    assert effective["spark.io.encryption.enabled"] == "true"
-    assert effective["spark.python.unix.domain.socket.enabled"] == "true"
+    assert {k: probe.effective[k] for k in PROTECTIONS} == PROTECTIONS
     # The UI served TLS 1.3 with the key directory's certificate, whose keystore
     # password reached Spark only through the environment.
     assert probe.ui_cert == {"version": "TLSv1.3", "subject_cn": "127.0.0.1"}
@@ -281,11 +285,10 @@ def test_native_run_gets_the_secure_configuration(
     run = _launch(
         ["run", "--keys", str(session_keys.path), "--passphrase-file",
          str(session_passphrase_file), "--", "python", str(PROBE),
-         str(tmp_path / "ready"), str(tmp_path / "go")],
+         str(tmp_path / "ready"), str(tmp_path / "go"), "--udf"],
         tmp_path,
     )  # fmt: skip
-    assert run.effective["spark.network.crypto.cipher"] == "AES/GCM/NoPadding"
-    assert run.effective["spark.io.encryption.enabled"] == "true"
+    assert {k: run.effective[k] for k in PROTECTIONS} == PROTECTIONS
 
 
 def test_secure_mode_without_keys_is_a_usage_error() -> None:
