@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.ml.conftest import OWNER
-from trustedml import ConfigError, KeyRing, KeyStoreError
+from tests.ml.conftest import OWNER, Broker
+from trustedml import BrokerKeyNotFoundError, ConfigError, KeyRing, KeyStoreError
 from trustedml.attestation import SimKey
 from trustedml.ml._driver import check_model_out
 from trustedml.ml._io import check_key
@@ -51,3 +51,24 @@ def test_with_a_broker_the_job_keystore_attests(
     assert isinstance(store, AttestedKeyStore)
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(store)
+
+
+def test_a_key_the_broker_lacks_is_the_brokers_answer(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A 404 from the broker is not a --kek job missing a key: the broker's refusal comes
+    # through as it gave it, never "this job has no keys".
+    broker.create_key("data", [OWNER], tmp_path)
+    monkeypatch.delenv(ENV_KEYRING, raising=False)
+    for name, value in broker.job_env(OWNER).items():
+        monkeypatch.setenv(name, value)
+    try:
+        check_key("data")
+        with pytest.raises(BrokerKeyNotFoundError) as caught:
+            check_key("models")
+    finally:
+        store = job_keystore()
+        assert isinstance(store, AttestedKeyStore)
+        store.client.close()  # cached for the process otherwise
+    assert caught.value.status == 404
+    assert "this job has no" not in str(caught.value)

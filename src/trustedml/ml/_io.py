@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustedml.data import SUFFIX, read_encrypted_bytes, write_encrypted_bytes
-from trustedml.errors import ConfigError, KeyBrokerError, KeyNotFoundError
+from trustedml.errors import BrokerKeyNotFoundError, ConfigError, KeyBrokerError, KeyNotFoundError
 from trustedml.runtime import job_keyring, job_keystore
 
 if TYPE_CHECKING:
@@ -56,8 +56,8 @@ def check_key(key_id: str) -> None:
     (this attests now if the job has not yet, so a refusal comes before any work)."""
     try:
         job_keystore().for_workers([key_id])
-    except KeyBrokerError:
-        raise
+    except (KeyBrokerError, BrokerKeyNotFoundError):
+        raise  # the broker's answer, as it gave it
     except KeyNotFoundError:
         # Not the broker's answer: a --kek job without this key.
         key_ids = job_keyring().key_ids()

@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from trustedml.data import KeyStore
-from trustedml.errors import ConfigError, KeyStoreError, reworded
+from trustedml.errors import ConfigError, KeyNotFoundError, KeyStoreError, reworded
 from trustedml.hazmat import framing
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def _register_for(
     """:func:`register` for reading or writing ``path``; a key refusal names it."""
     try:
         register(spark, keystore, key_ids)
-    except KeyStoreError as exc:
+    except (KeyStoreError, KeyNotFoundError) as exc:
         raise reworded(exc, f"{path}: {exc}") from exc
 
 
