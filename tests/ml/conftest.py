@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,10 +26,6 @@ from trustedml.tee import ENV_JOB_MEASUREMENT, ENV_SIM_KEY, ENV_TEE
 # The data owner's (simulated) TEE: it encrypts the inputs and reads the model.
 OWNER = hashlib.sha384(b"test data owner").hexdigest()
 
-# A workload launch lives under a minute: the JVM's optimising compiler (C2) and its
-# parallel collector cost more CPU there than they save (an XGBoost launch: 37 CPU
-# seconds with them, 20 without). Only the JVM's speed changes, not what Spark does.
-FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 R = TypeVar("R")
 S = TypeVar("S")
@@ -148,8 +143,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 def launch(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
     """`trustedml ARGS` (a workload launch: `example ...`), its JVM tuned for a short life."""
-    options = " ".join(filter(None, [os.environ.get("JAVA_TOOL_OPTIONS"), FAST_JVM]))
-    return run_cli(args, env=cli_env(JAVA_TOOL_OPTIONS=options))
+    return run_cli(args, env=cli_env())
 
 
 def run_driver(
