@@ -167,3 +167,13 @@ def test_list_keks_names_the_mode_a_directory_or_file_needs(
         f"error: permissions too open on {shown}: expected {expected} (or stricter), "
         f"got {mode:04o} (chmod {expected[1:]} {shown})"
     )
+
+
+def test_an_error_naming_markup_like_text_prints_it_as_text(tmp_path: Path) -> None:
+    # Error lines are rendered with rich: a path that looks like a closing tag once made
+    # the error handler itself crash with a traceback.
+    where = tmp_path / "no[/bold]dir"
+    result = run_cli(["keys", "show", str(where)])
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {where} is not a key directory")

@@ -12,6 +12,7 @@ from typing import IO, Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from trustedml import ConfigError, KeyDirectoryError, PolicyError, Secret, TrustedMLError
 from trustedml.jobs import ENV_KEYS as ENV_KEYS
@@ -34,7 +35,10 @@ class CommandError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]
 
     def show(self, file: IO[Any] | None = None) -> None:
-        err_console.print(f"[bold red]error:[/] {self.message}", markup=True, soft_wrap=True)
+        # The message is text, not markup: a "[/path]" in it must print, not crash rich.
+        err_console.print(
+            f"[bold red]error:[/] {escape(self.message)}", markup=True, soft_wrap=True
+        )
 
 
 def exit_code_for(exc: TrustedMLError) -> int:
