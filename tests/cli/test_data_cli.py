@@ -219,3 +219,15 @@ def test_encrypt_under_a_missing_kek_names_the_file(keys: list[str], tmp_path: P
     )
     assert line == f"error: {src}: no key-encryption key 'nope' in this key store"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv"]
+
+
+def test_paths_that_look_like_markup_print_as_text(keys: list[str], tmp_path: Path) -> None:
+    # "x[" / "bold]y.csv" reads "x[/bold]y.csv": rich once took it for a closing tag and
+    # crashed after the file was written.
+    (tmp_path / "x[").mkdir()
+    src = tmp_path / "x[" / "bold]y.csv"
+    src.write_bytes(_sample(tmp_path).read_bytes())
+    enc = tmp_path / "x[" / "bold]y.csv.tml"
+    result = run_cli(["encrypt", str(src), str(enc), "--key-id", "taxi", *keys])
+    assert result.returncode == 0, result.stderr
+    assert f"{src} -> {enc}" in " ".join(result.stderr.split())

@@ -19,9 +19,11 @@ from trustedml.jobs import ENV_KEYS as ENV_KEYS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Human messages go to stderr so that stdout stays the job's (or --json's).
-err_console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)
+# Human messages go to stderr so that stdout stays the job's (or --json's). Text is text:
+# what prints paths, ids or messages cannot be taken for rich markup ("[/x]" crashed it);
+# the few styled lines ask for markup=True.
+err_console = Console(stderr=True, highlight=False, markup=False)
+out_console = Console(highlight=False, markup=False)
 
 ENV_PASSPHRASE_FILE = "TRUSTEDML_PASSPHRASE_FILE"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from trustedml.attestation import (
@@ -104,7 +105,9 @@ def show_command(evidence: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(described, indent=2))
         return
-    out_console.print(f"[bold]{evidence}[/]: {described['evidence_type']}")
+    out_console.print(
+        f"[bold]{escape(str(evidence))}[/]: {described['evidence_type']}", markup=True
+    )
     _print_fields(described["fields"])
 
 
@@ -241,14 +244,16 @@ def _report(appraisal: Appraisal, when: datetime, as_json: bool) -> None:
         click.echo(json.dumps(body, indent=2))
         return
     verdict = "[bold green]ACCEPTED[/]" if appraisal.accepted else "[bold red]REFUSED[/]"
-    out_console.print(f"verdict: {verdict}")
+    out_console.print(f"verdict: {verdict}", markup=True)
     out_console.print(
         f"evidence: {verified.evidence_type.value}, verified as of {when.isoformat()}"
     )
     out_console.print(f"tcb status: {verified.tcb_status.value}")
     out_console.print(f"advisories: {', '.join(verified.advisory_ids) or 'none'}")
     if verified.claims.simulated:
-        err_console.print("[bold red]WARNING: simulated evidence, no hardware protection[/]")
+        err_console.print(
+            "[bold red]WARNING: simulated evidence, no hardware protection[/]", markup=True
+        )
     for reason in appraisal.reasons:
         out_console.print(f"  - {reason}", markup=False)
 
@@ -293,7 +298,8 @@ def quote_command(
         kwargs["measurement"] = _hex(measurement, "--measurement")
         err_console.print(
             "[bold red]WARNING: sim evidence is a development stand-in; it proves nothing "
-            "about hardware[/]"
+            "about hardware[/]",
+            markup=True,
         )
     evidence = get_provider(provider, **kwargs).get_evidence(binding)
     if str(out) == "-":

@@ -60,7 +60,7 @@ class RichProgress:
 
 def _bar() -> Progress:
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # a file name, not markup
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from trustedml._doctor import TSM_REPORT, Status, diagnose
 from trustedml.cli._common import (
@@ -77,7 +78,7 @@ def doctor_command(
         for column in ("area", "check", "status", "detail"):
             table.add_column(column)
         for c in checks:
-            table.add_row(c.area, c.name, f"[{_STYLE[c.status]}]{c.status}[/]", c.detail)
+            table.add_row(c.area, c.name, Text(str(c.status), style=_STYLE[c.status]), c.detail)
         out_console.print(table)
     if failed:
         raise SystemExit(1)

@@ -205,7 +205,7 @@ def launch(given: dict[str, Any], start: Callable[..., int], *args: Any, **kwarg
     )
     print_notes(setup.notes)
     if options.insecure:
-        err_console.print(INSECURE_BANNER)
+        err_console.print(INSECURE_BANNER, markup=True)
     return start(
         *args,
         settings=setup.settings,

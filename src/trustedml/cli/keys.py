@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from trustedml import KeyDirectory, LocalKeyStore, init_key_directory
 from trustedml.cli._common import (
@@ -133,5 +134,5 @@ def _print_manifest(keys: KeyDirectory, *, as_json: bool, checks: list[str] | No
     for name, value in fingerprints.items():
         table.add_row(f"fingerprint {name}", value)
     for check in checks or []:
-        table.add_row("check", f"[green]ok[/] {check}")
+        table.add_row("check", Text.assemble(("ok", "green"), f" {check}"))
     out_console.print(table)
