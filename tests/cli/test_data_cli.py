@@ -230,4 +230,4 @@ def test_paths_that_look_like_markup_print_as_text(keys: list[str], tmp_path: Pa
     enc = tmp_path / "x[" / "bold]y.csv.tml"
     result = run_cli(["encrypt", str(src), str(enc), "--key-id", "taxi", *keys])
     assert result.returncode == 0, result.stderr
-    assert f"{src} -> {enc}" in " ".join(result.stderr.split())
+    assert f"encrypted {src} -> {enc} (" in result.stderr.splitlines()[0]

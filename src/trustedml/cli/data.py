@@ -131,7 +131,10 @@ def _report(results: list[FileResult], action: str, as_json: bool) -> None:
         return
     total = sum(r.plaintext_bytes for r in results)
     for r in results:
-        err_console.print(f"{action} {r.source} -> {r.target} ({r.plaintext_bytes:,} bytes)")
+        # One line per file whatever the width: a path broken across lines is two paths.
+        err_console.print(
+            f"{action} {r.source} -> {r.target} ({r.plaintext_bytes:,} bytes)", soft_wrap=True
+        )
     if len(results) > 1:
         err_console.print(f"{action} {len(results)} files, {total:,} bytes of plaintext")
 
