@@ -34,8 +34,9 @@ LAYERS: dict[str, frozenset[str]] = {
     "runtime": frozenset({"broker", "tee", "data", "attestation"}),
     "ml": frozenset({"runtime", "spark"}),
     "jobs": frozenset({"spark", "tee", "keys", "data"}),
-    "_doctor": frozenset({"spark", "broker"}),
-    "trustedml": frozenset({"ml", "jobs", "runtime", "_doctor"}),
+    "cluster": frozenset({"spark", "tee", "keys", "data"}),
+    "_doctor": frozenset({"spark", "broker", "cluster"}),
+    "trustedml": frozenset({"ml", "jobs", "runtime", "_doctor", "cluster"}),
     "cli": frozenset({"trustedml"}),
     "__main__": frozenset({"cli"}),
 }

@@ -1,0 +1,3 @@
+"""Trusted Spark standalone clusters: master and workers started inside a TEE backend."""
+
+__all__: list[str] = []
