@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from trustedml._env import JOB_ENV
+from trustedml._env import ENV_SPARK_MASTER, JOB_ENV
 from trustedml._fs import write_private
 from trustedml.errors import ConfigError, LaunchError
 from trustedml.spark._config import SparkSettings, properties_text
@@ -36,6 +36,7 @@ _SCRUBBED = (
     "SPARK_CONF_DIR",
     "_SPARK_AUTH_SECRET",
     "SPARK_HOME",
+    ENV_SPARK_MASTER,
     *JOB_ENV,
 )
 
@@ -72,6 +73,10 @@ def child_environment(
     interp_dir = str(Path(settings.conf()["spark.pyspark.python"]).parent)
     env["PATH"] = interp_dir + os.pathsep + env.get("PATH", "")
     env.update(settings.environment())
+    if settings.master.startswith("spark://"):
+        # The job's runtime hands its executors a store that attests on their worker
+        # (trustedml.runtime), not the driver's session.
+        env[ENV_SPARK_MASTER] = settings.master
     return env
 
 
