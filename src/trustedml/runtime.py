@@ -9,6 +9,12 @@ Two ways keys reach a job:
 - **direct** (``trustedml submit --kek ID``): the named key-encryption keys come
   through the job's environment (never argv or a file), for jobs without a broker.
 
+On a standalone cluster (the driver was submitted to a ``spark://`` master) the
+executors run on other hosts, in their worker's TEE: the store a driver hands them
+(:meth:`AttestedKeyStore.for_workers`) holds no key and no session, only where the
+broker is and which job they belong to, and each executor process attests with its own
+evidence for its own data keys.
+
 Inside the job::
 
     from trustedml.runtime import job_keystore
@@ -18,15 +24,28 @@ Inside the job::
 from __future__ import annotations
 
 import os
+import socket
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from trustedml._env import ENV_BROKER_CA, ENV_BROKER_URL, ENV_KEYRING
+from trustedml._env import (
+    ENV_BROKER_CA,
+    ENV_BROKER_URL,
+    ENV_KEYRING,
+    ENV_SPARK_MASTER,
+    ENV_WORKER,
+)
 from trustedml._secret import Secret
-from trustedml.data import DataKey, KeyRing, KeyStore
-from trustedml.errors import BrokerRefusedError, KeyStoreError
+from trustedml.data import DataKey, KeyRing, KeyStore, check_key_id
+from trustedml.errors import (
+    BrokerRefusedError,
+    ConfigError,
+    KeyStoreError,
+    TrustedMLError,
+    reworded,
+)
 
 if TYPE_CHECKING:
     from trustedml.broker import BrokerSession, KeyBrokerClient
@@ -35,10 +54,16 @@ __all__ = [
     "ENV_BROKER_CA",
     "ENV_BROKER_URL",
     "ENV_KEYRING",
+    "ENV_SPARK_MASTER",
+    "ENV_WORKER",
     "AttestedKeyStore",
+    "ExecutorKeyStore",
     "job_keyring",
     "job_keystore",
+    "worker_label",
 ]
+
+_T = TypeVar("_T")
 
 
 def job_keyring() -> KeyRing:
@@ -103,10 +128,17 @@ class AttestedKeyStore(_CachedRelease):
         raise TypeError("an AttestedKeyStore cannot be pickled (it holds a session key)")
 
     def for_workers(self, key_ids: Collection[str]) -> KeyStore:
-        """A picklable key store for this job's Spark workers, serving ``key_ids``: they
-        share this process's attested session (attesting now if it lacks them; one
-        attestation per job in local mode) instead of attesting themselves, and each
-        keeps what it fetched in memory."""
+        """A picklable key store for this job's Spark workers, serving ``key_ids``.
+
+        Local mode: they share this process's attested session (attesting now if it
+        lacks them; one attestation per job) instead of attesting themselves, and each
+        keeps what it fetched in memory. On a standalone cluster (the launcher set
+        ``TRUSTEDML_SPARK_MASTER``): an :class:`ExecutorKeyStore`, with no key and no
+        session; each executor attests with its worker's evidence."""
+        if os.environ.get(ENV_SPARK_MASTER, "").startswith("spark://"):
+            return ExecutorKeyStore(
+                self._client.url, self._client.ca_pem(), self._client.job_measurement, key_ids
+            )
         return _WorkerKeyStore(self._client.for_workers(key_ids))
 
 
@@ -173,9 +205,121 @@ class _WorkerKeyStore(_CachedRelease):
         self._session.close()
 
 
+class ExecutorKeyStore:
+    """The key store a cluster job's driver hands its executors (picklable): the broker's
+    URL and CA certificate, the job measurement and the key ids it may serve, and
+    nothing else (no key, no session token).
+
+    In an executor it attests with that process's own TEE evidence
+    (:func:`trustedml.tee.job_evidence_provider`: the worker daemon's TEE and
+    measurement), binding the job measurement in the evidence's report_data and
+    labelling the request with the worker it runs under (``TRUSTEDML_WORKER``, recorded
+    in the broker's audit log). Data keys are cached in memory, once per process, however
+    many tasks unpickle a copy. Any failure names the worker: a refusal is a
+    :class:`~trustedml.errors.BrokerRefusedError` ``"worker ID@HOST: <the broker's
+    reasons>"``."""
+
+    def __init__(
+        self,
+        url: str,
+        ca: bytes | None,
+        job_measurement: bytes | None,
+        key_ids: Collection[str] = (),
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith("https://"):
+            raise ConfigError(f"broker URL: expected https://HOST:PORT, got {url!r}")
+        if ca is not None and not isinstance(ca, bytes):
+            raise ConfigError("broker CA: expected PEM bytes")
+        self._url = url.rstrip("/")
+        self._ca = ca
+        self._job = job_measurement
+        self._key_ids = frozenset(check_key_id(k) for k in key_ids)
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        """The key ids it serves (every key the broker's policies release when empty)."""
+        return self._key_ids
+
+    def __repr__(self) -> str:
+        return f"ExecutorKeyStore({self._url!r}, key_ids={sorted(self._key_ids)})"
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        return (ExecutorKeyStore, (self._url, self._ca, self._job, tuple(sorted(self._key_ids))))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ExecutorKeyStore):
+            return NotImplemented
+        return self.__reduce__() == other.__reduce__()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def for_workers(self, key_ids: Collection[str]) -> KeyStore:
+        """This store serving only ``key_ids`` (itself when empty or the same)."""
+        wanted = frozenset(check_key_id(k) for k in key_ids)
+        if self._key_ids:
+            outside = sorted(wanted - self._key_ids)
+            if outside:
+                raise self._not_in_scope(outside[0])
+        if not wanted or wanted == self._key_ids:
+            return self
+        return ExecutorKeyStore(self._url, self._ca, self._job, wanted)
+
+    def generate_data_key(self, key_id: str) -> DataKey:
+        return self._attested(key_id, lambda store: store.generate_data_key(key_id))
+
+    def unwrap_data_key(self, key_id: str, wrapped: bytes) -> Secret:
+        return self._attested(key_id, lambda store: store.unwrap_data_key(key_id, wrapped))
+
+    def _attested(self, key_id: str, use: Callable[[KeyStore], _T]) -> _T:
+        if self._key_ids and key_id not in self._key_ids:
+            raise self._not_in_scope(key_id)
+        try:
+            return use(self._process_store())
+        except TrustedMLError as exc:
+            raise reworded(exc, f"worker {worker_label()}: {exc}") from exc
+
+    def _not_in_scope(self, key_id: str) -> BrokerRefusedError:
+        return BrokerRefusedError(
+            f"worker {worker_label()}: the job's driver did not hand its executors key {key_id!r}",
+            status=403,
+            code="not_in_scope",
+        )
+
+    def _process_store(self) -> KeyStore:
+        # Imported here: the driver, which only pickles this store, needs neither.
+        from trustedml.broker import KeyBrokerClient
+        from trustedml.tee import job_evidence_provider
+
+        identity = (self._url, self._ca or b"", self._job or b"", os.environ.get(ENV_WORKER, ""))
+        with _STORE_LOCK:
+            store = _EXECUTOR_STORES.get(identity)
+            if store is None:
+                client = KeyBrokerClient(
+                    self._url,
+                    provider=job_evidence_provider(),
+                    ca=self._ca,
+                    key_ids=self._key_ids,
+                    job_measurement=self._job,
+                    worker=os.environ.get(ENV_WORKER) or None,
+                )
+                store = _EXECUTOR_STORES[identity] = AttestedKeyStore(client)
+            return store
+
+
+def worker_label() -> str:
+    """The cluster worker this process runs under, as its launcher named it
+    (``TRUSTEDML_WORKER``: ``<worker-id>@<host>``), or this host's name."""
+    label = os.environ.get(ENV_WORKER)
+    if label:
+        return label
+    return f"on {socket.gethostname()} ({ENV_WORKER} unset)"
+
+
 # One attested store per broker and TEE identity, for the life of the process.
 _STORES: dict[tuple[str, ...], AttestedKeyStore] = {}
 _STORE_LOCK = threading.Lock()
+# In an executor: one attested store per broker, job and worker.
+_EXECUTOR_STORES: dict[tuple[str, bytes, bytes, str], AttestedKeyStore] = {}
 
 
 def job_keystore() -> KeyStore:

@@ -287,7 +287,9 @@ class KeyBrokerClient(_Releaser):
     key. Thread-safe.
 
     ``collateral``: bytes, or a function of the evidence returning bytes, sent with
-    the evidence (Intel collateral JSON, SEV-SNP VCEK). ``transport``: an httpx
+    the evidence (Intel collateral JSON, SEV-SNP VCEK). ``worker``: a label the broker
+    records with each attestation (the cluster worker this process runs under; 1-128
+    printable characters; not an identity, the evidence is). ``transport``: an httpx
     transport to use instead of the network (tests).
     """
 
@@ -300,9 +302,15 @@ class KeyBrokerClient(_Releaser):
         key_ids: Iterable[str] = (),
         job_measurement: bytes | None = None,
         collateral: Collateral = None,
+        worker: str | None = None,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
     ) -> None:
+        if worker is not None and not (
+            isinstance(worker, str) and 1 <= len(worker) <= 128 and worker.isprintable()
+        ):
+            raise ConfigError(f"worker label: expected 1-128 printable characters, got {worker!r}")
+        self._worker = worker
         self._http = _Http(url, ca, transport, timeout)
         self._ca = ca
         self._timeout = timeout
@@ -317,6 +325,21 @@ class KeyBrokerClient(_Releaser):
 
     def __repr__(self) -> str:
         return f"KeyBrokerClient({self.url!r}, provider={self._provider!r})"
+
+    @property
+    def job_measurement(self) -> bytes | None:
+        """The job measurement this client binds in its evidence (None: none)."""
+        return self._job
+
+    def ca_pem(self) -> bytes | None:
+        """The CA this client verifies the broker with, as PEM bytes to hand to another
+        process (None: the system's trust store)."""
+        ca = self._ca
+        if isinstance(ca, ssl.SSLContext):
+            raise ConfigError("for_workers: give the CA as a file or PEM bytes, not an SSLContext")
+        if ca is not None and not isinstance(ca, bytes):
+            ca = Path(ca).read_bytes()
+        return ca
 
     def __reduce__(self) -> Any:
         raise TypeError(
@@ -363,6 +386,8 @@ class KeyBrokerClient(_Releaser):
             body["collateral"] = _b64(collateral)
         if self._job is not None:
             body["job_measurement"] = self._job.hex()
+        if self._worker is not None:
+            body["worker"] = self._worker
         started = time.time()
         _, doc = self._http.request("POST", "/v1/attest", json=body)
         token = doc.get("token")
@@ -424,12 +449,9 @@ class KeyBrokerClient(_Releaser):
                 self._attest(set(self._key_ids) | wanted | (session.key_ids if session else set()))
                 session = self._session
             assert session is not None
-        ca = self._ca
-        if isinstance(ca, ssl.SSLContext):
-            raise ConfigError("for_workers: give the CA as a file or PEM bytes, not an SSLContext")
-        if ca is not None and not isinstance(ca, bytes):
-            ca = Path(ca).read_bytes()
-        return BrokerSession(self.url, session.narrowed(wanted), ca=ca, timeout=self._timeout)
+        return BrokerSession(
+            self.url, session.narrowed(wanted), ca=self.ca_pem(), timeout=self._timeout
+        )
 
 
 def _not_in_scope(key_id: str) -> BrokerRefusedError:

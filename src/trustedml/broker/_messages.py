@@ -20,6 +20,7 @@ from trustedml.hazmat import envelope
 
 MAX_KEY_IDS = 64
 MAX_WRAPPED = 1024
+MAX_WORKER_LABEL = 128
 _HEX = re.compile(r"[0-9a-fA-F]*")  # fullmatch: `$` would let a trailing newline in
 
 
@@ -111,6 +112,9 @@ class AttestRequest:
     client_public_key: bytes
     job_measurement: bytes | None
     key_ids: list[str]  # sorted, no repeats
+    # The cluster worker the client says it runs under: a label for the audit log, not
+    # an identity (the evidence is); absent from older clients.
+    worker: str | None = None
 
     @property
     def audit_key(self) -> str | None:
@@ -140,7 +144,25 @@ def parse_attest(body: bytes, max_size: int) -> AttestRequest:
     if not isinstance(raw_ids, list) or not 1 <= len(raw_ids) <= MAX_KEY_IDS:
         raise bad_request(f"key_ids: expected a list of 1-{MAX_KEY_IDS} key ids")
     key_ids = sorted({check_key_id(k, "key_ids[]") for k in raw_ids})
-    return AttestRequest(nonce, evidence, collateral, client_pk, job_bytes, key_ids)
+    worker = worker_label(doc.get("worker"))
+    return AttestRequest(nonce, evidence, collateral, client_pk, job_bytes, key_ids, worker)
+
+
+def worker_label(value: object) -> str | None:
+    """The optional ``worker`` label: 1-128 printable characters (it is written to the
+    audit log and shown in terminals), None when absent."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_WORKER_LABEL
+        or not value.isprintable()
+    ):
+        shown = value[:80] if isinstance(value, str) else type(value).__name__
+        raise bad_request(
+            f"worker: expected 1-{MAX_WORKER_LABEL} printable characters, got {shown!r}"
+        )
+    return value
 
 
 @dataclass(frozen=True)

@@ -238,9 +238,10 @@ class KeyRelease:
 
     async def attest(self, client: str, body: bytes) -> dict[str, Any]:
         request = parse_attest(body, self._config.max_attest_body)
-        decision = Decision(
-            "attest", client, request.audit_key, details={"key_ids": request.key_ids}
-        )
+        details: dict[str, Any] = {"key_ids": request.key_ids}
+        if request.worker is not None:
+            details["worker"] = request.worker
+        decision = Decision("attest", client, request.audit_key, details=details)
         now = self._clock()
         self._sessions.purge(now)
         try:
