@@ -36,6 +36,9 @@ __all__ = [
 OVERLAY_PORT = 7079
 OVERLAY_LOG = "logs/overlay.log"
 START_TIMEOUT = 20.0
+# The tunnels this process started, kept so that their Popen objects are reaped by
+# stop_overlay rather than collected while the tunnel runs.
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def check_cidr(cidr: str) -> ipaddress.IPv4Network:
@@ -112,12 +115,13 @@ def start_overlay(
     except BrokenPipeError:
         pass
     ready = _read_ready(proc, timeout)
+    proc.stdout.close()
     if ready is None:
         _kill(proc.pid)
         proc.wait()
         last = _last_line(log)
         raise ClusterError(f"the overlay {'hub' if cidr else 'spoke'} did not come up: {last}")
-    proc.stdout.close()
+    _STARTED[proc.pid] = proc
     return {
         "cidr": ready["cidr"],
         "address": ready["address"],
@@ -180,13 +184,14 @@ def stop_overlay(overlay: dict[str, Any] | None, timeout: float = 10.0) -> bool:
         return False
     pid = int(overlay["pid"])
     pgid = int(overlay.get("pgid", pid))
+    started = _STARTED.pop(pid, None)
     if not _alive(pid):
         return False
     _kill(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     _kill(pgid)
+    if started is not None:
+        started.wait()
     return True
