@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, str] = {
     "encrypted_io": "file encryption vs raw AES-GCM; Spark over encrypted vs plaintext files",
     "broker": "key broker latency (challenge+attest+unwrap, unwrap) and unwraps per second",
     "attestation": "verify time of every SGX, TDX, SEV-SNP and sim evidence vector",
+    "cluster": "TPC-H on a secure vs a plain 2-host standalone cluster; LeNet cluster vs local",
 }
 
 

@@ -67,10 +67,15 @@ def print_table(
 
 
 def write_results(
-    name: str, rows: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None
+    name: str,
+    rows: Sequence[Mapping[str, Any]],
+    extra: Mapping[str, Any] | None = None,
+    directory: Path | None = None,
 ) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    """Write ``directory/name.json`` (default: bench/results) with the machine's facts."""
+    directory = directory or RESULTS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     payload = {
         "benchmark": name,
         "machine": machine_info(),
