@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
-	# The Parquet KMS client is compiled once against the installed pyspark's jars.
+	# The Parquet KMS client and the cluster preflight are compiled once against the
+	# installed pyspark's jars.
 	$(PY) -c 'from trustedml.spark._pme import kms_client_jar; kms_client_jar()'
+	$(PY) -c 'from trustedml.spark._preflight import preflight_jar; preflight_jar()'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -41,6 +41,7 @@ def test_the_tree() -> None:
         "KeyDirectoryError": "TrustedMLError",
         "KeyDirectoryExistsError": "KeyDirectoryError",
         "LaunchError": "TrustedMLError",
+        "PreflightError": "LaunchError",
         "AttestationError": "TrustedMLError",
         "EvidenceFormatError": "AttestationError",
         "UnsupportedEvidenceError": "EvidenceFormatError",

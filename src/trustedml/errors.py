@@ -35,6 +35,7 @@ __all__ = [
     "LaunchError",
     "NotEncryptedError",
     "PolicyError",
+    "PreflightError",
     "SparkConfigError",
     "TcbLevelNotFoundError",
     "TrustedMLError",
@@ -92,6 +93,12 @@ class SparkConfigError(ConfigError):
 
 class LaunchError(TrustedMLError):
     """A job could not be started (missing Spark, Java, TEE backend...)."""
+
+
+class PreflightError(LaunchError):
+    """A standalone master failed the check made before a job starts: it does not
+    answer, refuses the job's secret, or speaks another RPC cipher; the message names
+    which."""
 
 
 class AttestationError(TrustedMLError):

@@ -14,11 +14,14 @@ from trustedml.data import LocalKeyStore
 from trustedml.errors import ConfigError, KeyNotFoundError
 from trustedml.keys import KeyDirectory, SecretName
 from trustedml.spark import (
+    DeployMode,
     PlainSparkConfig,
     SecureSparkConfig,
     SparkSettings,
+    check_driver_host,
     check_secure_conf,
     conf_refusal,
+    driver_address,
     mode_for_master,
 )
 from trustedml.tee import (
@@ -81,8 +84,10 @@ class JobOptions:
     ``conf`` are extra Spark properties (a secure job takes only the allow-listed
     ones, plus the keys in ``allow_insecure``); ``keks`` the key-encryption keys of
     ``keys_dir`` the job gets; ``broker_url``/``broker_ca`` the key broker it attests
-    to (needs a ``tee`` other than none); the rest choose the TEE backend and its
-    options (None: the backend's default).
+    to (needs a ``tee`` other than none); ``driver_host`` the address the driver
+    binds, which a ``spark://`` master's workers must reach (None: the address this
+    machine reaches the master from; local mode binds 127.0.0.1); the rest choose the
+    TEE backend and its options (None: the backend's default).
     """
 
     master: str = "local[2]"
@@ -94,6 +99,7 @@ class JobOptions:
     rpc_tls: bool = False
     ui: bool = True
     local_dir: Path | None = None
+    driver_host: str | None = None
     keks: tuple[str, ...] = ()
     broker_url: str | None = None
     broker_ca: Path | None = None
@@ -131,6 +137,12 @@ class JobOptions:
             )
         if self.insecure and self.rpc_tls:
             raise ConfigError("--rpc-tls and --insecure contradict each other")
+        if self.driver_host is not None:
+            object.__setattr__(self, "driver_host", check_driver_host(self.driver_host))
+            if mode_for_master(self.master) is not DeployMode.STANDALONE:
+                raise ConfigError(
+                    "--driver-host applies to a spark:// master; local mode binds 127.0.0.1"
+                )
 
     def _check_tee(self) -> None:
         if self.tee not in BACKEND_NAMES:
@@ -246,6 +258,9 @@ def _spark_settings(
         "local_dir": options.local_dir.resolve() if options.local_dir else None,
         "extra": dict(options.conf),
     }
+    if mode_for_master(options.master) is DeployMode.STANDALONE:
+        # The workers connect back to the driver: it must bind an address they reach.
+        common["local_ip"] = options.driver_host or driver_address(options.master)
     if options.broker_url is not None:
         ca = options.broker_ca
         if ca is None and keys is not None:

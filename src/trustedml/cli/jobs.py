@@ -44,6 +44,12 @@ spark_options = stacked(
         "--master", default="local[2]", show_default=True, help="local[N] or spark://HOST:PORT."
     ),
     click.option(
+        "--driver-host",
+        metavar="ADDR",
+        help="spark:// master: the IP address the driver binds, which the workers must "
+        "reach (default: the address this machine reaches the master from).",
+    ),
+    click.option(
         "--keys",
         "keys_dir",
         type=click.Path(file_okay=False, path_type=Path),
@@ -173,6 +179,7 @@ def job_options(given: dict[str, Any]) -> JobOptions:
         rpc_tls=given["rpc_tls"],
         ui=not given["no_ui"],
         local_dir=given["local_dir"],
+        driver_host=given["driver_host"],
         keks=given["keks"],
         broker_url=given["broker_url"],
         broker_ca=given["broker_ca"],

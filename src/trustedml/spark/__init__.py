@@ -31,6 +31,7 @@ from trustedml.spark._lint import (
     shared_secret_findings,
 )
 from trustedml.spark._measured import MACHINE_LOCAL_KEYS, measured_conf, measurement_settings
+from trustedml.spark._preflight import check_driver_host, driver_address, preflight
 from trustedml.spark._properties import SparkProperty, parse_properties, read_properties
 from trustedml.spark._session import start_session
 from trustedml.spark._submit import run, spark_home, submit
@@ -49,8 +50,10 @@ __all__ = [
     "Severity",
     "SparkProperty",
     "SparkSettings",
+    "check_driver_host",
     "check_secure_conf",
     "conf_refusal",
+    "driver_address",
     "is_literal_secret",
     "lint_conf_files",
     "lint_finding",
@@ -60,6 +63,7 @@ __all__ = [
     "mode_for_master",
     "ordered_findings",
     "parse_properties",
+    "preflight",
     "read_encrypted",
     "read_encrypted_pandas",
     "read_properties",

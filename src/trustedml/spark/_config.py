@@ -245,11 +245,14 @@ class _Common:
             "spark.pyspark.python": self.python,
             "spark.pyspark.driver.python": self.python,
             "spark.executorEnv.PYSPARK_PYTHON": self.python,
-            "spark.executorEnv.SPARK_LOCAL_IP": self.local_ip,
             "spark.log.level": self.log_level.upper(),
             "spark.ui.enabled": "true" if self.ui else "false",
             "spark.ui.showConsoleProgress": "false",
         }
+        if not self.master.startswith("spark://"):
+            # On a cluster an executor binds its worker's address (the worker's own
+            # SPARK_LOCAL_IP, inherited), never the driver's.
+            conf["spark.executorEnv.SPARK_LOCAL_IP"] = self.local_ip
         if self.local_dir is not None:
             conf["spark.local.dir"] = str(self.local_dir)
         return conf

@@ -37,6 +37,12 @@ MACHINE_LOCAL_KEYS = frozenset(
         "spark.local.dir",
     }
 )
+# A driver on a spark:// master binds the address this machine reaches the master from
+# (--driver-host): machine-local there. In local mode it is always 127.0.0.1 and stays
+# measured, as it always was.
+_DRIVER_ADDRESS_KEYS = frozenset(
+    {"spark.driver.host", "spark.driver.bindAddress", "spark.executorEnv.SPARK_LOCAL_IP"}
+)
 # The Parquet KMS client jar is compiled per machine into a cache; its source is
 # part of trusted-ml, whose files are measured.
 _KMS_JAR = re.compile(r"^trustedml-parquet-kms-.*\.jar$")
@@ -45,11 +51,15 @@ _SECRET_LOOKING = re.compile(REDACTION_REGEX)
 
 def measured_conf(conf: Mapping[str, str]) -> dict[str, str]:
     """The Spark properties that enter the measurement: all of ``conf`` except
-    machine-local paths and keys that look secret (whose values are ``${env:...}``
-    references, never secrets, but are left out as a matter of principle)."""
+    machine-local paths, the driver's address on a ``spark://`` master, and keys that
+    look secret (whose values are ``${env:...}`` references, never secrets, but are
+    left out as a matter of principle)."""
     out: dict[str, str] = {}
+    standalone = conf.get("spark.master", "").startswith("spark://")
     for key, value in conf.items():
         if key in MACHINE_LOCAL_KEYS or _SECRET_LOOKING.search(key):
+            continue
+        if standalone and key in _DRIVER_ADDRESS_KEYS:
             continue
         if key == "spark.jars":
             jars = [

@@ -29,19 +29,11 @@ Reading needs no options: the key ids are recorded in each file.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import os
-import shutil
-import subprocess
-import tempfile
-import zipfile
 from pathlib import Path
 
 from trustedml._env import ENV_KEYRING
 from trustedml.data import KeyRing
-from trustedml.errors import LaunchError
-from trustedml.spark._submit import spark_home
+from trustedml.spark._javac import compiled_jar
 
 __all__ = ["ENV_PME_KEYRING", "KMS_CLIENT_CLASS", "kms_client_jar", "pme_conf", "pme_environment"]
 
@@ -49,49 +41,6 @@ ENV_PME_KEYRING = ENV_KEYRING
 KMS_CLIENT_CLASS = "org.trustedml.parquet.TrustedMLKmsClient"
 CRYPTO_FACTORY_CLASS = "org.apache.parquet.crypto.keytools.PropertiesDrivenCryptoFactory"
 JAVA_SOURCE = Path(__file__).resolve().parent / "java" / "TrustedMLKmsClient.java"
-_CLASS_PATH = KMS_CLIENT_CLASS.replace(".", "/") + ".class"
-_TAIL_CHARS = 2000
-
-
-def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "trustedml" / "jars"
-
-
-def _javac() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home and (Path(java_home) / "bin" / "javac").is_file():
-        return str(Path(java_home) / "bin" / "javac")
-    found = shutil.which("javac")
-    if found is None:
-        raise LaunchError(
-            "javac not found: building the Parquet KMS client needs a Java 17+ JDK "
-            "(not just a JRE) on PATH or JAVA_HOME"
-        )
-    return found
-
-
-def _tail(text: str) -> str:
-    text = text.strip()
-    return text if len(text) <= _TAIL_CHARS else "..." + text[-_TAIL_CHARS:]
-
-
-def _pack(classes: Path, jar: Path) -> None:
-    tool = shutil.which("jar")
-    if tool is not None:
-        done = subprocess.run(
-            [tool, "--create", "--file", str(jar), "-C", str(classes), "."],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode == 0:
-            return
-    # No jar tool (or it failed): a jar is a zip with an optional manifest.
-    with zipfile.ZipFile(jar, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\n\r\n")
-        for path in sorted(classes.rglob("*.class")):
-            zf.write(path, path.relative_to(classes).as_posix())
 
 
 def kms_client_jar(cache_dir: Path | None = None) -> Path:
@@ -100,44 +49,13 @@ def kms_client_jar(cache_dir: Path | None = None) -> Path:
     Cached in ``cache_dir`` (default ``~/.cache/trustedml/jars``) under a hash of
     the Java source and the pyspark version; a cached jar is returned as is.
     """
-    source = JAVA_SOURCE.read_bytes()
-    version = importlib.metadata.version("pyspark")
-    digest = hashlib.sha256(source + b"\x00pyspark " + version.encode()).hexdigest()
-    cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-    jar = cache / f"trustedml-parquet-kms-{digest[:16]}.jar"
-    if jar.is_file():
-        return jar
-    jars = sorted((spark_home() / "jars").glob("*.jar"))
-    if not jars:
-        raise LaunchError(f"no jars in {spark_home() / 'jars'}: the pyspark install is broken")
-    javac = _javac()
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="trustedml-javac-") as tmp:
-        classes = Path(tmp) / "classes"
-        classes.mkdir()
-        argv = [javac, "--release", "17", "-encoding", "UTF-8", "-nowarn"]
-        argv += ["-cp", os.pathsep.join(str(p) for p in jars), "-d", str(classes)]
-        try:
-            done = subprocess.run(
-                [*argv, str(JAVA_SOURCE)], capture_output=True, text=True, check=False
-            )
-        except OSError as exc:
-            raise LaunchError(f"cannot run {javac}: {exc.strerror}") from exc
-        if done.returncode != 0 or not (classes / _CLASS_PATH).is_file():
-            raise LaunchError(
-                f"compiling {JAVA_SOURCE.name} failed (javac exit {done.returncode}):\n"
-                + _tail(done.stderr + done.stdout)
-            )
-        # Built beside the target and renamed: concurrent builders never see half a jar.
-        fd, name = tempfile.mkstemp(prefix=".partial-", suffix=".jar", dir=cache)
-        os.close(fd)
-        partial = Path(name)
-        try:
-            _pack(classes, partial)
-            partial.replace(jar)
-        finally:
-            partial.unlink(missing_ok=True)
-    return jar
+    return compiled_jar(
+        JAVA_SOURCE,
+        KMS_CLIENT_CLASS,
+        stem="trustedml-parquet-kms",
+        what="the Parquet KMS client",
+        cache_dir=cache_dir,
+    )
 
 
 def pme_conf(jar: Path) -> dict[str, str]:

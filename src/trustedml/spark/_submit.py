@@ -17,7 +17,7 @@ from typing import IO, Any
 from trustedml._env import ENV_SPARK_MASTER, JOB_ENV
 from trustedml._fs import write_private
 from trustedml.errors import ConfigError, LaunchError
-from trustedml.spark._config import SparkSettings, properties_text
+from trustedml.spark._config import DeployMode, SparkSettings, mode_for_master, properties_text
 from trustedml.tee import (
     DIGEST_SIZE,
     Job,
@@ -202,6 +202,14 @@ def _launch(
     stderr: IO[Any] | None,
 ) -> int:
     plan = backend.prepare(job)
+    conf = job.settings.conf()
+    if plan.launch and mode_for_master(conf["spark.master"]) is DeployMode.STANDALONE:
+        # Imported here: the preflight builds on this module (spark_home).
+        from trustedml.spark._preflight import preflight
+
+        # Before anything is shown or started: a master that would fail the job after a
+        # minute fails it now, naming why.
+        preflight(conf, job.conf_dir / "spark.properties", job.env)
     if on_plan is not None:
         on_plan(plan)
     if not plan.launch:

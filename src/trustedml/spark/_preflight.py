@@ -1,0 +1,223 @@
+"""Check a standalone master before a job starts: it answers, takes the secret, speaks the cipher.
+
+Without the check a SparkContext learns of a wrong secret only after about 65 s,
+and then reports a misleading "stopped SparkContext"; an application on AES/GCM
+against a master on AES/CTR fails after as long. :func:`preflight` finds out in
+about a second: a TCP connection to the master, then (for a secure job)
+``org.trustedml.spark.TrustedPreflight`` (``java/TrustedPreflight.java``, compiled
+once against the installed pyspark like the Parquet KMS client) runs Spark's own
+client handshake, auth engine v2 with the job's secret from the environment, and
+sends one RPC through the negotiated channel: a master on the same cipher answers
+it (with an error, the bytes are no message), one on another cipher cannot read it.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from trustedml.errors import ConfigError, LaunchError, PreflightError
+from trustedml.spark._config import DeployMode, mode_for_master
+from trustedml.spark._javac import compiled_jar
+from trustedml.spark._submit import spark_home
+from trustedml.tee import java_binary
+
+__all__ = [
+    "PREFLIGHT_CLASS",
+    "check_driver_host",
+    "driver_address",
+    "master_addresses",
+    "preflight",
+    "preflight_jar",
+]
+
+PREFLIGHT_CLASS = "org.trustedml.spark.TrustedPreflight"
+JAVA_SOURCE = Path(__file__).resolve().parent / "java" / "TrustedPreflight.java"
+# The whole check stays under 10 s: a connection gets 3 s, the JVM's handshake and
+# probe the rest (they wait 3 s each at most).
+CONNECT_TIMEOUT = 3.0
+DEADLINE = 9.0
+# A short-lived JVM: the optimising compiler and the parallel collector cost more
+# start-up than they save (as for the tests' FAST_JVM); no log4j output, the verdict
+# is the exit code and one line on stderr.
+_JVM_FLAGS = (
+    "-XX:TieredStopAtLevel=1",
+    "-XX:+UseSerialGC",
+    "-Xmx96m",
+    "-Dlog4j2.level=OFF",
+)
+# The exit codes of TrustedPreflight.java.
+_OK, _UNREACHABLE, _AUTH_FAILED, _NO_ANSWER, _NOT_AUTHENTICATING = 0, 3, 4, 5, 6
+
+
+def preflight_jar(cache_dir: Path | None = None) -> Path:
+    """The jar holding the preflight client, compiled against the installed pyspark
+    (cached like :func:`trustedml.spark._pme.kms_client_jar`)."""
+    return compiled_jar(
+        JAVA_SOURCE,
+        PREFLIGHT_CLASS,
+        stem="trustedml-preflight",
+        what="the Spark preflight check",
+        cache_dir=cache_dir,
+    )
+
+
+def master_addresses(master: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of a ``spark://H:P[,H2:P2...]`` master URL."""
+    if mode_for_master(master) is not DeployMode.STANDALONE:
+        raise ConfigError(f"master: expected spark://HOST:PORT, got {master!r}")
+    pairs = []
+    for part in master.removeprefix("spark://").split(","):
+        host, _, port = part.rpartition(":")
+        pairs.append((host, int(port)))
+    return pairs
+
+
+def check_driver_host(value: str) -> str:
+    """``value`` as an IP address string, or :class:`ConfigError` (``--driver-host``)."""
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise ConfigError(f"--driver-host: expected an IP address, got {value!r}") from None
+    if address.is_unspecified or address.is_multicast:
+        raise ConfigError(
+            f"--driver-host: expected the address of one interface the workers reach, got {value!r}"
+        )
+    return str(address)
+
+
+def driver_address(master: str) -> str:
+    """The local address this machine uses to reach ``master``'s first host: the
+    address the workers can reach the driver at (the default of ``--driver-host``).
+
+    A UDP socket is "connected" to the master: the kernel picks the route and the
+    source address, and no packet is sent."""
+    host, port = master_addresses(master)[0]
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--master {master}: cannot resolve {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        try:
+            sock.connect(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"--master {master}: no route to {host} ({exc.strerror}); "
+                "give the driver's address with --driver-host"
+            ) from None
+        return str(sock.getsockname()[0])
+
+
+def _connect(host: str, port: int, timeout: float) -> str | None:
+    """None when ``host:port`` accepts a TCP connection, else why not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        if exc.errno == errno.ECONNREFUSED:
+            return "connection refused"
+        return exc.strerror or str(exc)
+
+
+def _java(env: Mapping[str, str]) -> str:
+    java = java_binary(env)
+    if java is None:
+        raise LaunchError("Java not found: Spark needs Java 17 or newer on PATH or JAVA_HOME")
+    return str(java)
+
+
+def _handshake(
+    props: Path, host: str, port: int, env: Mapping[str, str], timeout: float
+) -> tuple[int, str]:
+    """Run the Java client: (its exit code, the last line it wrote on stderr)."""
+    classpath = os.pathsep.join([str(preflight_jar()), str(spark_home() / "jars" / "*")])
+    argv = [_java(env), *_JVM_FLAGS, "-cp", classpath, PREFLIGHT_CLASS, str(props), host, str(port)]
+    child_env = dict(env)
+    # The flags above are the JVM's tuning; an inherited JAVA_TOOL_OPTIONS only adds noise.
+    child_env.pop("JAVA_TOOL_OPTIONS", None)
+    try:
+        done = subprocess.run(
+            argv, env=child_env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return -1, f"no verdict within {timeout:.1f} s"
+    except OSError as exc:
+        raise LaunchError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+    lines = [line for line in done.stderr.splitlines() if line.startswith("preflight: ")]
+    return done.returncode, (lines[-1].removeprefix("preflight: ") if lines else "")
+
+
+def preflight(conf: Mapping[str, str], props: Path, env: Mapping[str, str]) -> float:
+    """Check the standalone master of a job before it starts; the seconds it took.
+    ``conf`` are the job's Spark properties, ``props`` the file holding them and
+    ``env`` its environment (the secret is read from there, never passed as an
+    argument).
+
+    Raises :class:`PreflightError` naming the cause: the master does not answer; it
+    refuses the secret; it cannot read this job's RPC (another cipher or auth engine
+    version); it does not authenticate at all. A plain (insecure) job, and one with
+    RPC over TLS, get only the first check.
+    """
+    started = time.monotonic()
+    master = conf["spark.master"]
+    failures = []
+    reachable = None
+    for host, port in master_addresses(master):
+        why = _connect(host, port, CONNECT_TIMEOUT)
+        if why is None:
+            reachable = (host, port)
+            break
+        failures.append(f"{host}:{port}: {why}")
+    if reachable is None:
+        raise PreflightError(
+            f"preflight: the master {master} is not answering ({'; '.join(failures)}); "
+            "is it running (`trustedml cluster status`), and reachable from this host?"
+        )
+    # Auth engine v2 runs only with RPC encryption (else Spark falls back to SASL), and
+    # RPC over TLS needs the TLS client this check does not build.
+    handshake = (
+        conf.get("spark.authenticate") == "true"
+        and conf.get("spark.network.crypto.enabled") == "true"
+        and conf.get("spark.ssl.rpc.enabled") != "true"
+    )
+    if not handshake:
+        return time.monotonic() - started
+    host, port = reachable
+    left = DEADLINE - (time.monotonic() - started)
+    code, detail = _handshake(props, host, port, env, max(left, 1.0))
+    where = f"the master {host}:{port}"
+    if code == _OK:
+        return time.monotonic() - started
+    if code == _UNREACHABLE:
+        message = f"{where} is not answering ({detail})"
+    elif code == _AUTH_FAILED:
+        message = (
+            f"authentication failed at {where}: the secret differs (the master was started "
+            "from another key directory, or for another master URL: each cluster's secret "
+            "comes from the key directory and the master URL)"
+        )
+    elif code == _NO_ANSWER:
+        cipher = conf.get("spark.network.crypto.cipher", "AES/CTR/NoPadding")
+        engine = conf.get("spark.network.crypto.authEngineVersion", "1")
+        message = (
+            f"{where} accepted the connection but cannot read this job's RPC: the RPC cipher "
+            f"or auth protocol differs (this job: {cipher}, auth engine v{engine}; start the "
+            "master with trusted-ml's settings, `trustedml cluster start-master`)"
+        )
+    elif code == _NOT_AUTHENTICATING:
+        message = (
+            f"{where} does not authenticate: it runs without spark.authenticate (a plain "
+            f"cluster: submit with --insecure) or is not a Spark master ({detail})"
+        )
+    else:
+        message = f"could not check {where} (exit {code}): {detail or 'no output'}"
+    raise PreflightError(f"preflight: {message}")

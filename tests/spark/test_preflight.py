@@ -1,0 +1,246 @@
+"""The preflight of a job on a spark:// master: each cause named in under 10 s, nothing started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST_JVM, FAST_KDF, PASSPHRASE, run_cli
+from trustedml import ConfigError, KeyDirectory, Secret, init_key_directory
+from trustedml.jobs import JobOptions, prepare_job
+from trustedml.spark import check_driver_host, driver_address, measured_conf, spark_home
+from trustedml.spark._preflight import master_addresses, preflight
+from trustedml.spark._submit import write_conf_dir
+
+STARTED = "preflight-test: the job started"
+GCM = "AES/GCM/NoPadding"
+CTR = "AES/CTR/NoPadding"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- no JVM ---------------------------------------------------------------------------
+
+
+def test_master_addresses_and_driver_host_checks() -> None:
+    assert master_addresses("spark://a:7077,b:7078") == [("a", 7077), ("b", 7078)]
+    with pytest.raises(ConfigError, match="spark://HOST:PORT"):
+        master_addresses("local[2]")
+    assert check_driver_host(" 198.18.0.1 ") == "198.18.0.1"
+    for bad in ("master-host", "0.0.0.0", "224.0.0.1", ""):  # noqa: S104 (refused)
+        with pytest.raises(ConfigError, match="--driver-host"):
+            check_driver_host(bad)
+    # The address this machine reaches the master from; loopback for a local master.
+    assert driver_address("spark://127.0.0.1:7077") == "127.0.0.1"
+
+
+def test_driver_host_option(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--driver-host applies to a spark:// master"):
+        JobOptions(master="local[2]", insecure=True, driver_host="127.0.0.1")
+    with pytest.raises(ConfigError, match="expected an IP address"):
+        JobOptions(master="spark://127.0.0.1:7077", insecure=True, driver_host="nope")
+    chosen = JobOptions(master="spark://127.0.0.1:7077", insecure=True, driver_host="127.0.0.2")
+    conf = prepare_job(chosen, state_dir=tmp_path).settings.conf()
+    assert conf["spark.driver.host"] == conf["spark.driver.bindAddress"] == "127.0.0.2"
+    # An executor binds its own worker's address, not the driver's.
+    assert "spark.executorEnv.SPARK_LOCAL_IP" not in conf
+    default = JobOptions(master="spark://127.0.0.1:7077", insecure=True)
+    conf = prepare_job(default, state_dir=tmp_path).settings.conf()
+    assert conf["spark.driver.host"] == "127.0.0.1"
+    # Machine-local on a cluster: the same job measures the same from every host.
+    assert "spark.driver.host" not in measured_conf(conf)
+    local = prepare_job(JobOptions(insecure=True), state_dir=tmp_path).settings.conf()
+    assert local["spark.driver.host"] == local["spark.executorEnv.SPARK_LOCAL_IP"] == "127.0.0.1"
+    assert measured_conf(local)["spark.driver.host"] == "127.0.0.1"
+
+
+def test_a_master_that_does_not_answer(
+    session_keys: KeyDirectory, session_passphrase_file: Path, tmp_path: Path
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(f"print({STARTED!r})\n")
+    master = f"spark://127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    done = run_cli(
+        ["run", "--master", master, "--keys", str(session_keys.path), "--passphrase-file",
+         str(session_passphrase_file), "--no-ui", "--", "python", str(app)]
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    assert f"the master {master} is not answering" in done.stderr
+    assert "connection refused" in done.stderr
+    assert STARTED not in done.stdout
+    assert elapsed < 10, elapsed
+
+
+# -- real masters ---------------------------------------------------------------------
+
+
+def _job_settings(
+    keys: KeyDirectory, master: str, tmp: Path
+) -> tuple[dict[str, str], dict[str, str], Path]:
+    """What `trustedml run --master MASTER --keys KEYS` runs with: its properties, its
+    environment (the secret included) and the file holding the properties."""
+    options = JobOptions(master=master, keys_dir=keys.path, ui=False)
+    settings = prepare_job(options, Secret(PASSPHRASE), state_dir=tmp).settings
+    tmp.mkdir(parents=True, exist_ok=True)
+    props = write_conf_dir(settings, tmp)
+    return settings.conf(), {**os.environ, **settings.environment()}, props
+
+
+class BareMaster:
+    """A standalone master started with spark-class, on the settings a job on it uses
+    (so the secret matches) with the RPC cipher ``cipher``."""
+
+    def __init__(self, keys: KeyDirectory, cipher: str, tmp: Path) -> None:
+        self.port = _free_port()
+        self.url = f"spark://127.0.0.1:{self.port}"
+        _, env, props = _job_settings(keys, self.url, tmp)
+        text = props.read_text().replace(GCM, cipher)
+        props.write_text(text)
+        env.update(SPARK_HOME=str(spark_home()), SPARK_LOCAL_IP="127.0.0.1")
+        env["SPARK_DAEMON_MEMORY"] = "256m"
+        env["JAVA_TOOL_OPTIONS"] = FAST_JVM
+        # No SPARK_CONF_DIR: Spark's default INFO logging says when the master is up.
+        env.pop("SPARK_CONF_DIR", None)
+        self.log = tmp / "master.log"
+        argv = [
+            str(spark_home() / "bin" / "spark-class"), "org.apache.spark.deploy.master.Master",
+            "--host", "127.0.0.1", "--port", str(self.port), "--webui-port", str(_free_port()),
+            "--properties-file", str(props),
+        ]  # fmt: skip
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def wait_alive(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "New state: ALIVE" in self.log.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.3)
+        raise AssertionError(f"master did not start:\n{self.log.read_text(errors='replace')}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def masters(
+    session_keys: KeyDirectory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, BareMaster]]:
+    """A master on the secure settings (AES/GCM) and one on Spark's default AES/CTR,
+    both with the cluster secret of the session key directory; started side by side."""
+    root = tmp_path_factory.mktemp("masters")
+    started: dict[str, BareMaster] = {}
+    try:
+        started["gcm"] = BareMaster(session_keys, GCM, root / "gcm")
+        started["ctr"] = BareMaster(session_keys, CTR, root / "ctr")
+        for master in started.values():
+            master.wait_alive()
+        yield started
+    finally:
+        for master in started.values():
+            master.stop()
+    for master in started.values():
+        assert master.proc.returncode is not None
+
+
+@pytest.fixture(scope="module")
+def other_keys(tmp_path_factory: pytest.TempPathFactory) -> KeyDirectory:
+    """A second key directory: its secret for any master differs from the session one's."""
+    return init_key_directory(
+        tmp_path_factory.mktemp("other") / "keys", Secret(PASSPHRASE), kdf=FAST_KDF
+    )
+
+
+def _run_job(
+    keys: KeyDirectory, passphrase_file: Path, master: str, app: Path
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    done = run_cli(
+        ["run", "--master", master, "--keys", str(keys.path), "--passphrase-file",
+         str(passphrase_file), "--no-ui", "--", "python", str(app)],
+        timeout=120,
+    )  # fmt: skip
+    return done, time.monotonic() - started
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    path = tmp_path / "app.py"
+    path.write_text(f"print({STARTED!r})\n")
+    return path
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_the_matching_master_passes(
+    masters: dict[str, BareMaster],
+    session_keys: KeyDirectory,
+    session_passphrase_file: Path,
+    app: Path,
+    tmp_path: Path,
+) -> None:
+    conf, env, props = _job_settings(session_keys, masters["gcm"].url, tmp_path / "conf")
+    took = preflight(conf, props, env)
+    assert took < 10, took
+    # Through the command line: the check passes and the job starts.
+    done, elapsed = _run_job(session_keys, session_passphrase_file, masters["gcm"].url, app)
+    assert done.returncode == 0, done.stderr
+    assert STARTED in done.stdout
+    print(f"preflight, matching master: {took:.2f} s (library), {elapsed:.2f} s (CLI)")
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_wrong_secret_is_named(
+    masters: dict[str, BareMaster],
+    other_keys: KeyDirectory,
+    session_passphrase_file: Path,
+    app: Path,
+) -> None:
+    done, elapsed = _run_job(other_keys, session_passphrase_file, masters["gcm"].url, app)
+    assert done.returncode == 1, done.stderr
+    assert "authentication failed" in done.stderr
+    assert "the secret differs" in done.stderr
+    assert STARTED not in done.stdout
+    assert elapsed < 10, elapsed
+    print(f"preflight, wrong secret: {elapsed:.2f} s (CLI)")
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_wrong_cipher_is_named(
+    masters: dict[str, BareMaster],
+    session_keys: KeyDirectory,
+    session_passphrase_file: Path,
+    app: Path,
+) -> None:
+    done, elapsed = _run_job(session_keys, session_passphrase_file, masters["ctr"].url, app)
+    assert done.returncode == 1, done.stderr
+    assert "the RPC cipher or auth protocol differs" in done.stderr
+    assert GCM in done.stderr
+    assert STARTED not in done.stdout
+    assert elapsed < 10, elapsed
+    print(f"preflight, wrong cipher: {elapsed:.2f} s (CLI)")
