@@ -44,6 +44,7 @@ PUBLIC_API = [
     "NotEncryptedError",
     "PlainSparkConfig",
     "PolicyError",
+    "PreflightError",
     "Progress",
     "ScryptParams",
     "SealedSecrets",
