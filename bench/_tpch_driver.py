@@ -19,7 +19,11 @@ LOG_TAIL_LINES = 40
 POLL_SECONDS = 0.05
 
 
-class DriverError(Exception):
+class BenchError(Exception):
+    """The cluster benchmark cannot go on (its message says why)."""
+
+
+class DriverError(BenchError):
     """A driver stopped, failed to start, or took too long."""
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from bench import _tpch
 from bench._report import print_table, write_results
-from bench._tpch_driver import Driver, DriverError
+from bench._tpch_driver import BenchError, Driver, DriverError
 from trustedml import (
     PlainSparkConfig,
     Secret,
@@ -220,6 +220,7 @@ def tpch(args: argparse.Namespace, numbers: Sequence[int], root: Path) -> dict[s
 def _cluster_masters(
     env: Env, tee: str
 ) -> contextlib.AbstractContextManager[dict[str, SparkSettings]]:
+    # Imported when used: --local needs neither trustedml.cluster nor the test hosts.
     from bench._cluster_hosts import two_clusters
 
     return two_clusters(
@@ -279,7 +280,7 @@ def main(argv: Sequence[str]) -> int:
             root.mkdir(parents=True, exist_ok=True)
         try:
             result = tpch(args, numbers, root)
-        except (_tpch.TpchError, DriverError, TrustedMLError) as exc:
+        except (_tpch.TpchError, BenchError, TrustedMLError) as exc:
             print(f"{NAME}: {exc}", file=sys.stderr)
             return 1
     path = _report(args, result)
