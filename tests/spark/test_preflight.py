@@ -16,7 +16,7 @@ from tests.conftest import FAST_JVM, FAST_KDF, PASSPHRASE, run_cli
 from trustedml import ConfigError, KeyDirectory, Secret, init_key_directory
 from trustedml.jobs import JobOptions, prepare_job
 from trustedml.spark import check_driver_host, driver_address, measured_conf, spark_home
-from trustedml.spark._preflight import master_addresses, preflight
+from trustedml.spark._preflight import master_addresses, preflight, preflight_jar
 from trustedml.spark._submit import write_conf_dir
 
 STARTED = "preflight-test: the job started"
@@ -28,6 +28,34 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _run_job(
+    keys: KeyDirectory, passphrase_file: Path, master: str, app: Path
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    done = run_cli(
+        ["run", "--master", master, "--keys", str(keys.path), "--passphrase-file",
+         str(passphrase_file), "--no-ui", "--", "python", str(app)],
+        timeout=120,
+    )  # fmt: skip
+    return done, time.monotonic() - started
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    path = tmp_path / "app.py"
+    path.write_text(f"print({STARTED!r})\n")
+    return path
+
+
+def _assert_refused(done: subprocess.CompletedProcess[str], elapsed: float, *phrases: str) -> None:
+    """The job failed as a runtime error (exit 1), naming the cause, before starting."""
+    assert done.returncode == 1, done.stderr
+    for phrase in phrases:
+        assert phrase in done.stderr
+    assert STARTED not in done.stdout
+    assert elapsed < 10, elapsed
 
 
 # -- no JVM ---------------------------------------------------------------------------
@@ -66,22 +94,11 @@ def test_driver_host_option(tmp_path: Path) -> None:
 
 
 def test_a_master_that_does_not_answer(
-    session_keys: KeyDirectory, session_passphrase_file: Path, tmp_path: Path
+    session_keys: KeyDirectory, session_passphrase_file: Path, app: Path
 ) -> None:
-    app = tmp_path / "app.py"
-    app.write_text(f"print({STARTED!r})\n")
     master = f"spark://127.0.0.1:{_free_port()}"
-    started = time.monotonic()
-    done = run_cli(
-        ["run", "--master", master, "--keys", str(session_keys.path), "--passphrase-file",
-         str(session_passphrase_file), "--no-ui", "--", "python", str(app)]
-    )  # fmt: skip
-    elapsed = time.monotonic() - started
-    assert done.returncode == 1, done.stderr
-    assert f"the master {master} is not answering" in done.stderr
-    assert "connection refused" in done.stderr
-    assert STARTED not in done.stdout
-    assert elapsed < 10, elapsed
+    done, elapsed = _run_job(session_keys, session_passphrase_file, master, app)
+    _assert_refused(done, elapsed, f"the master {master} is not answering", "connection refused")
 
 
 # -- real masters ---------------------------------------------------------------------
@@ -156,6 +173,8 @@ def masters(
     try:
         started["gcm"] = BareMaster(session_keys, GCM, root / "gcm")
         started["ctr"] = BareMaster(session_keys, CTR, root / "ctr")
+        # Compiled once per install (make venv); a changed source is built here, untimed.
+        preflight_jar()
         for master in started.values():
             master.wait_alive()
         yield started
@@ -172,25 +191,6 @@ def other_keys(tmp_path_factory: pytest.TempPathFactory) -> KeyDirectory:
     return init_key_directory(
         tmp_path_factory.mktemp("other") / "keys", Secret(PASSPHRASE), kdf=FAST_KDF
     )
-
-
-def _run_job(
-    keys: KeyDirectory, passphrase_file: Path, master: str, app: Path
-) -> tuple[subprocess.CompletedProcess[str], float]:
-    started = time.monotonic()
-    done = run_cli(
-        ["run", "--master", master, "--keys", str(keys.path), "--passphrase-file",
-         str(passphrase_file), "--no-ui", "--", "python", str(app)],
-        timeout=120,
-    )  # fmt: skip
-    return done, time.monotonic() - started
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    path = tmp_path / "app.py"
-    path.write_text(f"print({STARTED!r})\n")
-    return path
 
 
 @pytest.mark.spark
@@ -221,11 +221,7 @@ def test_a_wrong_secret_is_named(
     app: Path,
 ) -> None:
     done, elapsed = _run_job(other_keys, session_passphrase_file, masters["gcm"].url, app)
-    assert done.returncode == 1, done.stderr
-    assert "authentication failed" in done.stderr
-    assert "the secret differs" in done.stderr
-    assert STARTED not in done.stdout
-    assert elapsed < 10, elapsed
+    _assert_refused(done, elapsed, "authentication failed", "the secret differs")
     print(f"preflight, wrong secret: {elapsed:.2f} s (CLI)")
 
 
@@ -238,9 +234,5 @@ def test_a_wrong_cipher_is_named(
     app: Path,
 ) -> None:
     done, elapsed = _run_job(session_keys, session_passphrase_file, masters["ctr"].url, app)
-    assert done.returncode == 1, done.stderr
-    assert "the RPC cipher or auth protocol differs" in done.stderr
-    assert GCM in done.stderr
-    assert STARTED not in done.stdout
-    assert elapsed < 10, elapsed
+    _assert_refused(done, elapsed, "the RPC cipher or auth protocol differs", GCM)
     print(f"preflight, wrong cipher: {elapsed:.2f} s (CLI)")
