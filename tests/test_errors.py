@@ -42,6 +42,8 @@ def test_the_tree() -> None:
         "KeyDirectoryExistsError": "KeyDirectoryError",
         "LaunchError": "TrustedMLError",
         "PreflightError": "LaunchError",
+        "ClusterError": "TrustedMLError",
+        "ClusterStateError": "ClusterError",
         "AttestationError": "TrustedMLError",
         "EvidenceFormatError": "AttestationError",
         "UnsupportedEvidenceError": "EvidenceFormatError",

@@ -19,6 +19,8 @@ __all__ = [
     "BrokerRefusedError",
     "BrokerUnavailableError",
     "CertificateChainError",
+    "ClusterError",
+    "ClusterStateError",
     "CollateralError",
     "CollateralExpiredError",
     "ConfigError",
@@ -99,6 +101,14 @@ class PreflightError(LaunchError):
     """A standalone master failed the check made before a job starts: it does not
     answer, refuses the job's secret, or speaks another RPC cipher; the message names
     which."""
+
+
+class ClusterError(TrustedMLError):
+    """A Spark standalone cluster could not be started, reached, read or stopped."""
+
+
+class ClusterStateError(ClusterError):
+    """A cluster directory's state file is missing, corrupt, unsafe or not trusted-ml's."""
 
 
 class AttestationError(TrustedMLError):

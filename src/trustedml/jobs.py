@@ -18,6 +18,7 @@ from trustedml.spark import (
     PlainSparkConfig,
     SecureSparkConfig,
     SparkSettings,
+    auth_secret_for,
     check_driver_host,
     check_secure_conf,
     conf_refusal,
@@ -287,7 +288,8 @@ def _spark_settings(
         mode=mode_for_master(options.master),
         keystore=keys.keystore,
         truststore=keys.truststore,
-        auth_secret=opened.spark_auth_secret,
+        # A spark:// master: that cluster's own secret (what its daemons derive).
+        auth_secret=auth_secret_for(opened.spark_auth_secret, options.master),
         keystore_password=opened.keystore_password,
         truststore_password=opened.truststore_password,
         rpc_tls=options.rpc_tls,

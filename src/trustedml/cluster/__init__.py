@@ -1,3 +1,26 @@
 """Trusted Spark standalone clusters: master and workers started inside a TEE backend."""
 
-__all__: list[str] = []
+from trustedml.cluster._daemons import start_cluster, start_master, start_worker, stop_cluster
+from trustedml.cluster._lint import lint_cluster
+from trustedml.cluster._logs import daemon_logs
+from trustedml.cluster._options import DAEMON_BACKENDS, MASTER_PORT, ClusterOptions
+from trustedml.cluster._state import ClusterDir, ClusterState, DaemonState
+from trustedml.cluster._status import ClusterStatus, WorkerStatus, cluster_status
+
+__all__ = [
+    "DAEMON_BACKENDS",
+    "MASTER_PORT",
+    "ClusterDir",
+    "ClusterOptions",
+    "ClusterState",
+    "ClusterStatus",
+    "DaemonState",
+    "WorkerStatus",
+    "cluster_status",
+    "daemon_logs",
+    "lint_cluster",
+    "start_cluster",
+    "start_master",
+    "start_worker",
+    "stop_cluster",
+]

@@ -6,8 +6,11 @@ from trustedml.spark._config import (
     PlainSparkConfig,
     SecureSparkConfig,
     SparkSettings,
+    auth_secret_for,
     check_secure_conf,
+    cluster_secret,
     mode_for_master,
+    properties_text,
 )
 from trustedml.spark._encrypted import (
     read_encrypted,
@@ -34,7 +37,13 @@ from trustedml.spark._measured import MACHINE_LOCAL_KEYS, measured_conf, measure
 from trustedml.spark._preflight import check_driver_host, driver_address, preflight
 from trustedml.spark._properties import SparkProperty, parse_properties, read_properties
 from trustedml.spark._session import start_session
-from trustedml.spark._submit import run, spark_home, submit
+from trustedml.spark._submit import (
+    child_environment,
+    run,
+    spark_home,
+    submit,
+    write_conf_dir,
+)
 
 __all__ = [
     "ALLOW_PLAINTEXT_COLLECTIVES",
@@ -50,8 +59,11 @@ __all__ = [
     "Severity",
     "SparkProperty",
     "SparkSettings",
+    "auth_secret_for",
     "check_driver_host",
     "check_secure_conf",
+    "child_environment",
+    "cluster_secret",
     "conf_refusal",
     "driver_address",
     "is_literal_secret",
@@ -64,6 +76,7 @@ __all__ = [
     "ordered_findings",
     "parse_properties",
     "preflight",
+    "properties_text",
     "read_encrypted",
     "read_encrypted_pandas",
     "read_properties",
@@ -73,6 +86,7 @@ __all__ = [
     "spark_home",
     "start_session",
     "submit",
+    "write_conf_dir",
     "write_encrypted",
     "write_encrypted_pandas",
 ]

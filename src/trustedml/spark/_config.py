@@ -11,6 +11,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from trustedml._env import ENV_BROKER_CA, ENV_BROKER_URL, ENV_KEYRING
 from trustedml._secret import Secret
 from trustedml.data import KeyRing
@@ -65,6 +68,32 @@ def mode_for_master(master: str) -> DeployMode:
         f"master: expected local[N] or spark://HOST:PORT, got {master!r} "
         "(Kubernetes is not supported yet)"
     )
+
+
+_CLUSTER_SECRET_INFO = b"trusted-ml cluster secret v1\0"
+
+
+def cluster_secret(base: Secret, master_url: str) -> Secret:
+    """The auth secret of the standalone cluster at ``master_url``: HKDF-SHA256 of the
+    key directory's Spark auth secret ``base`` with the master URL as context, as 64
+    hex characters. The same key directory on every host gives the daemons and the
+    drivers of one cluster the same secret, and each cluster (master URL) its own."""
+    _check_master(DeployMode.STANDALONE, master_url)
+    derived = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=_CLUSTER_SECRET_INFO + master_url.encode("utf-8"),
+    ).derive(base.reveal())
+    return Secret(derived.hex())
+
+
+def auth_secret_for(base: Secret, master: str) -> Secret:
+    """The auth secret a job on ``master`` uses: :func:`cluster_secret` for a
+    ``spark://`` master, ``base`` otherwise (local mode makes its own per-app secret)."""
+    if mode_for_master(master) is DeployMode.STANDALONE:
+        return cluster_secret(base, master)
+    return base
 
 
 def _check_extra(extra: Mapping[str, str]) -> None:
@@ -365,14 +394,15 @@ class SecureSparkConfig(_Common):
         mode: DeployMode | None = None,
         **options: object,
     ) -> SecureSparkConfig:
-        """Unseal ``keys`` with ``passphrase`` and build the configuration for ``master``."""
+        """Unseal ``keys`` with ``passphrase`` and build the configuration for ``master``
+        (for a ``spark://`` master, with that cluster's secret: :func:`cluster_secret`)."""
         opened = keys.unseal(passphrase)
         return cls(
             master=master,
             mode=mode or mode_for_master(master),
             keystore=keys.keystore,
             truststore=keys.truststore,
-            auth_secret=opened.spark_auth_secret,
+            auth_secret=auth_secret_for(opened.spark_auth_secret, master),
             keystore_password=opened.keystore_password,
             truststore_password=opened.truststore_password,
             **options,  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from trustedml.tee._backend import (
     TeeBackend,
 )
 from trustedml.tee._cvm import CvmBackend
+from trustedml.tee._daemon import measure_daemon
 from trustedml.tee._gramine import (
     DEFAULT_ENCLAVE_SIZE,
     DEFAULT_MAX_THREADS,
@@ -61,5 +62,6 @@ __all__ = [
     "job_evidence_provider",
     "job_measurement",
     "job_tee",
+    "measure_daemon",
     "measure_job",
 ]

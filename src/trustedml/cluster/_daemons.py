@@ -1,0 +1,367 @@
+"""Start and stop the daemons of a Spark standalone cluster, each through its TEE backend."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from trustedml._env import ENV_WORKER
+from trustedml._secret import Secret
+from trustedml.cluster._options import (
+    MASTER_PORT,
+    MASTER_WEBUI_PORT,
+    ClusterOptions,
+    check_memory,
+    check_port,
+)
+from trustedml.cluster._process import free_port, is_running, log_tail, spawn, terminate
+from trustedml.cluster._settings import DaemonLaunch, daemon_launch, write_daemon_conf
+from trustedml.cluster._state import ClusterDir, ClusterState, DaemonState
+from trustedml.cluster._status import fetch_master_json, parse_status
+from trustedml.errors import ClusterError, ClusterStateError, ConfigError
+from trustedml.keys import KeyDirectory
+from trustedml.tee import LaunchPlan
+
+__all__ = ["start_cluster", "start_master", "start_worker", "stop_cluster"]
+
+MASTER_CLASS = "org.apache.spark.deploy.master.Master"
+WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+READY_TIMEOUT = 90.0
+_REGISTERED = "Successfully registered with master"
+PlanHook = Callable[[str, LaunchPlan], None]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fingerprint(secret: Secret | None) -> str | None:
+    if secret is None:
+        return None
+    mac = hmac.new(secret.reveal(), b"trusted-ml cluster id", hashlib.sha256).digest()
+    return mac[:8].hex()
+
+
+def _ui_ports(host: str, webui_port: int, secure: bool) -> tuple[int, int | None]:
+    """(http UI port, https UI port): Spark's rule puts the https port 400 above."""
+    http = webui_port or free_port(host)
+    if not secure:
+        return http, None
+    https = http + 400 if webui_port and http + 400 <= 65535 else free_port(host)
+    return http, https
+
+
+def _fail(launch: DaemonLaunch, what: str, log: Path, proc_pids: list[int]) -> ClusterError:
+    left = terminate(proc_pids, timeout=5.0)
+    tail = log_tail(log) or "(empty)"
+    extra = f"; processes {sorted(left)} would not die" if left else ""
+    return ClusterError(f"{launch.daemon_id}: {what}{extra}; last lines of {log}:\n{tail}")
+
+
+def _wait(
+    launch: DaemonLaunch,
+    pid: int,
+    log: Path,
+    ready: Callable[[], bool],
+    timeout: float,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_running(pid, "org.apache.spark"):
+            raise _fail(launch, "exited before it was ready", log, [pid])
+        try:
+            if ready():
+                return
+        except ClusterError:
+            pass  # not answering yet
+        time.sleep(0.5)
+    raise _fail(launch, f"not ready after {timeout:.0f} s", log, [pid])
+
+
+def _launch(
+    directory: ClusterDir,
+    launch: DaemonLaunch,
+    on_plan: PlanHook | None,
+) -> int:
+    plan = launch.plan
+    if on_plan is not None:
+        on_plan(launch.daemon_id, plan)
+    for check in plan.checks:
+        check()
+    log = directory.log_file(launch.daemon_id)
+    proc = spawn(plan.argv, plan.env, directory.path, log)
+    return proc.pid
+
+
+def _state_for(
+    directory: ClusterDir, options: ClusterOptions, master_url: str, launch: DaemonLaunch
+) -> ClusterState:
+    state = directory.load_or_none()
+    fingerprint = _fingerprint(launch.secret)
+    if state is None:
+        return ClusterState(
+            master_url=master_url,
+            secure=options.secure,
+            tee=options.backend.name,
+            secret_fingerprint=fingerprint,
+        )
+    if state.master_url != master_url:
+        raise ClusterStateError(
+            f"{directory.path}: already holds the cluster of {state.master_url}; "
+            "stop it or use another --dir"
+        )
+    if state.secure != options.secure or state.tee != options.backend.name:
+        raise ClusterStateError(
+            f"{directory.path}: its daemons run {'secure' if state.secure else 'insecure'} "
+            f"with --tee {state.tee}; start this one the same way or use another --dir"
+        )
+    return state
+
+
+def start_master(
+    directory: ClusterDir | str | Path,
+    options: ClusterOptions,
+    *,
+    keys: KeyDirectory | None,
+    passphrase: Secret | None,
+    port: int = MASTER_PORT,
+    webui_port: int = MASTER_WEBUI_PORT,
+    timeout: float = READY_TIMEOUT,
+    on_plan: PlanHook | None = None,
+) -> ClusterState:
+    """Start a master on ``options.host`` and wait until its web UI says ALIVE.
+
+    ``port``/``webui_port`` 0 choose free ports. Returns the directory's new state;
+    on failure no process is left and the :class:`ClusterError` quotes the log.
+    ``on_plan`` sees each daemon's launch plan (its banner must be shown)."""
+    directory = directory if isinstance(directory, ClusterDir) else ClusterDir(directory)
+    check_port("--port", port)
+    check_port("--webui-port", webui_port)
+    if directory.load_or_none() is not None and directory.load().master is not None:
+        raise ClusterStateError(f"{directory.path}: a master already runs from this directory")
+    rpc = port or free_port(options.host)
+    master_url = f"spark://{options.host}:{rpc}"
+    http, https = _ui_ports(options.host, webui_port, options.secure)
+    directory.create()
+    launch = daemon_launch(
+        directory,
+        options,
+        "master",
+        "master",
+        master_url,
+        keys=keys,
+        passphrase=passphrase,
+        argv_tail=["--host", options.host, "--port", str(rpc), "--webui-port", str(http)],
+        ssl_port=https,
+        cls=MASTER_CLASS,
+    )
+    state = _state_for(directory, options, master_url, launch)
+    write_daemon_conf(directory, launch)
+    pid = _launch(directory, launch, on_plan)
+    ui_url = f"https://{options.host}:{https}" if https else f"http://{options.host}:{http}"
+    ca = keys.ca_cert if keys is not None and options.secure else None
+    _wait(
+        launch,
+        pid,
+        directory.log_file("master"),
+        lambda: fetch_master_json(ui_url, ca, timeout=2.0).get("status") == "ALIVE",
+        timeout,
+    )
+    daemon = DaemonState(
+        id="master",
+        role="master",
+        pid=pid,
+        pgid=pid,
+        host=options.host,
+        port=rpc,
+        webui_port=http,
+        ui_url=ui_url,
+        measurement=launch.measurement,
+        log="logs/master.log",
+        started=_now(),
+    )
+    state = state.with_daemon(daemon)
+    directory.save(state)
+    return state
+
+
+def _next_worker_id(state: ClusterState | None) -> str:
+    taken = {d.id for d in state.daemons} if state is not None else set()
+    n = 1
+    while f"worker-{n}" in taken:
+        n += 1
+    return f"worker-{n}"
+
+
+def _worker_ready(
+    log: Path, host: str, port: int, master_ui: str | None, ca: Path | None
+) -> Callable[[], bool]:
+    def ready() -> bool:
+        if _REGISTERED not in log_tail(log, 400):
+            return False
+        if master_ui is None:
+            return True
+        status = parse_status(fetch_master_json(master_ui, ca, timeout=2.0))
+        return any(w.host == host and w.port == port for w in status.alive_workers)
+
+    return ready
+
+
+def start_worker(
+    directory: ClusterDir | str | Path,
+    options: ClusterOptions,
+    master_url: str,
+    *,
+    keys: KeyDirectory | None,
+    passphrase: Secret | None,
+    cores: int = 1,
+    memory: str = "1g",
+    port: int = 0,
+    webui_port: int = 0,
+    worker_id: str | None = None,
+    timeout: float = READY_TIMEOUT,
+    on_plan: PlanHook | None = None,
+) -> ClusterState:
+    """Start a worker on ``options.host`` joining ``master_url`` and wait until it is
+    registered (and, when this directory runs the master, listed ALIVE by it).
+
+    Its environment (which its executors inherit) names it: ``TRUSTEDML_WORKER=<id>@<host>``."""
+    directory = directory if isinstance(directory, ClusterDir) else ClusterDir(directory)
+    check_port("--port", port)
+    check_port("--webui-port", webui_port)
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+        raise ConfigError(f"--cores: expected a positive number, got {cores!r}")
+    memory = check_memory(memory)
+    existing = directory.load_or_none()
+    daemon_id = worker_id or _next_worker_id(existing)
+    if existing is not None and any(d.id == daemon_id for d in existing.daemons):
+        raise ClusterStateError(f"{directory.path}: a daemon {daemon_id!r} already runs here")
+    rpc = port or free_port(options.host)
+    http, https = _ui_ports(options.host, webui_port, options.secure)
+    directory.create()
+    work = directory.work_dir(daemon_id)
+    work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    launch = daemon_launch(
+        directory,
+        options,
+        "worker",
+        daemon_id,
+        master_url,
+        keys=keys,
+        passphrase=passphrase,
+        argv_tail=[
+            "--host", options.host, "--port", str(rpc), "--webui-port", str(http),
+            "--cores", str(cores), "--memory", memory, "--work-dir", str(work),
+        ],
+        ssl_port=https,
+        cls=WORKER_CLASS,
+        measured_options={"cores": str(cores), "memory": memory},
+        extra_env={ENV_WORKER: f"{daemon_id}@{options.host}"},
+        master_arg=master_url,
+    )  # fmt: skip
+    state = _state_for(directory, options, master_url, launch)
+    write_daemon_conf(directory, launch)
+    pid = _launch(directory, launch, on_plan)
+    log = directory.log_file(daemon_id)
+    master = state.master
+    ca = keys.ca_cert if keys is not None and options.secure else None
+    _wait(
+        launch,
+        pid,
+        log,
+        _worker_ready(log, options.host, rpc, master.ui_url if master else None, ca),
+        timeout,
+    )
+    ui_url = f"https://{options.host}:{https}" if https else f"http://{options.host}:{http}"
+    daemon = DaemonState(
+        id=daemon_id,
+        role="worker",
+        pid=pid,
+        pgid=pid,
+        host=options.host,
+        port=rpc,
+        webui_port=http,
+        ui_url=ui_url,
+        measurement=launch.measurement,
+        log=f"logs/{daemon_id}.log",
+        started=_now(),
+        cores=cores,
+        memory=memory,
+    )
+    state = directory.load_or_none() or state
+    state = state.with_daemon(daemon)
+    directory.save(state)
+    return state
+
+
+def start_cluster(
+    directory: ClusterDir | str | Path,
+    options: ClusterOptions,
+    workers: int,
+    *,
+    keys: KeyDirectory | None,
+    passphrase: Secret | None,
+    port: int = MASTER_PORT,
+    webui_port: int = MASTER_WEBUI_PORT,
+    cores: int = 1,
+    memory: str = "1g",
+    timeout: float = READY_TIMEOUT,
+    on_plan: PlanHook | None = None,
+) -> ClusterState:
+    """A master and ``workers`` workers on this host (for development and tests);
+    on failure every daemon already started is stopped again."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"--workers: expected a number of workers (0 or more), got {workers!r}")
+    directory = directory if isinstance(directory, ClusterDir) else ClusterDir(directory)
+    state = start_master(
+        directory,
+        options,
+        keys=keys,
+        passphrase=passphrase,
+        port=port,
+        webui_port=webui_port,
+        timeout=timeout,
+        on_plan=on_plan,
+    )
+    try:
+        for _ in range(workers):
+            state = start_worker(
+                directory,
+                options,
+                state.master_url,
+                keys=keys,
+                passphrase=passphrase,
+                cores=cores,
+                memory=memory,
+                timeout=timeout,
+                on_plan=on_plan,
+            )
+    except BaseException:
+        stop_cluster(directory)
+        raise
+    return state
+
+
+def stop_cluster(directory: ClusterDir | str | Path, timeout: float = 15.0) -> list[DaemonState]:
+    """Stop every daemon this directory started (workers first): SIGTERM each one's
+    process tree (executors and Python workers included), wait up to ``timeout``
+    seconds, SIGKILL the rest, and check that no process remains. Returns the daemons
+    that were stopped; the state file is removed (the logs stay)."""
+    directory = directory if isinstance(directory, ClusterDir) else ClusterDir(directory)
+    state = directory.load()
+    stopped: list[DaemonState] = []
+    ordered = sorted(state.daemons, key=lambda d: d.role == "master")
+    for daemon in ordered:
+        if is_running(daemon.pid, "org.apache.spark"):
+            left = terminate([daemon.pid], timeout)
+            if left:
+                directory.save(replace(state, daemons=tuple(ordered[len(stopped) :])))
+                raise ClusterError(f"{daemon.id}: processes {sorted(left)} still run after SIGKILL")
+        stopped.append(daemon)
+    directory.remove_state()
+    return stopped
