@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -13,20 +14,41 @@ from trustedml._doctor import TSM_REPORT, Status, diagnose
 from trustedml.cli._common import (
     ENV_KEYS,
     Command,
+    CommandError,
     default_sim_key_path,
     env_path,
     out_console,
+    stacked,
 )
+from trustedml.cluster import lint_cluster
+from trustedml.errors import TrustedMLError
 from trustedml.runtime import ENV_BROKER_CA, ENV_BROKER_URL
+from trustedml.spark import Finding, Severity, lint_conf_files
 from trustedml.tee import ENV_SIM_KEY, ENV_TSM_ROOT
 
 _STYLE = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "bold red"}
+_SEVERITY_STYLE = {Severity.HIGH: "bold red", Severity.MEDIUM: "yellow", Severity.LOW: "cyan"}
 
 
 @click.command(
     "doctor",
     cls=Command,
-    short_help="Check what this machine can run (Java, Spark, TEEs, broker).",
+    short_help="Check this machine, or lint a Spark conf or cluster.",
+)
+@stacked(
+    *(
+        click.option(
+            flag,
+            dest,
+            multiple=True,
+            type=click.Path(path_type=Path),
+            help=f"{text} instead; repeatable.",
+        )
+        for flag, dest, text in (
+            ("--conf", "conf_files", "Lint this Spark properties file (spark-defaults.conf)"),
+            ("--cluster", "cluster_dirs", "Lint the running cluster of this cluster directory"),
+        )
+    )
 )
 @click.option(
     "--keys",
@@ -48,15 +70,27 @@ _STYLE = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "bold red"}
     type=click.Path(dir_okay=False, path_type=Path),
     help=f"CA certificate of --broker (env {ENV_BROKER_CA}; default: the CA of --keys).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks or findings as JSON.")
 def doctor_command(
-    keys_dir: Path | None, broker_url: str | None, broker_ca: Path | None, as_json: bool
+    conf_files: tuple[Path, ...],
+    cluster_dirs: tuple[Path, ...],
+    keys_dir: Path | None,
+    broker_url: str | None,
+    broker_ca: Path | None,
+    as_json: bool,
 ) -> None:
     """Check what this machine can run: Java and Spark, the optional extras, a key
     directory, the TEE backends (sim, gramine, cvm) and a key broker.
 
     Exits 1 when a check fails (a job of that kind cannot run here), else 0.
+
+    With --conf or --cluster, lint Spark properties files or running clusters
+    instead (docs/doctor.md): each finding has an id, a severity and the fix. Exits 1
+    when a finding is high, 2 when an input cannot be read, else 0.
     """
+    if conf_files or cluster_dirs:
+        _lint(conf_files, cluster_dirs, as_json)
+        return
     tsm = env_path(ENV_TSM_ROOT)
     sim_key = env_path(ENV_SIM_KEY) or default_sim_key_path()
     checks = diagnose(
@@ -82,3 +116,42 @@ def doctor_command(
         out_console.print(table)
     if failed:
         raise SystemExit(1)
+
+
+def _lint(conf_files: Sequence[Path], cluster_dirs: Sequence[Path], as_json: bool) -> None:
+    try:
+        findings = lint_conf_files(conf_files) if conf_files else []
+        if cluster_dirs:
+            findings += lint_cluster(cluster_dirs)
+    except TrustedMLError as exc:
+        # An input that cannot be read is the user's to fix, like a bad option.
+        raise CommandError(str(exc), 2) from exc
+    high = any(f.severity is Severity.HIGH for f in findings)
+    if as_json:
+        doc = [
+            {
+                "id": f.id,
+                "severity": str(f.severity),
+                "title": f.title,
+                "where": f.where,
+                "fix": f.fix,
+            }
+            for f in findings
+        ]
+        click.echo(json.dumps({"ok": not high, "findings": doc}, indent=2))
+    else:
+        _print_findings(findings)
+    if high:
+        raise SystemExit(1)
+
+
+def _print_findings(findings: Sequence[Finding]) -> None:
+    for f in findings:
+        out_console.print(
+            Text.assemble((f"{f.id} {f.severity:<6}", _SEVERITY_STYLE[f.severity]), f" {f.title}"),
+            soft_wrap=True,
+        )
+        out_console.print(f"  at {f.where}", soft_wrap=True)
+        out_console.print(f"  fix: {f.fix}", soft_wrap=True)
+    counts = ", ".join(f"{sum(f.severity is s for f in findings)} {s}" for s in Severity)
+    out_console.print(f"{len(findings)} finding(s): {counts}" if findings else "no findings")
