@@ -39,8 +39,8 @@ __all__ = [
 
 PREFLIGHT_CLASS = "org.trustedml.spark.TrustedPreflight"
 JAVA_SOURCE = Path(__file__).resolve().parent / "java" / "TrustedPreflight.java"
-# The whole check stays under 10 s: a connection gets 3 s, the JVM's handshake and
-# probe the rest (they wait 3 s each at most).
+# The whole check stays under 10 s: connecting gets 3 s, the JVM's handshake and probe
+# the rest (they wait 3 s each at most).
 CONNECT_TIMEOUT = 3.0
 DEADLINE = 9.0
 # A short-lived JVM: the optimising compiler and the parallel collector cost more
@@ -171,8 +171,11 @@ def preflight(conf: Mapping[str, str], props: Path, env: Mapping[str, str]) -> f
     master = conf["spark.master"]
     failures = []
     reachable = None
-    for host, port in master_addresses(master):
-        why = _connect(host, port, CONNECT_TIMEOUT)
+    addresses = master_addresses(master)
+    # Several masters (standby ones) share the connection budget.
+    timeout = max(1.0, CONNECT_TIMEOUT / len(addresses))
+    for host, port in addresses:
+        why = _connect(host, port, timeout)
         if why is None:
             reachable = (host, port)
             break
