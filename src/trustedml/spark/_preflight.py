@@ -128,25 +128,17 @@ def _connect(host: str, port: int, timeout: float) -> str | None:
         return exc.strerror or str(exc)
 
 
-def _java(env: Mapping[str, str]) -> str:
-    java = java_binary(env)
-    if java is None:
-        raise LaunchError("Java not found: Spark needs Java 17 or newer on PATH or JAVA_HOME")
-    return str(java)
-
-
 def _handshake(
     props: Path, host: str, port: int, env: Mapping[str, str], timeout: float
 ) -> tuple[int, str]:
     """Run the Java client: (its exit code, the last line it wrote on stderr)."""
     classpath = os.pathsep.join([str(preflight_jar()), str(spark_home() / "jars" / "*")])
-    argv = [_java(env), *_JVM_FLAGS, "-cp", classpath, PREFLIGHT_CLASS, str(props), host, str(port)]
-    child_env = dict(env)
-    # The flags above are the JVM's tuning; an inherited JAVA_TOOL_OPTIONS only adds noise.
-    child_env.pop("JAVA_TOOL_OPTIONS", None)
+    # The launcher checked Java is there (the java Spark would run).
+    java = str(java_binary(env) or "java")
+    argv = [java, *_JVM_FLAGS, "-cp", classpath, PREFLIGHT_CLASS, str(props), host, str(port)]
     try:
         done = subprocess.run(
-            argv, env=child_env, capture_output=True, text=True, timeout=timeout, check=False
+            argv, env=dict(env), capture_output=True, text=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
         return -1, f"no verdict within {timeout:.1f} s"
