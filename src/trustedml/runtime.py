@@ -60,7 +60,7 @@ __all__ = [
     "ExecutorKeyStore",
     "job_keyring",
     "job_keystore",
-    "worker_label",
+    "this_worker",
 ]
 
 _T = TypeVar("_T")
@@ -276,11 +276,11 @@ class ExecutorKeyStore:
         try:
             return use(self._process_store())
         except TrustedMLError as exc:
-            raise reworded(exc, f"worker {worker_label()}: {exc}") from exc
+            raise reworded(exc, f"{this_worker()}: {exc}") from exc
 
     def _not_in_scope(self, key_id: str) -> BrokerRefusedError:
         return BrokerRefusedError(
-            f"worker {worker_label()}: the job's driver did not hand its executors key {key_id!r}",
+            f"{this_worker()}: the job's driver did not hand its executors key {key_id!r}",
             status=403,
             code="not_in_scope",
         )
@@ -306,13 +306,15 @@ class ExecutorKeyStore:
             return store
 
 
-def worker_label() -> str:
-    """The cluster worker this process runs under, as its launcher named it
-    (``TRUSTEDML_WORKER``: ``<worker-id>@<host>``), or this host's name."""
+def this_worker() -> str:
+    """Who this process is, for messages: ``worker <worker-id>@<host>`` as the worker
+    daemon's launcher named it (``TRUSTEDML_WORKER``), else this host's name (the
+    driver's own Python workers, or an executor of a worker trusted-ml did not start)."""
     label = os.environ.get(ENV_WORKER)
     if label:
-        return label
-    return f"on {socket.gethostname()} ({ENV_WORKER} unset)"
+        return f"worker {label}"
+    why = "the driver, or not a trustedml cluster worker"
+    return f"{socket.gethostname()} ({ENV_WORKER} unset: {why})"
 
 
 # One attested store per broker and TEE identity, for the life of the process.
