@@ -12,12 +12,16 @@ import pytest
 
 from bench import _tpch, cluster
 
-pytest.importorskip("duckdb", reason="the bench extra: pip install -e '.[bench]'")
-pytest.importorskip("duckdb_extension_tpch", reason="the bench extra: pip install -e '.[bench]'")
+
+@pytest.fixture(scope="module")
+def duckdb_tpch() -> None:
+    """Skips unless the bench extra (duckdb and its packaged tpch extension) is installed."""
+    for name in ("duckdb", "duckdb_extension_tpch"):
+        pytest.importorskip(name, reason="the bench extra: pip install -e '.[bench]'")
 
 
 @pytest.fixture(scope="module")
-def texts() -> dict[int, str]:
+def texts(duckdb_tpch: None) -> dict[int, str]:
     con = _tpch.connect()
     try:
         return _tpch.query_texts(con)
@@ -41,7 +45,7 @@ def test_every_query_is_one_spark_statement(texts: dict[int, str]) -> None:
     assert "substring(c_phone FROM 1 FOR 2)" in adapted[22]
 
 
-def test_small_tables_and_duckdb_answers(tmp_path: Path) -> None:
+def test_small_tables_and_duckdb_answers(duckdb_tpch: None, tmp_path: Path) -> None:
     con = _tpch.connect()
     try:
         files = _tpch.generate(con, 0.001, tmp_path)
