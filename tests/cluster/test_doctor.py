@@ -17,19 +17,19 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import FAST_JVM, PASSPHRASE, run_cli
-from trustedml import KeyDirectory, Secret
+from tests.cluster.conftest import cluster_options, running_cluster
+from tests.conftest import run_cli
+from trustedml import KeyDirectory
 from trustedml.cli import cli  # noqa: TID251  (a test of the CLI itself)
 from trustedml.cluster import (
     ClusterDir,
-    ClusterOptions,
     ClusterState,
     DaemonState,
     lint_cluster,
-    start_cluster,
     start_master,
     stop_cluster,
 )
+from trustedml.cluster._process import process_tree
 from trustedml.errors import ClusterStateError
 from trustedml.spark import LINT_RULES, Severity, read_properties
 
@@ -94,8 +94,9 @@ def _cluster_dir(path: Path, state: ClusterState, conf: str) -> ClusterDir:
 @pytest.fixture
 def stand_in(tmp_path: Path) -> Iterator[tuple[ClusterDir, ClusterDir, int, int, int]]:
     """Two cluster directories sharing a secret fingerprint: A (stand-in master on
-    127.0.0.1, a worker recorded on 198.18.0.11, no overlay, AES/CTR and a literal
-    password in its properties) and B (authentication off, no daemon running)."""
+    127.0.0.1, a worker recorded on 198.18.0.11, no overlay; AES/CTR, a literal password
+    and plaintext collectives allowed in its properties) and B (another master's, no
+    daemon here; authentication off)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare for a network namespace of the child")
     rest_port = _free_port()
@@ -124,12 +125,14 @@ def stand_in(tmp_path: Path) -> Iterator[tuple[ClusterDir, ClusterDir, int, int,
             ),
             "spark.authenticate=true\nspark.network.crypto.enabled=true\n"
             f"spark.ssl.enabled=true\nspark.master.rest.port={rest_port}\n"
-            f"spark.ssl.keyStorePassword={CONF_PASSWORD}\n",
+            f"spark.ssl.keyStorePassword={CONF_PASSWORD}\n"
+            "spark.trustedml.allowPlaintextCollectives=true\n",
         )
         b = _cluster_dir(
             tmp_path / "b",
-            ClusterState("spark://127.0.0.2:7077", False, "none", FINGERPRINT),
-            "spark.authenticate=false\n",
+            # A worker host's directory: the master (the stand-in's port) is elsewhere.
+            ClusterState("spark://127.0.0.1:7078", False, "none", FINGERPRINT),
+            f"spark.authenticate=false\nspark.master.rest.port={rest_port}\n",
         )
         yield a, b, proc.pid, child, child_port
     finally:
@@ -155,12 +158,17 @@ def test_stand_in_daemons_give_every_rule(
     assert ("TML-C011", "master") in by
     assert ("TML-C011", "worker-1") not in by
     assert ("TML-C010", f"{a.state_file}, {b.state_file}") in by
-    assert ("TML-C013", str(a.state_file)) in by
+    assert ("TML-C015", str(a.state_file)) in by
+    assert ("TML-C013", f"{a.conf_file}:6") in by
     assert ("TML-C008", f"{a.conf_file}:5") in by
     assert ("TML-C002", str(a.conf_file)) in by
     assert ("TML-C003", f"{b.conf_file}:1") in by
     rest_port = read_properties(a.conf_file)[3].value
-    assert [f.where for f in findings if f.id == "TML-C005"] == [f"master 127.0.0.1:{rest_port}"]
+    rest = sorted((f.where, f.title.rpartition(": ")[2]) for f in findings if f.id == "TML-C005")
+    assert rest == [
+        (f"master 127.0.0.1:{rest_port}", "a TCP connection to it succeeded"),  # B: connected
+        (f"master 127.0.0.1:{rest_port}", "the master listens on it"),  # A: its own socket
+    ]
 
     result = run_cli(["doctor", "--cluster", str(a.path), "--cluster", str(b.path), "--json"])
     assert result.returncode == 1, result.stderr
@@ -177,7 +185,8 @@ def test_overlay_and_one_cluster_clear_their_findings(
     a, _, _, _, _ = stand_in
     a.save(replace(a.load(), overlay={"cidr": "198.19.0.0/24", "address": "198.19.0.1"}))
     ids = {f.id for f in lint_cluster([a.path])}
-    assert "TML-C013" not in ids
+    # Through the overlay the collectives cross hosts inside TLS.
+    assert not ids & {"TML-C013", "TML-C015"}
     assert "TML-C010" not in ids  # one cluster, one secret
     a.conf_file.unlink()
     with pytest.raises(ClusterStateError, match=r"spark\.properties"):
@@ -204,22 +213,11 @@ def test_cli_malformed_cluster_is_one_line_exit_2(tmp_path: Path, case: str) -> 
     assert str(directory.path) in lines[0]
 
 
-def _no_process_left(state: ClusterState) -> None:
-    for daemon in state.daemons:
-        stat = Path(f"/proc/{daemon.pid}/stat")
-        # A zombie has stopped; only its parent (this process) has not collected it yet.
-        running = stat.exists() and stat.read_text().rpartition(")")[2].split()[0] != "Z"
-        assert not running, f"{daemon.id} (pid {daemon.pid}) still runs"
-
-
-# The cluster library keeps no Popen of a detached daemon; its destructor warns.
+# The cluster library drops the Popen of each detached daemon it starts (cluster/_daemons
+# _launch); its destructor warns that the process still runs. Until it keeps them:
 _DETACHED = pytest.mark.filterwarnings(
     "ignore:Exception ignored in. <function Popen.__del__:pytest.PytestUnraisableExceptionWarning"
 )
-
-
-def _options(**kwargs: object) -> ClusterOptions:
-    return ClusterOptions(extra_env={"JAVA_TOOL_OPTIONS": FAST_JVM}, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -227,18 +225,9 @@ def secure_cluster(
     session_keys: KeyDirectory, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ClusterDir]:
     """trusted-ml's own cluster: one master and one worker on 127.0.0.1."""
-    directory = ClusterDir(tmp_path_factory.mktemp("secure") / "cluster")
-    state = None
-    try:
-        state = start_cluster(
-            directory, _options(), 1, keys=session_keys, passphrase=Secret(PASSPHRASE),
-            port=0, webui_port=0,
-        )  # fmt: skip
-        yield directory
-    finally:
-        stop_cluster(directory)
-        if state is not None:
-            _no_process_left(state)
+    root = tmp_path_factory.mktemp("secure")
+    with running_cluster(root, session_keys, workers=1, sim=False) as cluster:
+        yield cluster.master_dir
 
 
 @pytest.mark.spark
@@ -257,17 +246,19 @@ def test_secure_cluster_passes(secure_cluster: ClusterDir) -> None:
 def test_plain_cluster_is_flagged(tmp_path: Path) -> None:
     directory = ClusterDir(tmp_path / "plain")
     rest_port = _free_port()  # Spark's default 6066 may be another test's
-    options = _options(secure=False, extra_conf={"spark.master.rest.port": str(rest_port)})
-    state = None
+    options = replace(
+        cluster_options(secure=False), extra_conf={"spark.master.rest.port": str(rest_port)}
+    )
+    pids: set[int] = set()
     try:
         state = start_master(directory, options, keys=None, passphrase=None, port=0, webui_port=0)
+        pids = {d.pid for d in state.daemons}
         findings = lint_cluster([directory.path])
         result = CliRunner().invoke(cli, ["doctor", "--cluster", str(directory.path)])
         assert result.exit_code == 1, result.output
     finally:
         stop_cluster(directory)
-        if state is not None:
-            _no_process_left(state)
+        assert not process_tree(pids), "a daemon is left after stop"
     by = {(f.id, f.where) for f in findings}
     conf = str(directory.conf_file)
     assert {("TML-C001", conf), ("TML-C003", conf), ("TML-C006", conf), ("TML-C007", conf)} <= by

@@ -97,31 +97,29 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def _wildcard_listeners(pid: int) -> dict[str, str]:
-    """Socket inode -> ``ADDRESS:PORT`` of the TCP sockets listening on every interface
-    in ``pid``'s network namespace (a worker may run in its own)."""
-    out = {}
+def _listening(pid: int) -> list[tuple[int, str | None]]:
+    """(port, ``0.0.0.0``/``[::]`` or None) of each TCP socket ``pid`` listens on, read
+    from the table of its own network namespace (a worker may run in its own)."""
+    inodes = _socket_inodes(pid)
+    out = []
     for table, wildcard in (("tcp", "0.0.0.0"), ("tcp6", "[::]")):  # noqa: S104
         with contextlib.suppress(OSError):
             lines = (PROC / str(pid) / "net" / table).read_text().splitlines()[1:]
             for line in lines:
                 fields = line.split()
                 address, _, port = fields[1].partition(":")
-                if fields[3] == _LISTEN and set(address) == {"0"}:
-                    out[fields[9]] = f"{wildcard}:{int(port, 16)}"
+                if fields[3] == _LISTEN and fields[9] in inodes:
+                    out.append((int(port, 16), wildcard if set(address) == {"0"} else None))
     return out
 
 
 def _listeners(processes: Sequence[_Process]) -> list[Finding]:
-    out = []
-    for proc in processes:
-        inodes = _socket_inodes(proc.pid)
-        if not inodes:
-            continue
-        for inode, address in _wildcard_listeners(proc.pid).items():
-            if inode in inodes:
-                out.append(lint_finding("TML-C012", f"listening on {address}", proc.where))
-    return out
+    return [
+        lint_finding("TML-C012", f"listening on {wildcard}:{port}", proc.where)
+        for proc in processes
+        for port, wildcard in _listening(proc.pid)
+        if wildcard is not None
+    ]
 
 
 def _master_hosts(state: ClusterState) -> list[str]:
@@ -134,17 +132,29 @@ def _master_hosts(state: ClusterState) -> list[str]:
     return hosts
 
 
-def _rest_open(state: ClusterState, rest_port: int, timeout: float) -> list[Finding]:
-    out = []
-    for host in _master_hosts(state):
-        try:
-            with socket.create_connection((host, rest_port), timeout=timeout):
-                pass
-        except OSError:
-            continue
-        where = f"master {host}:{rest_port}"
-        out.append(lint_finding("TML-C005", "a TCP connection to it succeeded", where))
-    return out
+def _rest_open(
+    state: ClusterState, processes: Sequence[_Process], rest_port: int, timeout: float
+) -> list[Finding]:
+    """The REST port open: when this directory's master runs, whether one of its
+    processes listens on it; else whether a TCP connection to the master hosts succeeds
+    (the port on this host may belong to another program)."""
+    masters = [p for p in processes if p.daemon.role == "master"]
+    if masters:
+        ports = {port for p in masters for port, _ in _listening(p.pid)}
+        hosts = [masters[0].daemon.host] if rest_port in ports else []
+        title = "the master listens on it"
+    else:
+        hosts = [host for host in _master_hosts(state) if _connects(host, rest_port, timeout)]
+        title = "a TCP connection to it succeeded"
+    return [lint_finding("TML-C005", title, f"master {h}:{rest_port}") for h in hosts]
+
+
+def _connects(host: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _http_uis(state: ClusterState) -> list[Finding]:
@@ -161,7 +171,7 @@ def _collectives(state: ClusterState, where: str) -> list[Finding]:
         return []
     return [
         lint_finding(
-            "TML-C013",
+            "TML-C015",
             f"daemons on {len(hosts)} hosts ({', '.join(sorted(hosts))}) and no overlay",
             where,
         )
@@ -186,11 +196,11 @@ def _conf_findings(directory: ClusterDir, state: ClusterState) -> tuple[list[Fin
 
 def lint_cluster(directories: Sequence[Path], *, timeout: float = 1.0) -> list[Finding]:
     """Lint the clusters whose directories are ``directories`` (one per host and
-    cluster), as they run now: their properties, the REST port (a TCP connection with
-    ``timeout``), the daemons' and their children's arguments and listening sockets,
-    the UIs, one secret shared by clusters of different masters, and cross-host
-    training without an overlay. Raises :class:`ClusterStateError` for a directory
-    that is not a cluster's."""
+    cluster), as they run now: their properties; the REST port (the master's own
+    sockets, or for a master elsewhere a TCP connection with ``timeout``); the
+    arguments and listening sockets of the daemons and their descendants; the UIs; one
+    secret shared by clusters of different masters; hosts joined without an overlay.
+    Raises :class:`ClusterStateError` for a directory that is not a cluster's."""
     findings: list[Finding] = []
     by_secret: dict[str, dict[str, str]] = {}
     for path in directories:
@@ -199,7 +209,7 @@ def lint_cluster(directories: Sequence[Path], *, timeout: float = 1.0) -> list[F
         conf, rest_port = _conf_findings(directory, state)
         processes = _processes(state)
         findings += conf
-        findings += _rest_open(state, rest_port, timeout)
+        findings += _rest_open(state, processes, rest_port, timeout)
         findings += _secrets_in_argv(processes)
         findings += _listeners(processes)
         findings += _http_uis(state)

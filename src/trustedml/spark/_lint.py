@@ -157,6 +157,13 @@ _RULES = (
         "RPC authentication engine v1",
         "set spark.network.crypto.authEngineVersion=2",
     ),
+    LintRule(
+        "TML-C015",
+        Severity.MEDIUM,
+        "hosts joined without the overlay (trusted-ml's training refuses to cross them; "
+        "other applications' collectives would cross in plaintext)",
+        "start the cluster with --overlay CIDR",
+    ),
 )
 LINT_RULES: Mapping[str, LintRule] = MappingProxyType({rule.id: rule for rule in _RULES})
 _RANK = {Severity.HIGH: 0, Severity.MEDIUM: 1, Severity.LOW: 2}
