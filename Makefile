@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	# The Parquet KMS client and the cluster preflight are compiled once against the
-	# installed pyspark's jars.
+	# installed pyspark's jars; the preflight's self-test makes its JVM's class archive.
 	$(PY) -c 'from trustedml.spark._pme import kms_client_jar; kms_client_jar()'
-	$(PY) -c 'from trustedml.spark._preflight import preflight_jar; preflight_jar()'
+	$(PY) -c 'from trustedml.spark._preflight import preflight_archive; preflight_archive()'
 	touch $(STAMP)
 
 demo: $(STAMP)

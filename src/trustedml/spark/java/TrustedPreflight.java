@@ -20,8 +20,10 @@ import org.apache.spark.network.client.TransportClient;
 import org.apache.spark.network.client.TransportClientBootstrap;
 import org.apache.spark.network.client.TransportClientFactory;
 import org.apache.spark.network.crypto.AuthClientBootstrap;
+import org.apache.spark.network.crypto.AuthServerBootstrap;
 import org.apache.spark.network.sasl.SecretKeyHolder;
 import org.apache.spark.network.server.NoOpRpcHandler;
+import org.apache.spark.network.server.TransportServer;
 import org.apache.spark.network.util.MapConfigProvider;
 import org.apache.spark.network.util.TransportConf;
 
@@ -29,7 +31,10 @@ import org.apache.spark.network.util.TransportConf;
  * Checks, before a Spark application starts, that a standalone master answers, accepts this
  * job's secret and speaks its RPC cipher: what a SparkContext would otherwise learn only after
  * about a minute, with a misleading error. Usage: {@code TrustedPreflight PROPERTIES HOST PORT};
- * the secret comes from the environment, never from the arguments.
+ * the secret comes from the environment, never from the arguments. {@code TrustedPreflight
+ * --self-test} checks the verdicts against Spark's own server side in this JVM (a matching server,
+ * one with another secret, one on AES/CTR): a run that loads every class the check needs, from
+ * which trustedml.spark._preflight makes the JVM's class-data archive.
  *
  * <p>Exit codes (read by trustedml.spark._preflight): 0 every check passed, 2 internal error,
  * 3 master not answering, 4 the master refused the secret, 5 no answer after authentication (the
@@ -56,7 +61,7 @@ public final class TrustedPreflight {
   public static void main(String[] args) {
     int code;
     try {
-      code = check(args);
+      code = args.length == 1 && args[0].equals("--self-test") ? selfTest() : check(args);
     } catch (Exception e) {
       System.err.println("preflight: " + firstLine(e));
       code = INTERNAL;
@@ -69,7 +74,7 @@ public final class TrustedPreflight {
 
   private static int check(String[] args) throws Exception {
     if (args.length != 3) {
-      System.err.println("usage: TrustedPreflight PROPERTIES HOST PORT");
+      System.err.println("usage: TrustedPreflight PROPERTIES HOST PORT | --self-test");
       return INTERNAL;
     }
     String secret = System.getenv(ENV_SECRET);
@@ -77,31 +82,42 @@ public final class TrustedPreflight {
       System.err.println("preflight: " + ENV_SECRET + " is not set");
       return INTERNAL;
     }
-    Map<String, String> conf = properties(Path.of(args[0]));
-    String seconds = (CONNECT_MS / 1000) + "s";
-    conf.put("spark.rpc.io.connectionTimeout", seconds);
-    conf.put("spark.rpc.io.connectionCreationTimeout", seconds);
-    conf.put("spark.network.auth.rpcTimeout", seconds);
-    TransportConf transport = new TransportConf("rpc", new MapConfigProvider(conf));
-    SecretKeyHolder holder =
-        new SecretKeyHolder() {
-          @Override
-          public String getSaslUser(String appId) {
-            return SASL_USER;
-          }
+    return check(properties(Path.of(args[0])), secret, args[1], Integer.parseInt(args[2]));
+  }
 
-          @Override
-          public String getSecretKey(String appId) {
-            return secret;
-          }
-        };
+  private static TransportConf transportConf(Map<String, String> conf) {
+    Map<String, String> timed = new HashMap<>(conf);
+    String seconds = (CONNECT_MS / 1000) + "s";
+    timed.put("spark.rpc.io.connectionTimeout", seconds);
+    timed.put("spark.rpc.io.connectionCreationTimeout", seconds);
+    timed.put("spark.network.auth.rpcTimeout", seconds);
+    return new TransportConf("rpc", new MapConfigProvider(timed));
+  }
+
+  private static SecretKeyHolder holder(String secret) {
+    return new SecretKeyHolder() {
+      @Override
+      public String getSaslUser(String appId) {
+        return SASL_USER;
+      }
+
+      @Override
+      public String getSecretKey(String appId) {
+        return secret;
+      }
+    };
+  }
+
+  private static int check(Map<String, String> conf, String secret, String host, int port)
+      throws Exception {
+    TransportConf transport = transportConf(conf);
     List<TransportClientBootstrap> bootstraps =
-        List.of(new AuthClientBootstrap(transport, SASL_USER, holder));
+        List.of(new AuthClientBootstrap(transport, SASL_USER, holder(secret)));
     try (TransportContext context = new TransportContext(transport, new NoOpRpcHandler());
         TransportClientFactory factory = context.createClientFactory(bootstraps)) {
       TransportClient client;
       try {
-        client = factory.createUnmanagedClient(args[1], Integer.parseInt(args[2]));
+        client = factory.createUnmanagedClient(host, port);
       } catch (IOException e) {
         System.err.println("preflight: connect: " + e.getMessage());
         return UNREACHABLE;
@@ -145,6 +161,46 @@ public final class TrustedPreflight {
       return reply.get(ANSWER_MS, TimeUnit.MILLISECONDS);
     } catch (TimeoutException | ExecutionException e) {
       return false;
+    }
+  }
+
+  /** The verdicts against servers on this JVM: OK when each is the expected one. */
+  private static int selfTest() throws Exception {
+    Map<String, String> conf = new HashMap<>();
+    conf.put("spark.authenticate", "true");
+    conf.put("spark.network.crypto.enabled", "true");
+    conf.put("spark.network.crypto.cipher", "AES/GCM/NoPadding");
+    conf.put("spark.network.crypto.authEngineVersion", "2");
+    conf.put("spark.network.crypto.saslFallback", "false");
+    String secret = "trusted-ml preflight self-test, not a secret";
+    Map<String, String> ctr = new HashMap<>(conf);
+    ctr.put("spark.network.crypto.cipher", "AES/CTR/NoPadding");
+    int[][] cases = {
+      {serve(conf, secret, conf, secret), OK},
+      {serve(conf, secret + " (another)", conf, secret), AUTH_FAILED},
+      {serve(ctr, secret, conf, secret), NO_ANSWER},
+    };
+    for (int[] verdict : cases) {
+      if (verdict[0] != verdict[1]) {
+        System.err.println("preflight: self-test: got " + verdict[0] + ", expected " + verdict[1]);
+        return INTERNAL;
+      }
+    }
+    return OK;
+  }
+
+  /** The verdict of a check with {@code client} settings against a server on {@code server}. */
+  private static int serve(
+      Map<String, String> server, String serverSecret, Map<String, String> client, String secret)
+      throws Exception {
+    TransportConf transport = transportConf(server);
+    try (TransportContext context = new TransportContext(transport, new NoOpRpcHandler());
+        TransportServer listening =
+            context.createServer(
+                "127.0.0.1",
+                0,
+                List.of(new AuthServerBootstrap(transport, holder(serverSecret))))) {
+      return check(client, secret, "127.0.0.1", listening.getPort());
     }
   }
 
