@@ -19,7 +19,14 @@ from trustedml.cluster._options import (
     check_memory,
     check_port,
 )
-from trustedml.cluster._process import free_port, is_running, log_tail, spawn, terminate
+from trustedml.cluster._process import (
+    exited,
+    free_port,
+    is_running,
+    log_tail,
+    spawn,
+    terminate,
+)
 from trustedml.cluster._settings import DaemonLaunch, daemon_launch, write_daemon_conf
 from trustedml.cluster._state import ClusterDir, ClusterState, DaemonState
 from trustedml.cluster._status import fetch_master_json, parse_status
@@ -58,7 +65,9 @@ def _ui_ports(host: str, webui_port: int, secure: bool) -> tuple[int, int | None
 
 def _fail(launch: DaemonLaunch, what: str, log: Path, proc_pids: list[int]) -> ClusterError:
     left = terminate(proc_pids, timeout=5.0)
-    tail = log_tail(log) or "(empty)"
+    # Java stack frames crowd out the lines that say what went wrong.
+    lines = [ln for ln in log_tail(log, 400).splitlines() if not ln.lstrip().startswith("at ")]
+    tail = "\n".join(lines[-15:]) or "(empty)"
     extra = f"; processes {sorted(left)} would not die" if left else ""
     return ClusterError(f"{launch.daemon_id}: {what}{extra}; last lines of {log}:\n{tail}")
 
@@ -72,7 +81,8 @@ def _wait(
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not is_running(pid, "org.apache.spark"):
+        # Not is_running(): until spark-class is exec'd the child's command line is ours.
+        if exited(pid):
             raise _fail(launch, "exited before it was ready", log, [pid])
         try:
             if ready():

@@ -13,7 +13,12 @@ from pathlib import Path
 
 from trustedml.errors import ClusterError
 
-__all__ = ["free_port", "log_tail", "process_tree", "spawn", "terminate"]
+__all__ = ["exited", "free_port", "log_tail", "process_tree", "spawn", "terminate"]
+
+# Daemons outlive the call that started them: their Popen objects stay here, so that a
+# daemon of this process is reaped when it ends (not left a zombie) and its handle is not
+# collected (with a warning) while it runs.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def free_port(host: str) -> int:
@@ -44,7 +49,7 @@ def spawn(
     appended to ``log`` (0600)."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             list(argv),
             env=dict(env),
             cwd=cwd,
@@ -57,6 +62,8 @@ def spawn(
         raise ClusterError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
     finally:
         os.close(fd)
+    _CHILDREN[proc.pid] = proc
+    return proc
 
 
 def _proc_stat(pid: int) -> tuple[int, int] | None:
@@ -112,10 +119,11 @@ def _signal(pids: Iterable[int], sig: signal.Signals) -> None:
 
 
 def _reap(pids: Iterable[int]) -> None:
-    # Our own children (daemons started by this process) become zombies until waited.
+    # Our own children (daemons started by this process) stay zombies until waited for.
     for pid in pids:
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
+        proc = _CHILDREN.get(pid)
+        if proc is not None and proc.poll() is not None:
+            del _CHILDREN[pid]
 
 
 def terminate(pids: Iterable[int], timeout: float) -> set[int]:
@@ -142,6 +150,14 @@ def terminate(pids: Iterable[int], timeout: float) -> set[int]:
             return set()
         time.sleep(0.05)
     return _alive(tree)
+
+
+def exited(pid: int) -> bool:
+    """Whether the daemon ``pid`` this process started has ended (reaping it)."""
+    proc = _CHILDREN.get(pid)
+    if proc is not None:
+        return proc.poll() is not None
+    return _proc_stat(pid) is None
 
 
 def is_running(pid: int, marker: str) -> bool:

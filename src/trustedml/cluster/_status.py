@@ -89,10 +89,11 @@ def fetch_master_json(ui_url: str, ca: Path | None, timeout: float = 5.0) -> dic
     try:
         with urllib.request.urlopen(url, timeout=timeout, context=context) as answer:  # noqa: S310
             body = answer.read(1 << 22)
-    except ssl.SSLError as exc:
-        raise ClusterError(f"{url}: TLS failed (is the CA {ca} the cluster's?): {exc}") from exc
-    except urllib.error.URLError as exc:
-        raise ClusterError(f"{url}: the master does not answer: {exc.reason}") from exc
+    except (ssl.SSLError, urllib.error.URLError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, ssl.SSLError):
+            raise ClusterError(f"{url}: TLS failed (is {ca} the cluster's CA?): {reason}") from exc
+        raise ClusterError(f"{url}: the master does not answer: {reason}") from exc
     except OSError as exc:
         raise ClusterError(f"{url}: the master does not answer: {exc}") from exc
     try:
