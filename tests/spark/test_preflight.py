@@ -14,9 +14,10 @@ import pytest
 
 from tests.conftest import FAST_JVM, FAST_KDF, PASSPHRASE, run_cli
 from trustedml import ConfigError, KeyDirectory, Secret, init_key_directory
+from trustedml.cluster import ClusterOptions, start_master, stop_cluster
 from trustedml.jobs import JobOptions, prepare_job
 from trustedml.spark import check_driver_host, driver_address, measured_conf, spark_home
-from trustedml.spark._preflight import master_addresses, preflight, preflight_jar
+from trustedml.spark._preflight import master_addresses, preflight, preflight_archive
 from trustedml.spark._submit import write_conf_dir
 
 STARTED = "preflight-test: the job started"
@@ -30,13 +31,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def _run_job(
-    keys: KeyDirectory, passphrase_file: Path, master: str, app: Path
+    keys: KeyDirectory, passphrase_file: Path, master: str, app: Path, *, submit: bool = False
 ) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`trustedml run -- python APP` (or `trustedml submit APP`) on ``master``, timed."""
+    job = ["submit", str(app)] if submit else ["run", "--", "python", str(app)]
     started = time.monotonic()
     done = run_cli(
-        ["run", "--master", master, "--keys", str(keys.path), "--passphrase-file",
-         str(passphrase_file), "--no-ui", "--", "python", str(app)],
+        [job[0], "--master", master, "--keys", str(keys.path), "--passphrase-file",
+         str(passphrase_file), "--no-ui", *job[1:]],
         timeout=120,
     )  # fmt: skip
     return done, time.monotonic() - started
@@ -165,24 +177,30 @@ class BareMaster:
 @pytest.fixture(scope="module")
 def masters(
     session_keys: KeyDirectory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, BareMaster]]:
-    """A master on the secure settings (AES/GCM) and one on Spark's default AES/CTR,
-    both with the cluster secret of the session key directory; started side by side."""
+) -> Iterator[dict[str, str]]:
+    """The URLs of two masters for the session key directory: "secure", started by
+    trustedml.cluster as an operator would, and "ctr", a bare one on Spark's default
+    AES/CTR with the same cluster secret. Started side by side; none is left behind."""
     root = tmp_path_factory.mktemp("masters")
-    started: dict[str, BareMaster] = {}
+    cluster = root / "cluster"
+    ctr = BareMaster(session_keys, CTR, root / "ctr")
+    pids = [ctr.proc.pid]
     try:
-        started["gcm"] = BareMaster(session_keys, GCM, root / "gcm")
-        started["ctr"] = BareMaster(session_keys, CTR, root / "ctr")
-        # Compiled once per install (make venv); a changed source is built here, untimed.
-        preflight_jar()
-        for master in started.values():
-            master.wait_alive()
-        yield started
+        # Made once per install (make venv); after a change to the source, here, untimed.
+        preflight_archive()
+        options = ClusterOptions(host="127.0.0.1", extra_env={"JAVA_TOOL_OPTIONS": FAST_JVM})
+        state = start_master(
+            cluster, options, keys=session_keys, passphrase=Secret(PASSPHRASE), port=0,
+            webui_port=0,
+        )  # fmt: skip
+        pids += [daemon.pid for daemon in state.daemons]
+        ctr.wait_alive()
+        yield {"secure": state.master_url, "ctr": ctr.url}
     finally:
-        for master in started.values():
-            master.stop()
-    for master in started.values():
-        assert master.proc.returncode is not None
+        if (cluster / "cluster.json").exists():
+            stop_cluster(cluster)
+        ctr.stop()
+    assert not [pid for pid in pids if _running(pid)], "a master was left behind"
 
 
 @pytest.fixture(scope="module")
@@ -196,17 +214,17 @@ def other_keys(tmp_path_factory: pytest.TempPathFactory) -> KeyDirectory:
 @pytest.mark.spark
 @pytest.mark.slow
 def test_the_matching_master_passes(
-    masters: dict[str, BareMaster],
+    masters: dict[str, str],
     session_keys: KeyDirectory,
     session_passphrase_file: Path,
     app: Path,
     tmp_path: Path,
 ) -> None:
-    conf, env, props = _job_settings(session_keys, masters["gcm"].url, tmp_path / "conf")
+    conf, env, props = _job_settings(session_keys, masters["secure"], tmp_path / "conf")
     took = preflight(conf, props, env)
     assert took < 10, took
     # Through the command line: the check passes and the job starts.
-    done, elapsed = _run_job(session_keys, session_passphrase_file, masters["gcm"].url, app)
+    done, elapsed = _run_job(session_keys, session_passphrase_file, masters["secure"], app)
     assert done.returncode == 0, done.stderr
     assert STARTED in done.stdout
     print(f"preflight, matching master: {took:.2f} s (library), {elapsed:.2f} s (CLI)")
@@ -215,12 +233,12 @@ def test_the_matching_master_passes(
 @pytest.mark.spark
 @pytest.mark.slow
 def test_a_wrong_secret_is_named(
-    masters: dict[str, BareMaster],
+    masters: dict[str, str],
     other_keys: KeyDirectory,
     session_passphrase_file: Path,
     app: Path,
 ) -> None:
-    done, elapsed = _run_job(other_keys, session_passphrase_file, masters["gcm"].url, app)
+    done, elapsed = _run_job(other_keys, session_passphrase_file, masters["secure"], app)
     _assert_refused(done, elapsed, "authentication failed", "the secret differs")
     print(f"preflight, wrong secret: {elapsed:.2f} s (CLI)")
 
@@ -228,11 +246,13 @@ def test_a_wrong_secret_is_named(
 @pytest.mark.spark
 @pytest.mark.slow
 def test_a_wrong_cipher_is_named(
-    masters: dict[str, BareMaster],
+    masters: dict[str, str],
     session_keys: KeyDirectory,
     session_passphrase_file: Path,
     app: Path,
 ) -> None:
-    done, elapsed = _run_job(session_keys, session_passphrase_file, masters["ctr"].url, app)
+    done, elapsed = _run_job(
+        session_keys, session_passphrase_file, masters["ctr"], app, submit=True
+    )
     _assert_refused(done, elapsed, "the RPC cipher or auth protocol differs", GCM)
     print(f"preflight, wrong cipher: {elapsed:.2f} s (CLI)")
