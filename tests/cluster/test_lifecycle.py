@@ -65,14 +65,16 @@ def test_the_state_file_records_every_daemon_measured_and_private(
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     state = directory.load()
     assert state == cluster.state
-    assert state.secure and state.tee == "sim"
+    assert state.secure
+    assert state.tee == "sim"
     assert [d.id for d in state.daemons] == ["master", "worker-1", "worker-2"]
     master, w1, w2 = state.daemons
     assert master.ui_url.startswith("https://127.0.0.1:")
     assert (w1.cores, w1.memory) == (1, "512m")
     # Workers started with the same choices measure the same; the master differs.
     assert w1.measurement == w2.measurement != master.measurement
-    assert w1.measurement is not None and len(w1.measurement) == 96
+    assert w1.measurement is not None
+    assert len(w1.measurement) == 96
     # The fingerprint names the secret both sides derive, never the secret itself.
     secret = cluster_secret(
         session_keys.unseal(Secret(PASSPHRASE)).spark_auth_secret, state.master_url
@@ -117,7 +119,8 @@ def test_status_reads_the_master_over_tls_pinned_to_the_key_directory_ca(
     status = cluster_status(cluster.master_dir.path, ca=cluster.ca)
     assert status.status == "ALIVE"
     assert status.master_url == cluster.master_url
-    assert len(status.alive_workers) == 2 and status.lost_workers == ()
+    assert len(status.alive_workers) == 2
+    assert status.lost_workers == ()
     assert {(w.host, w.cores, w.memory_mb) for w in status.workers} == {("127.0.0.1", 1, 512)}
     assert {w.port for w in status.workers} == {d.port for d in cluster.state.workers}
     # Another CA: the TLS handshake fails, status says so.
@@ -167,7 +170,8 @@ def test_submit_to_the_cluster_with_its_derived_secret(
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"Pi is roughly 3\.1", done.stdout), done.stdout
     status = cluster_status(cluster.master_dir.path, ca=cluster.ca)
-    assert len(status.completed_apps) == 1 and status.active_apps == ()
+    assert len(status.completed_apps) == 1
+    assert status.active_apps == ()
     # Both workers ran an executor of it.
     for worker in ("worker-1", "worker-2"):
         assert "Asked to launch executor" in daemon_logs(cluster.master_dir, worker, lines=200)
