@@ -34,10 +34,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
 import pytest
+
+from tests.cluster.netns import Scoped
 
 Kind = Literal["tls", "spark-rpc-encrypted", "plaintext", "unknown", "empty"]
 Endpoint = tuple[str, int]
@@ -67,7 +68,7 @@ def ensure_tcpdump() -> str:
     return found
 
 
-class Capture:
+class Capture(Scoped):
     """tcpdump on one interface for the life of a `with` block; the pcap is read afterwards."""
 
     def __init__(self, iface: str, path: Path | None = None, *, bpf: str = "ip") -> None:
@@ -80,18 +81,6 @@ class Capture:
         self._stderr: list[str] = []
         self._reader: threading.Thread | None = None
         self._packets: list[Packet] | None = None
-
-    def __enter__(self) -> Capture:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start tcpdump and return once it says it is listening."""
@@ -109,7 +98,7 @@ class Capture:
         deadline = time.monotonic() + 15
         while not listening.wait(0.05):
             if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
+                self.close()
                 raise RuntimeError(f"tcpdump did not start: {''.join(self._stderr).strip()}")
 
     def _read_stderr(self, listening: threading.Event) -> None:
@@ -119,7 +108,7 @@ class Capture:
             if "listening on" in line:
                 listening.set()
 
-    def stop(self) -> None:
+    def close(self) -> None:
         """Stop tcpdump (SIGINT: it flushes and prints its counters); idempotent."""
         proc, self._proc = self._proc, None
         if proc is None:

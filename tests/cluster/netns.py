@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import pytest
 
@@ -106,7 +106,29 @@ def _remove(k: int, link_names: set[str], netns: set[str]) -> list[int]:
     return killed
 
 
-class TestNet:
+class Scoped:
+    """A context manager over start() and close() (close also after a failure)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class TestNet(Scoped):
     """Bridge + one namespace per host; a context manager that skips when it cannot be made.
 
     Attributes once entered: `k`, `gateway` ("198.18.k.1"), `bridge` (the interface to
@@ -131,18 +153,6 @@ class TestNet:
         self.killed: list[int] = []
 
     # -- life cycle -------------------------------------------------------------------
-    def __enter__(self) -> TestNet:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def start(self) -> None:
         """Build the network (skipping the test with a reason when it cannot be built)."""
         _require_privileges()

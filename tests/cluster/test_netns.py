@@ -22,7 +22,7 @@ from tests.cluster.capture import (
     read_pcap,
     tcp_flows,
 )
-from tests.cluster.netns import TestNet
+from tests.cluster.netns import Host, TestNet
 
 SYN, ACK, PSH, FIN = 0x02, 0x10, 0x08, 0x01
 A, B = ("198.18.7.11", 40001), ("198.18.7.12", 7077)
@@ -241,12 +241,19 @@ def test_one_readable_direction_makes_the_flow_plaintext() -> None:
 # -- live: namespaces, bridge, tcpdump ------------------------------------------------------
 
 
-def _listen_once(port: int) -> str:
-    return (
+def _listen_once(host: Host, port: int) -> subprocess.Popen[str]:
+    """A server in `host` that prints the first message it receives; started listening."""
+    code = (
         "import socket,sys;"
         f"s=socket.create_server((sys.argv[1],{port}));print('up',flush=True);"
         "c,_=s.accept();print(c.recv(1000).decode(),flush=True)"
     )
+    server = subprocess.Popen(
+        host.argv([sys.executable, "-c", code, host.address]), stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None
+    assert server.stdout.readline() == "up\n"
+    return server
 
 
 def _send(address: str, port: int, data: str) -> list[str]:
@@ -267,24 +274,12 @@ def test_hosts_talk_through_the_bridge_and_the_capture_sees_it(tmp_path: Path) -
         )
         assert "unreachable" in unreachable.stderr
         with Capture(net.bridge, tmp_path / "smoke.pcap") as cap:
-            server = subprocess.Popen(
-                two.argv([sys.executable, "-c", _listen_once(9000), two.address]),
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert server.stdout is not None
-            assert server.stdout.readline() == "up\n"
+            server = _listen_once(two, 9000)
             sent = one.run(_send(two.address, 9000, f"hello {marker}"))
             assert sent.returncode == 0, sent.stderr
             assert server.communicate(timeout=10)[0] == f"hello {marker}\n"
             # And from the root namespace (where the master and the driver live) to a host.
-            back = subprocess.Popen(
-                two.argv([sys.executable, "-c", _listen_once(9001), two.address]),
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert back.stdout is not None
-            assert back.stdout.readline() == "up\n"
+            back = _listen_once(two, 9001)
             greeting = _send(two.address, 9001, f"from the gateway: {marker}")
             subprocess.run(greeting, check=True, timeout=30)
             back.communicate(timeout=10)

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,31 +30,16 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.capture import Capture, Flow, classify
+from tests.cluster.conftest import RunningCluster, running_cluster
 from tests.cluster.netns import TestNet
-from tests.conftest import EXAMPLES, FAST_JVM, PASSPHRASE, cli_env
-from trustedml import KeyDirectory, Secret
-from trustedml.cluster import (
-    ClusterDir,
-    ClusterOptions,
-    ClusterStatus,
-    cluster_status,
-    start_master,
-    stop_cluster,
-)
-from trustedml.tee import SimBackend
+from tests.conftest import EXAMPLES, cli_env
+from trustedml import KeyDirectory
+from trustedml.cluster import ClusterStatus, cluster_status
+from trustedml.cluster._process import process_tree
 
-pytestmark = [
-    pytest.mark.spark,
-    pytest.mark.slow,
-    # The library starts the master detached and keeps only its PID: the Popen object it
-    # drops warns that its (deliberately) running child is still running.
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <function Popen.__del__"
-        ":pytest.PytestUnraisableExceptionWarning"
-    ),
-]
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
-ROWS = 60_000
+ROWS = 20_000
 JOB_TIMEOUT = 420.0
 
 # The one driver of each cluster. Written next to the test's files and submitted.
@@ -136,26 +122,6 @@ def main():
 main()
 '''
 
-# A worker started inside its namespace, through the library as an operator's
-# `trustedml cluster start-worker` on that host would.
-START_WORKER = """
-import sys
-from pathlib import Path
-from trustedml import KeyDirectory, Secret
-from trustedml.cluster import ClusterOptions, start_worker
-from trustedml.tee import SimBackend
-where, host, master, keys, passphrase, sim_key, secure, java = sys.argv[1:]
-secure = secure == "secure"
-options = ClusterOptions(
-    host=host, tee=SimBackend(sim_key) if secure else None, secure=secure,
-    extra_env={"JAVA_TOOL_OPTIONS": java},
-)
-start_worker(
-    where, options, master, keys=KeyDirectory(keys) if secure else None,
-    passphrase=Secret(Path(passphrase).read_text().strip()) if secure else None,
-)
-"""
-
 
 @dataclass
 class Run:
@@ -186,30 +152,6 @@ def net() -> Iterator[TestNet]:
     assert testnet.killed == [], f"processes left in the test hosts: {testnet.killed}"
 
 
-def _start_workers(
-    net: TestNet, root: Path, master_url: str, keys: str, passphrase: str, secure: bool
-) -> list[Path]:
-    dirs = [root / host.name for host in net.hosts]
-    mode = "secure" if secure else "plain"
-    procs = [
-        subprocess.Popen(
-            host.argv([
-                sys.executable, "-c", START_WORKER, str(where), host.address, master_url,
-                keys, passphrase, str(root / "sim.pem"), mode, FAST_JVM,
-            ]),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_env(),
-        )
-        for host, where in zip(net.hosts, dirs, strict=True)
-    ]  # fmt: skip
-    for proc in procs:
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, f"start-worker failed:\n{out}\n{err[-3000:]}"
-    return dirs
-
-
 def _listeners(argv_prefix: list[str], pids: set[int] | None) -> list[str]:
     """`ss -ltnp` lines (listening TCP sockets), only those of `pids` when given."""
     shown = subprocess.run(
@@ -218,24 +160,6 @@ def _listeners(argv_prefix: list[str], pids: set[int] | None) -> list[str]:
     if pids is None:
         return shown
     return [line for line in shown if any(f"pid={pid}," in line for pid in pids)]
-
-
-def _descendants(roots: set[int]) -> set[int]:
-    parent = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-    found = set(roots)
-    grew = True
-    while grew:
-        new = {pid for pid, ppid in parent.items() if ppid in found} - found
-        found |= new
-        grew = bool(new)
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -277,20 +201,19 @@ def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float) -> None:
         time.sleep(0.2)
 
 
-def _stop_everything(master_dir: Path, worker_dirs: list[Path], run: Run) -> None:
-    for where in [*worker_dirs, master_dir]:
-        if (where / "cluster.json").exists():
-            stop_cluster(where)
+def _left_behind(run: Run, root: Path) -> list[str]:
+    """What still runs of a stopped cluster: its recorded PIDs, anything in the test
+    hosts' namespaces, anything naming its directories."""
+    left = []
     for pid in run.pids:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # the master is this process's child: reap it
         if _alive(pid):
-            run.left_after_stop.append(f"recorded pid {pid}")
+            left.append(f"recorded pid {pid}")
     for host in run.net.hosts:
-        run.left_after_stop += [f"{host.name}: pid {pid}" for pid in host.pids()]
-    for where in [master_dir, *worker_dirs]:
-        found = subprocess.run(["pgrep", "-af", str(where)], capture_output=True, text=True)
-        run.left_after_stop += found.stdout.splitlines()
+        left += [f"{host.name}: pid {pid}" for pid in host.pids()]
+    found = subprocess.run(["pgrep", "-af", str(root)], capture_output=True, text=True)
+    return left + found.stdout.splitlines()
 
 
 def _submit(
@@ -299,7 +222,9 @@ def _submit(
     app = tmp / "wire_app.py"
     app.write_text(APP)
     argv = [sys.executable, "-m", "trustedml", "submit", "--master", master_url, "--no-ui"]
-    argv += ["--driver-host", run.net.gateway, *secure, str(app), *app_args]
+    # The workers of the test clusters have 512m: executors take what fits.
+    argv += ["--driver-host", run.net.gateway, "--conf", "spark.executor.memory=512m"]
+    argv += [*secure, str(app), *app_args]
     return subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
@@ -319,10 +244,28 @@ def _finish(proc: subprocess.Popen[str], run: Run) -> None:
     run.returncode = proc.returncode
 
 
-def _read_capture(cap: Capture, run: Run) -> None:
-    run.flows = cap.flows()
-    run.marker_hits = cap.count(run.marker)
-    run.dropped = cap.dropped
+@contextlib.contextmanager
+def _captured_cluster(run: Run, tmp: Path, keys: KeyDirectory | None) -> Iterator[RunningCluster]:
+    """A master on the gateway and a worker in each test host (--tee sim when secure),
+    captured on the bridge from before the first daemon starts to after the last stops."""
+    started = time.monotonic()
+    try:
+        with (
+            Capture(run.net.bridge, tmp / "wire.pcap") as cap,
+            running_cluster(tmp, keys, secure=keys is not None, net=run.net) as cluster,
+        ):
+            run.pids = sorted(cluster.pids)
+            run.timings["cluster up"] = time.monotonic() - started
+            yield cluster
+        run.flows = cap.flows()
+        run.marker_hits = cap.count(run.marker)
+        run.dropped = cap.dropped
+    finally:
+        run.left_after_stop = _left_behind(run, tmp)
+    run.timings["all"] = time.monotonic() - started
+    kinds = Counter(classify(flow) for flow in run.flows)
+    print(f"\n{'secure' if keys else 'plain'} run: {run.timings}, {len(run.flows)} flows")
+    print(f"  {dict(kinds)}, marker hits {run.marker_hits}, dropped {run.dropped}")
 
 
 @pytest.fixture(scope="module")
@@ -334,89 +277,47 @@ def secure_run(
 ) -> Run:
     tmp = tmp_path_factory.mktemp("wire-secure")
     run = Run(net, marker=("tml-marker-" + os.urandom(6).hex()).encode())
-    sim = tmp / "sim.pem"
-    options = ClusterOptions(
-        host=net.gateway, tee=SimBackend(sim), extra_env={"JAVA_TOOL_OPTIONS": FAST_JVM}
-    )
-    master_dir, worker_dirs = tmp / "master", [tmp / h.name for h in net.hosts]
     ready, go = tmp / "READY", tmp / "GO"
     secure = [
         "--keys", str(session_keys.path), "--passphrase-file", str(session_passphrase_file),
-        "--tee", "sim", "--sim-key", str(sim),
+        "--tee", "sim", "--sim-key", str(tmp / "sim-key.pem"),
     ]  # fmt: skip
     examples = [
         str(EXAMPLES / "pi.py"), "4", "---",
         str(EXAMPLES / "wordcount.py"), str(EXAMPLES / "sql_basic.py"), "---",
         str(EXAMPLES / "sql_basic.py"), str(EXAMPLES / "resources"),
     ]  # fmt: skip
-    started = time.monotonic()
-    try:
-        with Capture(net.bridge, tmp / "secure.pcap") as cap:
-            state = start_master(
-                master_dir,
-                options,
-                keys=session_keys,
-                passphrase=Secret(PASSPHRASE),
-                port=0,
-                webui_port=0,
-            )
-            _start_workers(
-                net,
-                tmp,
-                state.master_url,
-                str(session_keys.path),
-                str(session_passphrase_file),
-                True,
-            )
-            run.timings["cluster up"] = time.monotonic() - started
-            proc = _submit(
-                run,
-                tmp,
-                state.master_url,
-                secure,
-                [run.marker.decode(), str(ROWS), str(ready), str(go), *examples],
-            )
-            _wait_for(ready, proc, JOB_TIMEOUT)
-            run.timings["to the pause"] = time.monotonic() - started
-            _look_while_running(run, master_dir, worker_dirs, proc, session_keys)
-            victim = ClusterDir(worker_dirs[1]).load().workers[0]
-            run.killed_worker = victim.id + "@" + victim.host
-            os.killpg(victim.pgid, signal.SIGKILL)
-            go.touch()
-            _finish(proc, run)
-            run.timings["job done"] = time.monotonic() - started
-            run.status_after_kill = _status_with_lost(master_dir, session_keys.ca_cert)
-        _read_capture(cap, run)
-    finally:
-        _stop_everything(master_dir, worker_dirs, run)
-    run.timings["all"] = time.monotonic() - started
-    print(f"secure run timings: {run.timings}")
+    with _captured_cluster(run, tmp, session_keys) as cluster:
+        started = time.monotonic()
+        args = [run.marker.decode(), str(ROWS), str(ready), str(go), *examples]
+        proc = _submit(run, tmp, cluster.master_url, secure, args)
+        _wait_for(ready, proc, JOB_TIMEOUT)
+        run.timings["job to the pause"] = time.monotonic() - started
+        _look_while_running(run, cluster, proc)
+        victim = cluster.worker_dirs[1].load().workers[0]
+        run.killed_worker = victim.id + "@" + victim.host
+        os.killpg(victim.pgid, signal.SIGKILL)
+        go.touch()
+        _finish(proc, run)
+        run.timings["job"] = time.monotonic() - started
+        run.status_after_kill = _status_with_lost(cluster)
+        run.timings["lost worker reported"] = time.monotonic() - started
     return run
 
 
-def _look_while_running(
-    run: Run,
-    master_dir: Path,
-    worker_dirs: list[Path],
-    proc: subprocess.Popen[str],
-    keys: KeyDirectory,
-) -> None:
+def _look_while_running(run: Run, cluster: RunningCluster, proc: subprocess.Popen[str]) -> None:
     """At the pause: every process exists (master, workers, executors, Python workers)."""
-    state = ClusterDir(master_dir).load()
-    run.pids = [d.pid for d in state.daemons]
-    run.pids += [d.pid for w in worker_dirs for d in ClusterDir(w).load().daemons]
-    ours = _descendants({*run.pids, proc.pid})
-    run.listeners["gateway"] = _listeners([], ours)
+    run.listeners["gateway"] = _listeners([], process_tree({*cluster.pids, proc.pid}))
     for host in run.net.hosts:
         run.listeners[host.name] = _listeners(host.argv([]), None)
     run.rest_port = _rest_port(run.net.gateway)
-    run.status_running = cluster_status(master_dir, ca=keys.ca_cert)
+    run.status_running = cluster_status(cluster.master_dir, ca=cluster.ca)
 
 
-def _status_with_lost(master_dir: Path, ca: Path | None) -> ClusterStatus:
+def _status_with_lost(cluster: RunningCluster) -> ClusterStatus:
     deadline = time.monotonic() + 60
     while True:
-        status = cluster_status(master_dir, ca=ca)
+        status = cluster_status(cluster.master_dir, ca=cluster.ca)
         if status.lost_workers or time.monotonic() > deadline:
             return status
         time.sleep(1)
@@ -427,30 +328,9 @@ def plain_run(net: TestNet, tmp_path_factory: pytest.TempPathFactory, secure_run
     """The same hosts as a plain cluster (after the secure one is gone): the marker job."""
     tmp = tmp_path_factory.mktemp("wire-plain")
     run = Run(net, marker=("tml-marker-" + os.urandom(6).hex()).encode())
-    options = ClusterOptions(
-        host=net.gateway, secure=False, extra_env={"JAVA_TOOL_OPTIONS": FAST_JVM}
-    )
-    master_dir, worker_dirs = tmp / "master", [tmp / h.name for h in net.hosts]
-    started = time.monotonic()
-    try:
-        with Capture(net.bridge, tmp / "plain.pcap") as cap:
-            state = start_master(
-                master_dir, options, keys=None, passphrase=None, port=0, webui_port=0
-            )
-            _start_workers(net, tmp, state.master_url, "-", "-", False)
-            proc = _submit(
-                run,
-                tmp,
-                state.master_url,
-                ["--insecure"],
-                [run.marker.decode(), str(ROWS), "-", "-"],
-            )
-            _finish(proc, run)
-        _read_capture(cap, run)
-    finally:
-        _stop_everything(master_dir, worker_dirs, run)
-    run.timings["all"] = time.monotonic() - started
-    print(f"plain run timings: {run.timings}")
+    with _captured_cluster(run, tmp, None) as cluster:
+        args = [run.marker.decode(), str(ROWS), "-", "-"]
+        _finish(_submit(run, tmp, cluster.master_url, ["--insecure"], args), run)
     return run
 
 
