@@ -21,6 +21,7 @@ secure cluster:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -38,7 +39,7 @@ from typing import Literal
 
 import pytest
 
-from tests.cluster.netns import Scoped
+from tests.cluster.netns import LOCK_DIR, Scoped
 
 Kind = Literal["tls", "spark-rpc-encrypted", "plaintext", "unknown", "empty"]
 Endpoint = tuple[str, int]
@@ -53,19 +54,30 @@ def ensure_tcpdump() -> str:
         return found
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.skip("the wire tests need tcpdump (missing, and apt-get cannot install it here)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "tcpdump"]
-    for step in (install, ["apt-get", "update", "-q"], install):
-        proc = subprocess.run(
-            step, capture_output=True, text=True, env=env, check=False, timeout=600
-        )
-        if step is install and proc.returncode == 0:
-            break
+    LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Both xdist workers may find it missing at once; dpkg takes one installer at a time.
+    with open(LOCK_DIR / "apt.lock", "wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        why = _apt_install("tcpdump") if shutil.which("tcpdump") is None else ""
     found = shutil.which("tcpdump")
     if not found:
-        why = proc.stderr.strip()[-300:]
         pytest.skip(f"the wire tests need tcpdump; apt-get could not install it: {why}")
     return found
+
+
+def _apt_install(package: str) -> str:
+    """Install `package` (updating the package lists if the first try fails); the
+    error's last lines, or "" on success."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    apt = ["apt-get", "-q", "-o", "DPkg::Lock::Timeout=300"]
+    install = [*apt, "install", "-y", "--no-install-recommends", package]
+    why = ""
+    for step in (install, [*apt, "update"], install):
+        proc = subprocess.run(step, capture_output=True, text=True, env=env, timeout=900)
+        why = proc.stderr.strip()[-300:]
+        if step is install and proc.returncode == 0:
+            return ""
+    return why
 
 
 class Capture(Scoped):
