@@ -99,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tee", default="sim", help="secure daemons' TEE (default: sim)")
     parser.add_argument("--local", action="store_true", help="local-mode drivers, no clusters")
     parser.add_argument(
+        "--part",
+        choices=("all", "tpch", "lenet"),
+        default="all",
+        help="TPC-H, LeNet cluster vs local, or both (default)",
+    )
+    parser.add_argument(
         "--timeout", type=positive_int, default=1800, help="seconds per query (default: 1800)"
     )
     return parser
@@ -232,11 +238,10 @@ def _cluster_masters(
     )
 
 
-def _report(args: argparse.Namespace, result: dict[str, Any]) -> Path:
+def _print_tpch(args: argparse.Namespace, result: dict[str, Any]) -> None:
     rows = result["rows"]
-    where = "local mode" if args.local else f"2-host standalone clusters (--tee {args.tee})"
     print_table(
-        f"{NAME}: TPC-H SF {args.sf:g}, {where}, {args.rounds} round(s)",
+        f"{NAME}: TPC-H SF {args.sf:g}, {_where(args)}, {args.rounds} round(s)",
         ("query", "plain s", "secure s", "secure/plain", "rows", "same answers"),
         [
             (
@@ -254,16 +259,53 @@ def _report(args: argparse.Namespace, result: dict[str, Any]) -> Path:
     verdict = "meets" if geomean <= GOAL else "misses"
     print(f"geometric mean secure/plain: {geomean:.3f} ({verdict} the goal <= {GOAL})")
     print("published anchors: SGX PySpark under SCONE +22% on TPC-H; Opaque SQL ~13.9x (SF1)")
-    settings = {
+    for r in rows:
+        if r["plain_vs_duckdb"] is not None:
+            print(f"Q{r['query']}: Spark's answer differs from duckdb's: {r['plain_vs_duckdb']}")
+
+
+def _print_lenet(result: dict[str, Any]) -> None:
+    if "not_measured" in result:
+        print(f"LeNet on the cluster: not measured: {result['not_measured']}")
+        return
+    print_table(
+        f"{NAME}: LeNet 2 epochs (`trustedml example lenet`), secure, wall seconds",
+        ("run", "seconds", "accuracy"),
+        [(r["run"], f"{r['seconds']:.1f}", f"{r['accuracy']:.4f}") for r in result["rows"]],
+    )
+    print(f"cluster/local: {result['cluster_over_local']:.3f}")
+
+
+def _where(args: argparse.Namespace) -> str:
+    return "local mode" if args.local else f"2-host standalone clusters (--tee {args.tee})"
+
+
+def _settings_record(args: argparse.Namespace, numbers: Sequence[int]) -> dict[str, Any]:
+    return {
+        "part": args.part,
         "scale_factor": args.sf,
-        "queries": [r["query"] for r in rows],
+        "queries": list(numbers),
         "rounds": args.rounds,
-        "deployment": where,
+        "deployment": _where(args),
         "spark_extra": SPARK_EXTRA,
         "rewrites": [{"name": w.name, "why": w.why} for w in _tpch.REWRITES],
         "goal_geomean_ratio": GOAL,
     }
-    return write_results(NAME, rows, {"settings": settings, **result}, directory=args.out)
+
+
+def _run_parts(
+    args: argparse.Namespace, numbers: Sequence[int], root: Path
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    tpch_result = tpch(args, numbers, root) if args.part in ("all", "tpch") else None
+    lenet_result = None
+    if args.part in ("all", "lenet"):
+        if args.local:
+            lenet_result = {"not_measured": "--local: no cluster to train on", "rows": []}
+        else:
+            from bench._cluster_lenet import lenet
+
+            lenet_result = lenet(root, args.tee)
+    return tpch_result, lenet_result
 
 
 def main(argv: Sequence[str]) -> int:
@@ -279,16 +321,21 @@ def main(argv: Sequence[str]) -> int:
             root = args.work.resolve()
             root.mkdir(parents=True, exist_ok=True)
         try:
-            result = tpch(args, numbers, root)
+            tpch_result, lenet_result = _run_parts(args, numbers, root)
         except (_tpch.TpchError, BenchError, TrustedMLError) as exc:
             print(f"{NAME}: {exc}", file=sys.stderr)
             return 1
-    path = _report(args, result)
-    wrong = [r["query"] for r in result["rows"] if r["secure_vs_plain"] is not None]
-    off = [r for r in result["rows"] if r["plain_vs_duckdb"] is not None]
-    for r in off:
-        print(f"Q{r['query']}: Spark's answer differs from duckdb's: {r['plain_vs_duckdb']}")
+    extra: dict[str, Any] = {"settings": _settings_record(args, numbers)}
+    if tpch_result is not None:
+        _print_tpch(args, tpch_result)
+        extra.update(tpch_result)
+    if lenet_result is not None:
+        _print_lenet(lenet_result)
+        extra["lenet"] = lenet_result
+    rows = extra.pop("rows", [])
+    path = write_results(NAME, rows, extra, directory=args.out)
     print(f"wrote {path}")
+    wrong = [r["query"] for r in rows if r["secure_vs_plain"] is not None]
     if wrong:
         print(f"{NAME}: secure and plain answers differ for Q{wrong}", file=sys.stderr)
         return 1

@@ -67,6 +67,21 @@ def workloads(out: Path) -> list[Workload]:
     ]
 
 
+def example_options(root: Path) -> list[str]:
+    """`trustedml example` options for a throwaway key directory made in ``root`` (its
+    passphrase in a 0600 file there) holding the KEKs "models" and "data"."""
+    passphrase = secrets.token_urlsafe(32)
+    keys = init_key_directory(root / "keys", Secret(passphrase), kdf=ScryptParams(14))
+    store = LocalKeyStore(keys, Secret(passphrase))
+    store.create_kek("models")
+    store.create_kek("data")
+    pp = root / "passphrase"
+    pp.write_text(passphrase)
+    pp.chmod(0o600)
+    return ["--keys", str(keys.path), "--passphrase-file", str(pp),
+            "--kek", "models", "--kek", "data", "--no-ui"]  # fmt: skip
+
+
 def _run(workload: Workload, mode: list[str], log: Path) -> tuple[float, dict[str, float]]:
     argv = [sys.executable, "-m", "trustedml", "example", *mode, workload.name, *workload.args]
     start = time.perf_counter()
@@ -94,16 +109,7 @@ def main(argv: Sequence[str]) -> int:
         root = Path(tmp)
         logs = args.logs or root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        passphrase = secrets.token_urlsafe(32)
-        keys = init_key_directory(root / "keys", Secret(passphrase), kdf=ScryptParams(14))
-        store = LocalKeyStore(keys, Secret(passphrase))
-        store.create_kek("models")
-        store.create_kek("data")
-        pp = root / "passphrase"
-        pp.write_text(passphrase)
-        pp.chmod(0o600)
-        common = ["--keys", str(keys.path), "--passphrase-file", str(pp),
-                  "--kek", "models", "--kek", "data", "--no-ui"]  # fmt: skip
+        common = example_options(root)
         modes = {"secure": common, "plain": ["--insecure", *common]}
         for i, workload in enumerate(workloads(root / "out")):
             if args.only and workload.name not in args.only:
