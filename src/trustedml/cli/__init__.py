@@ -8,6 +8,7 @@ from trustedml import __version__
 from trustedml.cli._common import Group
 from trustedml.cli.attest import attest_group
 from trustedml.cli.broker import broker_group
+from trustedml.cli.cluster import cluster_group
 from trustedml.cli.data import decrypt_command, encrypt_command
 from trustedml.cli.doctor import doctor_command
 from trustedml.cli.jobs import run_command, submit_command
@@ -32,6 +33,7 @@ cli.add_command(attest_group)
 cli.add_command(measure_command)
 cli.add_command(broker_group)
 cli.add_command(doctor_command)
+cli.add_command(cluster_group)
 
 
 def main() -> None:

@@ -3,7 +3,12 @@
 from trustedml.cluster._daemons import start_cluster, start_master, start_worker, stop_cluster
 from trustedml.cluster._lint import lint_cluster
 from trustedml.cluster._logs import daemon_logs
-from trustedml.cluster._options import DAEMON_BACKENDS, MASTER_PORT, ClusterOptions
+from trustedml.cluster._options import (
+    DAEMON_BACKENDS,
+    MASTER_PORT,
+    ClusterOptions,
+    check_daemon_backend,
+)
 from trustedml.cluster._state import ClusterDir, ClusterState, DaemonState
 from trustedml.cluster._status import ClusterStatus, WorkerStatus, cluster_status
 
@@ -16,6 +21,7 @@ __all__ = [
     "ClusterStatus",
     "DaemonState",
     "WorkerStatus",
+    "check_daemon_backend",
     "cluster_status",
     "daemon_logs",
     "lint_cluster",

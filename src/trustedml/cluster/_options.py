@@ -13,7 +13,14 @@ from trustedml.errors import ConfigError
 from trustedml.spark import check_secure_conf
 from trustedml.tee import NoTee, TeeBackend
 
-__all__ = ["DAEMON_BACKENDS", "MASTER_PORT", "ClusterOptions", "check_memory", "check_port"]
+__all__ = [
+    "DAEMON_BACKENDS",
+    "MASTER_PORT",
+    "ClusterOptions",
+    "check_daemon_backend",
+    "check_memory",
+    "check_port",
+]
 
 MASTER_PORT = 7077
 MASTER_WEBUI_PORT = 8080
@@ -44,6 +51,17 @@ def check_host(host: str) -> str:
             "give the address the other hosts reach this one at"
         )
     return str(address)
+
+
+def check_daemon_backend(name: str) -> str:
+    """``name`` if that TEE backend can run a cluster daemon, else a ConfigError why not."""
+    if name not in DAEMON_BACKENDS:
+        raise ConfigError(
+            f"--tee {name}: cannot run a cluster daemon yet (its enclave manifest "
+            "describes one spark-submit job, not a daemon that starts executors); "
+            f"choose one of {', '.join(DAEMON_BACKENDS)}"
+        )
+    return name
 
 
 def check_port(name: str, port: int) -> int:
@@ -87,12 +105,7 @@ class ClusterOptions:
         object.__setattr__(self, "log_level", self.log_level.upper())
         if not self.python:
             raise ConfigError("python: expected an interpreter path, got ''")
-        if self.backend.name not in DAEMON_BACKENDS:
-            raise ConfigError(
-                f"--tee {self.backend.name}: cannot run a cluster daemon yet (its enclave "
-                "manifest describes one spark-submit job, not a daemon that starts "
-                f"executors); choose one of {', '.join(DAEMON_BACKENDS)}"
-            )
+        check_daemon_backend(self.backend.name)
         for key, value in self.extra_env.items():
             if not isinstance(key, str) or not isinstance(value, str) or not key:
                 raise ConfigError(f"extra_env: expected strings, got {key!r}={value!r}")
