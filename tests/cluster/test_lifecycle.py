@@ -204,12 +204,51 @@ def test_a_daemon_that_dies_at_start_fails_with_its_log_and_leaves_nothing(tmp_p
     assert str(directory.path) not in ps.stdout
 
 
+def test_the_cli_reads_status_and_logs(cluster: RunningCluster, session_keys: KeyDirectory) -> None:
+    where = ["--dir", str(cluster.master_dir.path)]
+    done = run_cli(["cluster", "status", *where, "--keys", str(session_keys.path), "--json"])
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["status"] == "ALIVE"
+    assert status["alive_workers"] == 2
+    assert status["lost_workers"] == []
+    done = run_cli(["cluster", "status", *where])
+    assert done.returncode == 2
+    assert "--keys DIR" in done.stderr
+    done = run_cli(["cluster", "logs", *where, "worker-1", "--lines", "400"])
+    assert done.returncode == 0
+    assert "Successfully registered with master" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tee", "gramine", "--insecure"], "--tee gramine: cannot run a cluster daemon yet"),
+        (["--host", "0.0.0.0", "--insecure"], "wildcard address"),  # noqa: S104 - refused
+        ([], "a secure cluster needs a key directory"),
+        (["--insecure", "--memory", "lots"], "--memory: expected a size"),
+    ],
+)
+def test_the_cli_refuses_before_starting_anything(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    done = run_cli(["cluster", "start", "--dir", str(tmp_path / "c"), *args])
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert not (tmp_path / "c" / "cluster.json").exists()
+
+
 def test_stop_leaves_no_process_and_removes_the_state(cluster: RunningCluster) -> None:
     # Last in the file: the module's cluster ends here (the fixture checks again).
     tree = process_tree(cluster.pids)
     assert len(tree) >= 3
-    stopped = stop_cluster(cluster.master_dir)
-    assert [d.id for d in stopped] == ["worker-1", "worker-2", "master"]
+    done = run_cli(["cluster", "stop", "--dir", str(cluster.master_dir.path)])
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[1] for line in done.stderr.splitlines()] == [
+        "worker-1",
+        "worker-2",
+        "master",
+    ]
     assert process_tree(tree) == set()
     assert not cluster.master_dir.exists()
     assert "Successfully registered" in daemon_logs(cluster.master_dir, "worker-1", lines=400)

@@ -200,6 +200,11 @@ def start_master(
     return state
 
 
+def _check_cores(cores: int) -> None:
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+        raise ConfigError(f"--cores: expected a positive number, got {cores!r}")
+
+
 def _next_worker_id(state: ClusterState | None) -> str:
     taken = {d.id for d in state.daemons} if state is not None else set()
     n = 1
@@ -244,8 +249,7 @@ def start_worker(
     directory = directory if isinstance(directory, ClusterDir) else ClusterDir(directory)
     check_port("--port", port)
     check_port("--webui-port", webui_port)
-    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
-        raise ConfigError(f"--cores: expected a positive number, got {cores!r}")
+    _check_cores(cores)
     memory = check_memory(memory)
     existing = directory.load_or_none()
     daemon_id = worker_id or _next_worker_id(existing)
@@ -327,6 +331,9 @@ def start_cluster(
     on failure every daemon already started is stopped again."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"--workers: expected a number of workers (0 or more), got {workers!r}")
+    # Every option checked before the master starts.
+    _check_cores(cores)
+    memory = check_memory(memory)
     directory = directory if isinstance(directory, ClusterDir) else ClusterDir(directory)
     state = start_master(
         directory,
