@@ -12,6 +12,8 @@ PUBLIC_API = [
     "BrokerRefusedError",
     "BrokerUnavailableError",
     "CertificateChainError",
+    "ClusterError",
+    "ClusterStateError",
     "CollateralError",
     "CollateralExpiredError",
     "ConfigError",
