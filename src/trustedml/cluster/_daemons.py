@@ -19,6 +19,7 @@ from trustedml.cluster._options import (
     check_memory,
     check_port,
 )
+from trustedml.cluster._overlay_launch import stop_overlay
 from trustedml.cluster._process import (
     exited,
     free_port,
@@ -367,8 +368,9 @@ def start_cluster(
 def stop_cluster(directory: ClusterDir | str | Path, timeout: float = 15.0) -> list[DaemonState]:
     """Stop every daemon this directory started (workers first): SIGTERM each one's
     process tree (executors and Python workers included), wait up to ``timeout``
-    seconds, SIGKILL the rest, and check that no process remains. Returns the daemons
-    that were stopped; the state file is removed (the logs stay)."""
+    seconds, SIGKILL the rest, and check that no process remains; then the overlay
+    tunnel, if any. Returns the daemons that were stopped; the state file is removed
+    (the logs stay)."""
     directory = directory if isinstance(directory, ClusterDir) else ClusterDir(directory)
     state = directory.load()
     stopped: list[DaemonState] = []
@@ -380,5 +382,7 @@ def stop_cluster(directory: ClusterDir | str | Path, timeout: float = 15.0) -> l
                 directory.save(replace(state, daemons=tuple(ordered[len(stopped) :])))
                 raise ClusterError(f"{daemon.id}: processes {sorted(left)} still run after SIGKILL")
         stopped.append(daemon)
+    # The overlay tunnel carried the daemons' traffic: it goes last.
+    stop_overlay(state.overlay, timeout)
     directory.remove_state()
     return stopped
