@@ -219,13 +219,25 @@ def about(exc: E, what: str, path: str | os.PathLike[str]) -> E:
 
 
 def run_distributed(train_fn: Callable[..., R], *args: Any) -> R:
-    """Run ``train_fn(*args)`` in ``NUM_PROCESSES`` local CPU processes with
-    TorchDistributor; return their (identical) result."""
+    """Run ``train_fn(*args)`` in ``NUM_PROCESSES`` CPU processes with TorchDistributor:
+    on this host, or on a standalone cluster's executors when the wire between them is
+    protected (:func:`~trustedml.ml._collectives.training_placement`); return their
+    (identical) result."""
     from pyspark.ml.torch.distributor import TorchDistributor
+    from pyspark.sql import SparkSession
+
+    from trustedml.ml._collectives import checked_placement
 
     # torchrun would otherwise warn that it set it; each process sets 1 thread anyway.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    distributor = TorchDistributor(num_processes=NUM_PROCESSES, local_mode=True, use_gpu=False)
+    spark = SparkSession.getActiveSession()
+    placement = "local" if spark is None else checked_placement(spark, "TorchDistributor")
+    if placement == "local":
+        distributor = TorchDistributor(num_processes=NUM_PROCESSES, local_mode=True, use_gpu=False)
+    else:
+        from trustedml.ml._torchrun import ClusterTorchDistributor
+
+        distributor = ClusterTorchDistributor(NUM_PROCESSES)
     try:
         result = cast(R, distributor.run(train_fn, *args))
     except RuntimeError as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from trustedml.errors import ConfigError, TrustedMLError
+from trustedml.ml._collectives import checked_placement
 from trustedml.ml._datasets import missing_default
 from trustedml.ml._io import check_key, save_model
 from trustedml.ml._options import add_input, add_output
@@ -181,6 +182,8 @@ def fit_and_score(
     """Fit ``estimator`` (an ``xgboost.spark`` class) with the workload's settings on the
     first of ``split`` (train, test); the model and its predictions for test, cached."""
     train, test = split
+    if args.num_workers > 1:
+        checked_placement(train.sparkSession, f"XGBoost with {args.num_workers} workers")
     model = estimator(**xgboost_params(args)).fit(assemble(train, feature_cols, label_col))
     # Scored once: the table and each metric would otherwise rerun the Python UDF.
     return model, model.transform(assemble(test, feature_cols, label_col)).cache()
