@@ -19,6 +19,7 @@ from trustedml.cluster import (
     daemon_logs,
     stop_cluster,
 )
+from trustedml.cluster._settings import daemon_launch
 from trustedml.cluster._status import parse_status
 from trustedml.errors import ClusterStateError, ConfigError, LaunchError, SparkConfigError
 from trustedml.spark import (
@@ -316,3 +317,40 @@ def test_status_parses_lost_workers_and_apps() -> None:
     assert [w.id for w in status.lost_workers] == ["w-b"]
     assert status.active_apps == ("app-1",)
     assert status.to_json()["lost_workers"] == ["w-b"]
+
+
+def test_a_daemon_gets_its_secrets_by_environment_and_nothing_inherited_from_spark(
+    session_keys: KeyDirectory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What an operator's shell might carry: each would weaken or redirect the daemon.
+    monkeypatch.setenv("SPARK_WORKER_OPTS", "-Dspark.authenticate=false")
+    monkeypatch.setenv("SPARK_DAEMON_JAVA_OPTS", "-Dspark.network.crypto.enabled=false")
+    monkeypatch.setenv("_SPARK_AUTH_SECRET", "an old secret")
+    master = "spark://127.0.0.1:7077"
+    launch = daemon_launch(
+        ClusterDir(tmp_path / "c"),
+        ClusterOptions(tee=SimBackend(tmp_path / "sim.pem")),
+        "worker",
+        "worker-3",
+        master,
+        keys=session_keys,
+        passphrase=Secret(PASSPHRASE),
+        argv_tail=["--cores", "1"],
+        ssl_port=4443,
+        cls="org.apache.spark.deploy.worker.Worker",
+        measured_options={"cores": "1"},
+        extra_env={"TRUSTEDML_WORKER": "worker-3@127.0.0.1"},
+        master_arg=master,
+    )
+    env = launch.plan.env
+    secret = cluster_secret(session_keys.unseal(Secret(PASSPHRASE)).spark_auth_secret, master)
+    assert env["_SPARK_AUTH_SECRET"] == secret.reveal_text()
+    assert env["SPARK_WORKER_OPTS"] == "-Dspark.ssl.standalone.port=4443"
+    assert "SPARK_DAEMON_JAVA_OPTS" not in env
+    assert env["SPARK_LOCAL_IP"] == "127.0.0.1"
+    assert env["TRUSTEDML_WORKER"] == "worker-3@127.0.0.1"
+    assert env["TRUSTEDML_JOB_MEASUREMENT"] == launch.measurement
+    assert launch.plan.argv[-1] == master
+    assert not [a for a in launch.plan.argv if secret.reveal_text() in a]
+    assert secret.reveal_text() not in repr(launch)
+    assert "secret" not in repr(launch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -32,6 +33,7 @@ logger.worker.level = info
 logger.master.name = org.apache.spark.deploy.master.Master
 logger.master.level = info
 """
+_INHERITED_SPARK = ("SPARK_", "_SPARK_", "PYSPARK_")
 # Which variable each daemon class takes its JVM options from (bin/spark-class).
 _OPTS_VARIABLE = {"master": "SPARK_MASTER_OPTS", "worker": "SPARK_WORKER_OPTS"}
 
@@ -104,7 +106,10 @@ def daemon_launch(
     """Build the daemon ``daemon_id`` (``role``): settings, environment, measurement
     (when the backend measures) and the backend's launch plan."""
     settings = daemon_settings(options, master_url, keys, passphrase)
-    env = child_environment(settings)
+    # An inherited SPARK_*_OPTS or _SPARK_* could turn a protection off (a -D property
+    # wins over the properties file): the daemons get only what is set here.
+    base = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_SPARK)}
+    env = child_environment(settings, base)
     env.update(options.extra_env)
     env["SPARK_CONF_DIR"] = str(directory.conf_dir)
     if ssl_port is not None:
