@@ -220,30 +220,40 @@ def _left_behind(run: Run, root: Path) -> list[str]:
     return left + found.stdout.splitlines()
 
 
-def _submit(
+@contextlib.contextmanager
+def _submitted(
     run: Run, tmp: Path, master_url: str, secure: list[str], app_args: list[str]
-) -> subprocess.Popen[str]:
+) -> Iterator[subprocess.Popen[str]]:
+    """`trustedml submit` of the wire app, in a process group of its own so that a test
+    failing half-way still ends the driver (its JVM included)."""
     app = tmp / "wire_app.py"
     app.write_text(APP)
     argv = [sys.executable, "-m", "trustedml", "submit", "--master", master_url, "--no-ui"]
     # The workers of the test clusters have 512m: executors take what fits.
     argv += ["--driver-host", run.net.gateway, "--conf", "spark.executor.memory=512m"]
     argv += [*secure, str(app), *app_args]
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=cli_env(),
         cwd=tmp,
+        start_new_session=True,
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
 
 
 def _finish(proc: subprocess.Popen[str], run: Run) -> None:
     try:
         run.stdout, run.stderr = proc.communicate(timeout=JOB_TIMEOUT)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         run.stdout, run.stderr = proc.communicate()
     run.returncode = proc.returncode
 
@@ -294,15 +304,15 @@ def secure_run(
     with _captured_cluster(run, tmp, session_keys) as cluster:
         started = time.monotonic()
         args = [run.marker.decode(), str(ROWS), str(ready), str(go), *examples]
-        proc = _submit(run, tmp, cluster.master_url, secure, args)
-        _wait_for(ready, proc, JOB_TIMEOUT)
-        run.timings["job to the pause"] = time.monotonic() - started
-        _look_while_running(run, cluster, proc)
-        victim = cluster.worker_dirs[1].load().workers[0]
-        run.killed_worker = victim.id + "@" + victim.host
-        os.killpg(victim.pgid, signal.SIGKILL)
-        go.touch()
-        _finish(proc, run)
+        with _submitted(run, tmp, cluster.master_url, secure, args) as proc:
+            _wait_for(ready, proc, JOB_TIMEOUT)
+            run.timings["job to the pause"] = time.monotonic() - started
+            _look_while_running(run, cluster, proc)
+            victim = cluster.worker_dirs[1].load().workers[0]
+            run.killed_worker = victim.id + "@" + victim.host
+            os.killpg(victim.pgid, signal.SIGKILL)
+            go.touch()
+            _finish(proc, run)
         run.timings["job"] = time.monotonic() - started
         run.status_after_kill = _status_with_lost(cluster, session_keys)
         run.timings["lost worker reported"] = time.monotonic() - started
@@ -341,7 +351,10 @@ def plain_run(net: TestNet, tmp_path_factory: pytest.TempPathFactory, secure_run
     run = Run(net, marker=("tml-marker-" + os.urandom(6).hex()).encode())
     with _captured_cluster(run, tmp, None) as cluster:
         args = [run.marker.decode(), str(ROWS), "-", "-"]
-        _finish(_submit(run, tmp, cluster.master_url, ["--insecure"], args), run)
+        started = time.monotonic()
+        with _submitted(run, tmp, cluster.master_url, ["--insecure"], args) as proc:
+            _finish(proc, run)
+        run.timings["job"] = time.monotonic() - started
     return run
 
 
