@@ -9,12 +9,19 @@ from trustedml.cluster._options import (
     ClusterOptions,
     check_daemon_backend,
 )
+from trustedml.cluster._overlay_cluster import (
+    start_cluster_on_overlay,
+    start_master_on_overlay,
+    start_worker_on_overlay,
+)
+from trustedml.cluster._overlay_launch import OVERLAY_PORT
 from trustedml.cluster._state import ClusterDir, ClusterState, DaemonState
 from trustedml.cluster._status import ClusterStatus, WorkerStatus, cluster_status
 
 __all__ = [
     "DAEMON_BACKENDS",
     "MASTER_PORT",
+    "OVERLAY_PORT",
     "ClusterDir",
     "ClusterOptions",
     "ClusterState",
@@ -26,7 +33,10 @@ __all__ = [
     "daemon_logs",
     "lint_cluster",
     "start_cluster",
+    "start_cluster_on_overlay",
     "start_master",
+    "start_master_on_overlay",
     "start_worker",
+    "start_worker_on_overlay",
     "stop_cluster",
 ]
