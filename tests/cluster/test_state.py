@@ -354,3 +354,9 @@ def test_a_daemon_gets_its_secrets_by_environment_and_nothing_inherited_from_spa
     assert not [a for a in launch.plan.argv if secret.reveal_text() in a]
     assert secret.reveal_text() not in repr(launch)
     assert "secret" not in repr(launch)
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Xss4m -Dspark.authenticate=false")
+    with pytest.raises(ConfigError, match=r"JAVA_TOOL_OPTIONS sets a Spark property"):
+        daemon_launch(
+            ClusterDir(tmp_path / "c"), ClusterOptions(secure=False), "master", "master",
+            master, keys=None, passphrase=None, argv_tail=[], ssl_port=None, cls="M",
+        )  # fmt: skip

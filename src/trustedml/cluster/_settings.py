@@ -34,6 +34,7 @@ logger.master.name = org.apache.spark.deploy.master.Master
 logger.master.level = info
 """
 _INHERITED_SPARK = ("SPARK_", "_SPARK_", "PYSPARK_")
+_JVM_OPTION_VARIABLES = ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS")
 # Which variable each daemon class takes its JVM options from (bin/spark-class).
 _OPTS_VARIABLE = {"master": "SPARK_MASTER_OPTS", "worker": "SPARK_WORKER_OPTS"}
 
@@ -111,6 +112,13 @@ def daemon_launch(
     base = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_SPARK)}
     env = child_environment(settings, base)
     env.update(options.extra_env)
+    for name in _JVM_OPTION_VARIABLES:
+        if "-Dspark." in env.get(name, ""):
+            # The JVM reads these itself; a spark.* system property overrides the file.
+            raise ConfigError(
+                f"{name} sets a Spark property (-Dspark.*): the daemons take their "
+                "properties from the cluster's configuration only"
+            )
     env["SPARK_CONF_DIR"] = str(directory.conf_dir)
     if ssl_port is not None:
         # The HTTPS port of this daemon's web UI (the http port only redirects to it).
