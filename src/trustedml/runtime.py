@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -60,6 +61,7 @@ __all__ = [
     "ExecutorKeyStore",
     "job_keyring",
     "job_keystore",
+    "on_standalone_cluster",
     "this_worker",
 ]
 
@@ -132,10 +134,10 @@ class AttestedKeyStore(_CachedRelease):
 
         Local mode: they share this process's attested session (attesting now if it
         lacks them; one attestation per job) instead of attesting themselves, and each
-        keeps what it fetched in memory. On a standalone cluster (the launcher set
-        ``TRUSTEDML_SPARK_MASTER``): an :class:`ExecutorKeyStore`, with no key and no
-        session; each executor attests with its worker's evidence."""
-        if os.environ.get(ENV_SPARK_MASTER, "").startswith("spark://"):
+        keeps what it fetched in memory. On a standalone cluster (see
+        :func:`on_standalone_cluster`): an :class:`ExecutorKeyStore`, with no key and
+        no session; each executor attests with its worker's evidence."""
+        if on_standalone_cluster():
             return ExecutorKeyStore(
                 self._client.url, self._client.ca_pem(), self._client.job_measurement, key_ids
             )
@@ -304,6 +306,19 @@ class ExecutorKeyStore:
                 )
                 store = _EXECUTOR_STORES[identity] = AttestedKeyStore(client)
             return store
+
+
+def on_standalone_cluster() -> bool:
+    """Whether this driver's executors run on a Spark standalone cluster's workers: the
+    launcher said so (``TRUSTEDML_SPARK_MASTER``, set by ``trustedml submit/run
+    --master spark://...``), or this process's active SparkContext runs on a
+    ``spark://`` master (an in-process session)."""
+    if os.environ.get(ENV_SPARK_MASTER, "").startswith("spark://"):
+        return True
+    # Only a process that already imported pyspark can have an active context.
+    pyspark = sys.modules.get("pyspark")
+    context = getattr(getattr(pyspark, "SparkContext", None), "_active_spark_context", None)
+    return str(getattr(context, "master", "") or "").startswith("spark://")
 
 
 def this_worker() -> str:

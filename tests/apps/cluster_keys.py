@@ -16,6 +16,9 @@ from trustedml.spark import read_encrypted, write_encrypted
 
 src, out, key_id, executors = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 spark = SparkSession.builder.appName("cluster-keys").getOrCreate()
+# What `trustedml submit` told the runtime; without it, the runtime reads the master of
+# the active context (as for an in-process session), which the rest of the job uses.
+print("launcher master:", os.environ.pop("TRUSTEDML_SPARK_MASTER", None))
 try:
     # Every executor registered before the first stage: each then runs tasks (the
     # block managers include the driver's).

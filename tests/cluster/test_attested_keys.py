@@ -148,6 +148,7 @@ def test_executors_attest_per_worker_and_a_worker_not_allowed_fails_the_job(
 
     ran = run_cli([*setup.submit, *args], timeout=300)
     assert ran.returncode == 0, ran.stdout + ran.stderr[-5000:]
+    assert f"launcher master: {setup.state.master_url}" in ran.stdout
     assert f"rows: {ROWS} partitions: 5" in ran.stdout
     assert "workers: worker-1@127.0.0.1,worker-2@127.0.0.1" in ran.stdout
     outputs = [p for p in out.rglob("*") if p.is_file() and p.name[0] not in "._"]
