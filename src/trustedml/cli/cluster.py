@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,6 +24,7 @@ from trustedml.cli._common import (
 )
 from trustedml.cli.jobs import INSECURE_BANNER, show_plan
 from trustedml.cluster import (
+    DEFAULT_IFACE,
     MASTER_PORT,
     ClusterDir,
     ClusterOptions,
@@ -32,8 +34,11 @@ from trustedml.cluster import (
     cluster_status,
     daemon_logs,
     start_cluster,
+    start_cluster_on_overlay,
     start_master,
+    start_master_on_overlay,
     start_worker,
+    start_worker_on_overlay,
     stop_cluster,
 )
 from trustedml.jobs import parse_conf
@@ -103,6 +108,22 @@ daemon_options = stacked(
         help="Seconds to wait for each daemon to be ready.",
     ),
 )
+# H5: the overlay tunnel (docs/overlay.md).
+overlay_options = stacked(
+    click.option(
+        "--overlay",
+        metavar="CIDR",
+        help="Run the daemons on a TLS 1.3 overlay network (e.g. 198.19.0.0/24, the same on "
+        "every host): everything between hosts, training traffic included, crosses the "
+        "wire inside the tunnel (needs root; docs/overlay.md).",
+    ),
+    click.option(
+        "--overlay-iface",
+        default=DEFAULT_IFACE,
+        show_default=True,
+        help="--overlay: the TUN device's name on this host.",
+    ),
+)
 worker_options = stacked(
     click.option("--cores", type=int, default=1, show_default=True, help="Cores per worker."),
     click.option(
@@ -156,7 +177,25 @@ def _plan_printer() -> Callable[[str, LaunchPlan], None]:
     return on_plan
 
 
+def _overlaid(
+    plain: Callable[..., ClusterState],
+    on_overlay: Callable[..., ClusterState],
+    given: dict[str, Any],
+) -> Callable[..., ClusterState]:
+    """``plain``, or with --overlay ``on_overlay`` given the overlay's network and device."""
+    if given["overlay"] is None:
+        return plain
+    return functools.partial(on_overlay, cidr=given["overlay"], iface=given["overlay_iface"])
+
+
 def _report(state: ClusterState, ids: set[str] | None = None) -> None:
+    if state.overlay is not None and (ids is None or "master" in ids):
+        err_console.print(
+            f"overlay {state.overlay['cidr']}: this host {state.overlay['address']} on "
+            f"{state.overlay['iface']}, hub {state.overlay['hub']}",
+            markup=False,
+            soft_wrap=True,
+        )
     for daemon in state.daemons:
         if ids is None or daemon.id in ids:
             offer = f", {daemon.cores} cores, {daemon.memory}" if daemon.role == "worker" else ""
@@ -178,6 +217,7 @@ def cluster_group() -> None:
 
 @cluster_group.command("start-master", short_help="Start a master on this host.")
 @daemon_options
+@overlay_options
 @click.option("--port", type=int, default=MASTER_PORT, show_default=True, help="RPC port.")
 @click.option(
     "--webui-port",
@@ -189,7 +229,7 @@ def cluster_group() -> None:
 def start_master_command(port: int, webui_port: int, **given: Any) -> None:
     """Start a master on this host and print its URL (spark://HOST:PORT)."""
     options, keys, passphrase = _setup(given)
-    state = start_master(
+    state = _overlaid(start_master, start_master_on_overlay, given)(
         ClusterDir(given["cluster_dir"]), options, keys=keys, passphrase=passphrase,
         port=port, webui_port=webui_port, timeout=given["timeout"], on_plan=_plan_printer(),
     )  # fmt: skip
@@ -199,6 +239,7 @@ def start_master_command(port: int, webui_port: int, **given: Any) -> None:
 
 @cluster_group.command("start-worker", short_help="Start a worker joining --master.")
 @daemon_options
+@overlay_options
 @worker_options
 @click.option(
     "--master", "master_url", required=True, metavar="spark://HOST:PORT", help="The master to join."
@@ -213,7 +254,7 @@ def start_worker_command(
     """Start a worker on this host joining --master (run it on every worker host)."""
     options, keys, passphrase = _setup(given)
     before = ClusterDir(given["cluster_dir"]).load_or_none()
-    state = start_worker(
+    state = _overlaid(start_worker, start_worker_on_overlay, given)(
         ClusterDir(given["cluster_dir"]), options, master_url, keys=keys,
         passphrase=passphrase, cores=cores, memory=memory, port=port, webui_port=webui_port,
         worker_id=worker_id, timeout=given["timeout"], on_plan=_plan_printer(),
@@ -224,6 +265,7 @@ def start_worker_command(
 
 @cluster_group.command("start", short_help="Start a master and N workers here.")
 @daemon_options
+@overlay_options
 @worker_options
 @click.option("--workers", type=int, default=2, show_default=True, help="Workers on this host.")
 @click.option("--port", type=int, default=MASTER_PORT, show_default=True, help="Master RPC port.")
@@ -234,7 +276,7 @@ def start_command(
     """Start a master and --workers workers on this host (development) and print the
     master URL."""
     options, keys, passphrase = _setup(given)
-    state = start_cluster(
+    state = _overlaid(start_cluster, start_cluster_on_overlay, given)(
         ClusterDir(given["cluster_dir"]), options, workers, keys=keys, passphrase=passphrase,
         port=port, webui_port=webui_port, cores=cores, memory=memory,
         timeout=given["timeout"], on_plan=_plan_printer(),

@@ -17,9 +17,11 @@ from trustedml.cluster._overlay_cluster import (
 from trustedml.cluster._overlay_launch import OVERLAY_PORT
 from trustedml.cluster._state import ClusterDir, ClusterState, DaemonState
 from trustedml.cluster._status import ClusterStatus, WorkerStatus, cluster_status
+from trustedml.cluster._tun import DEFAULT_IFACE
 
 __all__ = [
     "DAEMON_BACKENDS",
+    "DEFAULT_IFACE",
     "MASTER_PORT",
     "OVERLAY_PORT",
     "ClusterDir",

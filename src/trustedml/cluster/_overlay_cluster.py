@@ -175,18 +175,21 @@ def start_cluster_on_overlay(
     keys: KeyDirectory | None,
     passphrase: Secret | None,
     iface: str = DEFAULT_IFACE,
-    worker_options: dict[str, Any] | None = None,
-    **master: Any,
+    cores: int = 1,
+    memory: str = "1g",
+    **common: Any,
 ) -> ClusterState:
     """The hub and a master on the overlay, and ``workers`` workers on this host at the
-    hub's overlay address (for development: nothing crosses a host here); on failure
-    everything already started is stopped again."""
+    hub's overlay address (for development: nothing crosses a host here); ``common``
+    (timeout, on_plan) goes to every daemon, ``port``/``webui_port`` to the master.
+    On failure everything already started is stopped again."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"--workers: expected a number of workers (0 or more), got {workers!r}")
     directory = _as_dir(directory)
     state = start_master_on_overlay(
-        directory, options, cidr, keys=keys, passphrase=passphrase, iface=iface, **master
+        directory, options, cidr, keys=keys, passphrase=passphrase, iface=iface, **common
     )
+    shared = {k: v for k, v in common.items() if k not in ("port", "webui_port")}
     try:
         for _ in range(workers):
             state = start_worker_on_overlay(
@@ -196,7 +199,9 @@ def start_cluster_on_overlay(
                 cidr,
                 keys=keys,
                 passphrase=passphrase,
-                **(worker_options or {}),
+                cores=cores,
+                memory=memory,
+                **shared,
             )
     except BaseException:
         stop_cluster(directory)
