@@ -13,34 +13,37 @@ from bench._tpch_driver import BenchError, tail
 from trustedml import Secret, TrustedMLError
 from trustedml.keys import KeyDirectory
 
-RUNS = ("local", "cluster")
-
 
 def _lenet(out: Path) -> ml.Workload:
+    out.mkdir(parents=True, exist_ok=True)
     return next(w for w in ml.workloads(out) if w.name == "lenet")
 
 
+def _measure(run: str, options: list[str], base: Path) -> dict[str, Any]:
+    log = base / f"lenet-{run}.log"
+    try:
+        seconds, metrics = ml._run(_lenet(base / f"out-{run}"), options, log)
+    except RuntimeError as exc:
+        return {"run": run, "not_measured": f"{exc}\n{tail(log, 15)}"}
+    return {"run": run, "seconds": seconds, **metrics}
+
+
 def lenet(root: Path, tee: str) -> dict[str, Any]:
-    """Both runs; {"rows": [...], "cluster_over_local": ratio} or {"not_measured": why}."""
+    """Both runs: {"rows": [{"run", "seconds", "accuracy"} or {"run", "not_measured"}],
+    "cluster_over_local": the ratio of seconds, or None}."""
     base = root / "lenet"
     base.mkdir(parents=True, exist_ok=True)
     common = ml.example_options(base)
     keys = KeyDirectory(base / "keys")
     passphrase = Secret((base / "passphrase").read_text(encoding="utf-8"))
-    seconds: dict[str, float] = {}
-    metrics: dict[str, dict[str, float]] = {}
+    local = _measure("local", common, base)
     try:
-        seconds["local"], metrics["local"] = ml._run(
-            _lenet(base / "out-local"), common, base / "lenet-local.log"
-        )
         with overlay_cluster(base, keys, passphrase, tee) as (master, driver_host):
-            cluster = ["--master", master, "--driver-host", driver_host, *common]
-            seconds["cluster"], metrics["cluster"] = ml._run(
-                _lenet(base / "out-cluster"), cluster, base / "lenet-cluster.log"
-            )
-    except (RuntimeError, BenchError, TrustedMLError) as exc:
-        logs = sorted(base.glob("lenet-*.log"), key=lambda p: p.stat().st_mtime)
-        detail = f"\n{tail(logs[-1], 15)}" if logs else ""
-        return {"not_measured": f"{exc}{detail}", "rows": []}
-    rows = [{"run": run, "seconds": seconds[run], **metrics[run]} for run in RUNS]
-    return {"rows": rows, "cluster_over_local": seconds["cluster"] / seconds["local"]}
+            on_cluster = ["--master", master, "--driver-host", driver_host, *common]
+            cluster = _measure("cluster", on_cluster, base)
+    except (ImportError, BenchError, TrustedMLError) as exc:
+        cluster = {"run": "cluster", "not_measured": f"the cluster did not start: {exc}"}
+    ratio = None
+    if "seconds" in local and "seconds" in cluster:
+        ratio = cluster["seconds"] / local["seconds"]
+    return {"rows": [local, cluster], "cluster_over_local": ratio}

@@ -265,15 +265,21 @@ def _print_tpch(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 
 def _print_lenet(result: dict[str, Any]) -> None:
-    if "not_measured" in result:
-        print(f"LeNet on the cluster: not measured: {result['not_measured']}")
-        return
     print_table(
         f"{NAME}: LeNet 2 epochs (`trustedml example lenet`), secure, wall seconds",
         ("run", "seconds", "accuracy"),
-        [(r["run"], f"{r['seconds']:.1f}", f"{r['accuracy']:.4f}") for r in result["rows"]],
+        [
+            (r["run"], f"{r['seconds']:.1f}", f"{r['accuracy']:.4f}")
+            if "seconds" in r
+            else (r["run"], "not measured", "-")
+            for r in result["rows"]
+        ],
     )
-    print(f"cluster/local: {result['cluster_over_local']:.3f}")
+    for r in result["rows"]:
+        if "not_measured" in r:
+            print(f"LeNet {r['run']}: not measured: {r['not_measured']}")
+    if result["cluster_over_local"] is not None:
+        print(f"LeNet cluster/local: {result['cluster_over_local']:.3f}")
 
 
 def _where(args: argparse.Namespace) -> str:
@@ -300,7 +306,11 @@ def _run_parts(
     lenet_result = None
     if args.part in ("all", "lenet"):
         if args.local:
-            lenet_result = {"not_measured": "--local: no cluster to train on", "rows": []}
+            why = "--local: no cluster to train on"
+            lenet_result = {
+                "rows": [{"run": "cluster", "not_measured": why}],
+                "cluster_over_local": None,
+            }
         else:
             from bench._cluster_lenet import lenet
 
