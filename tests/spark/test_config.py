@@ -64,7 +64,9 @@ def test_secrets_travel_only_in_the_environment(session_keys: KeyDirectory) -> N
         assert env["TRUSTEDML_SSL_KEYSTORE_PASSWORD"] == opened.keystore_password.reveal_text()
         assert env["_SPARK_SSL_RPC_KEY_STORE_PASSWORD"] == opened.keystore_password.reveal_text()
         if master.startswith("spark://"):
-            assert env["_SPARK_AUTH_SECRET"] == opened.spark_auth_secret.reveal_text()
+            # The cluster's own secret, derived from the key directory's and the URL.
+            derived = _config.cluster_secret(opened.spark_auth_secret, master)
+            assert env["_SPARK_AUTH_SECRET"] == derived.reveal_text()
             # Spark requires the property in standalone mode; it holds only a reference.
             assert cfg.conf()["spark.authenticate.secret"] == "${env:_SPARK_AUTH_SECRET}"
         else:
