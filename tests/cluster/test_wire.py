@@ -20,9 +20,11 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ pauses (READY/GO files) for a worker to be killed half-way."""
 import runpy
 import sys
 import time
+import urllib.request
 from operator import add
 from pathlib import Path
 from typing import Any
@@ -143,6 +146,7 @@ class Run:
     status_running: ClusterStatus | None = None
     status_after_kill: dict[str, Any] = field(default_factory=dict)
     stop_output: list[tuple[int, str]] = field(default_factory=list)
+    worker_uis: dict[str, dict[str, Any]] = field(default_factory=dict)
     killed_worker: str = ""
     pids: list[int] = field(default_factory=list)
     left_after_stop: list[str] = field(default_factory=list)
@@ -329,6 +333,15 @@ def _look_while_running(run: Run, cluster: RunningCluster, proc: subprocess.Pope
         run.listeners[host.name] = _listeners(host.argv([]), None)
     run.rest_port = _rest_port(run.net.gateway)
     run.status_running = cluster_status(cluster.master_dir, ca=cluster.ca)
+    # Each worker's UI from the gateway: HTTPS across the bridge, pinned to the CA.
+    assert cluster.ca is not None
+    context = ssl.create_default_context(cafile=str(cluster.ca))
+    context.check_hostname = False  # the certificate names the key directory's host
+    for directory in cluster.worker_dirs:
+        (worker,) = directory.load().workers
+        url = worker.ui_url + "/json/"
+        with urllib.request.urlopen(url, timeout=10, context=context) as answer:  # noqa: S310
+            run.worker_uis[worker.host] = json.loads(answer.read())
 
 
 def _status_with_lost(cluster: RunningCluster, keys: KeyDirectory) -> dict[str, Any]:
@@ -403,6 +416,11 @@ def test_the_marker_job_ran_across_both_workers_and_the_wire_never_showed_it(
 def test_every_flow_between_the_hosts_is_encrypted(secure_run: Run) -> None:
     kinds = {str(flow): classify(flow) for flow in secure_run.flows}
     assert sum(1 for k in kinds.values() if k == "spark-rpc-encrypted") >= 4, kinds
+    # The workers' UIs answered the test over HTTPS: those flows are TLS.
+    assert {host: ui["cores"] for host, ui in secure_run.worker_uis.items()} == {
+        host.address: 1 for host in secure_run.net.hosts
+    }
+    assert list(kinds.values()).count("tls") >= 2, kinds
     readable = {
         name: kind
         for name, kind in kinds.items()
