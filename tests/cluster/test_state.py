@@ -19,6 +19,7 @@ from trustedml.cluster import (
     daemon_logs,
     stop_cluster,
 )
+from trustedml.cluster._process import START_MARK, log_tail, spawn
 from trustedml.cluster._settings import daemon_launch
 from trustedml.cluster._status import parse_status
 from trustedml.errors import ClusterStateError, ConfigError, LaunchError, SparkConfigError
@@ -360,3 +361,16 @@ def test_a_daemon_gets_its_secrets_by_environment_and_nothing_inherited_from_spa
             ClusterDir(tmp_path / "c"), ClusterOptions(secure=False), "master", "master",
             master, keys=None, passphrase=None, argv_tail=[], ssl_port=None, cls="M",
         )  # fmt: skip
+
+
+def test_readiness_reads_only_the_latest_start_of_a_reused_log(tmp_path: Path) -> None:
+    log = tmp_path / "worker-1.log"
+    done = spawn(["true"], {}, tmp_path, log)
+    done.wait()
+    with open(log, "a") as fh:
+        fh.write("Successfully registered with master spark://old:7077\n")
+    again = spawn(["echo", "Connecting to master"], {}, tmp_path, log)
+    again.wait()
+    assert "Successfully registered" in log_tail(log, 10)
+    assert log_tail(log, 10, this_run=True) == "Connecting to master"
+    assert log.read_text().count(START_MARK) == 2

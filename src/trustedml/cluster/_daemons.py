@@ -67,7 +67,8 @@ def _ui_ports(host: str, webui_port: int, secure: bool) -> tuple[int, int | None
 def _fail(launch: DaemonLaunch, what: str, log: Path, proc_pids: list[int]) -> ClusterError:
     left = terminate(proc_pids, timeout=5.0)
     # Java stack frames crowd out the lines that say what went wrong.
-    lines = [ln for ln in log_tail(log, 400).splitlines() if not ln.lstrip().startswith("at ")]
+    lines = log_tail(log, 400, this_run=True).splitlines()
+    lines = [ln for ln in lines if not ln.lstrip().startswith("at ")]
     tail = "\n".join(lines[-15:]) or "(empty)"
     extra = f"; processes {sorted(left)} would not die" if left else ""
     return ClusterError(f"{launch.daemon_id}: {what}{extra}; last lines of {log}:\n{tail}")
@@ -218,7 +219,7 @@ def _worker_ready(
     log: Path, host: str, port: int, master_ui: str | None, ca: Path | None
 ) -> Callable[[], bool]:
     def ready() -> bool:
-        if _REGISTERED not in log_tail(log, 400):
+        if _REGISTERED not in log_tail(log, 400, this_run=True):
             return False
         if master_ui is None:
             return True

@@ -15,6 +15,8 @@ from trustedml.errors import ClusterError
 
 __all__ = ["exited", "free_port", "log_tail", "process_tree", "spawn", "terminate"]
 
+# The line spawn() writes to a log before each start: what follows is that run's.
+START_MARK = "=== trusted-ml: started "
 # Daemons outlive the call that started them: their Popen objects stay here, so that a
 # daemon of this process is reaped when it ends (not left a zombie) and its handle is not
 # collected (with a warning) while it runs.
@@ -30,16 +32,20 @@ def free_port(host: str) -> int:
         return port
 
 
-def log_tail(path: Path, lines: int = 20) -> str:
-    """The last ``lines`` lines of a log (empty when there is none)."""
+def log_tail(path: Path, lines: int = 20, *, this_run: bool = False) -> str:
+    """The last ``lines`` lines of a log (empty when there is none); with ``this_run``,
+    only of the daemon's latest start (a log is appended to when an id is reused)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
+            fh.seek(max(0, fh.tell() - 256 * 1024))
             data = fh.read()
     except OSError:
         return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+    text = data.decode("utf-8", "replace")
+    if this_run:
+        text = text.rpartition(START_MARK)[2].partition("\n")[2]
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def spawn(
@@ -49,6 +55,8 @@ def spawn(
     appended to ``log`` (0600)."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        os.write(fd, f"{START_MARK}{stamp} {argv[0]}\n".encode())
         proc = subprocess.Popen(
             list(argv),
             env=dict(env),
