@@ -150,8 +150,8 @@ def master_ui(state: ClusterState, where: Path) -> str:
     master = state.master
     if master is None:
         raise ClusterError(
-            f"{where}: this host only runs workers of {state.master_url}; ask the master's "
-            "host (`trustedml cluster status --dir DIR` there, or give its UI URL)"
+            f"{where}: this host only runs workers of {state.master_url}; ask on the "
+            "master's host (`trustedml cluster status --dir DIR` there)"
         )
     return master.ui_url
 
