@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,17 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.broker.conftest import BrokerProcess, sim_parties, spawn_broker
-from tests.conftest import APPS, DATASETS, FAST_JVM, PASSPHRASE, run_cli
+from tests.cluster.conftest import RunningCluster, cluster_options, running_cluster
+from tests.conftest import APPS, DATASETS, PASSPHRASE, run_cli
 from trustedml import KeyDirectory, Secret
-from trustedml.cluster import (
-    ClusterOptions,
-    ClusterState,
-    start_cluster,
-    start_worker,
-    stop_cluster,
-)
+from trustedml.cluster import start_worker
 from trustedml.hazmat.framing import MAGIC
-from trustedml.tee import SimBackend
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -43,9 +36,8 @@ class Setup:
     owner: list[str]  # the data owner's attestation options
     submit: list[str]  # `trustedml submit` up to the app
     broker: BrokerProcess
-    cluster: Path
-    state: ClusterState
-    options: ClusterOptions
+    cluster: RunningCluster
+    sim_key: Path
     app: Path
     encrypted: Path
 
@@ -61,21 +53,13 @@ class Setup:
         return [json.loads(line) for line in shown.stdout.splitlines()]
 
 
-def _our_processes(marker: str) -> list[str]:
-    found = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True, check=False)
-    return found.stdout.splitlines()
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    """One broker, one cluster (a master and two workers on 127.0.0.1) for the file."""
+    """One broker, one cluster (a master and two workers on 127.0.0.1) for the file.
+    The daemons' sim key (``tmp/sim-key.pem``) is the one the broker trusts."""
     tmp = tmp_path_factory.mktemp("attested-keys")
     keys, passphrase, sim_private, sim_public = sim_parties(tmp)
     broker = spawn_broker(keys, tmp / "broker.db", tmp / "broker", sim_key_pem=sim_public)
-    cluster = tmp / "cluster"
-    options = ClusterOptions(
-        host="127.0.0.1", tee=SimBackend(sim_private), extra_env={"JAVA_TOOL_OPTIONS": FAST_JVM}
-    )
     try:
         common = ["--keys", str(keys.path), "--passphrase-file", str(passphrase)]
         token = tmp / "admin-token"
@@ -85,24 +69,20 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "--broker", broker.url, "--ca", str(keys.ca_cert), "--evidence-provider", "sim",
             "--sim-key", str(sim_private), "--sim-measurement", OWNER,
         ]  # fmt: skip
-        state = start_cluster(
-            cluster, options, 2, keys=keys, passphrase=Secret(PASSPHRASE), port=0, webui_port=0
-        )
-        submit = [
-            "submit", "--tee", "sim", "--broker", broker.url, "--sim-key", str(sim_private),
-            "--master", state.master_url, "--no-ui", *common,
-        ]  # fmt: skip
-        app = Path(shutil.copy(APPS / "cluster_keys.py", tmp / "cluster_keys.py"))
-        yield Setup(
-            tmp, keys, common, admin, owner, submit, broker, cluster, state, options, app,
-            tmp / "nyc.csv.tml",
-        )  # fmt: skip
+        with running_cluster(tmp, keys) as cluster:
+            # The workers have 512m: so do the executors.
+            submit = [
+                "submit", "--tee", "sim", "--broker", broker.url, "--sim-key", str(sim_private),
+                "--master", cluster.master_url, "--no-ui", *common,
+                "--conf", "spark.executor.memory=512m",
+            ]  # fmt: skip
+            app = Path(shutil.copy(APPS / "cluster_keys.py", tmp / "cluster_keys.py"))
+            yield Setup(
+                tmp, keys, common, admin, owner, submit, broker, cluster, sim_private, app,
+                tmp / "nyc.csv.tml",
+            )  # fmt: skip
     finally:
-        if (cluster / "cluster.json").exists():
-            stop_cluster(cluster)
         broker.terminate()
-        left = _our_processes(str(cluster))
-        assert not left, f"processes left behind: {left}"
 
 
 def _policy(setup: Setup, path: Path, jobs: list[str], workers: list[str]) -> Path:
@@ -122,7 +102,7 @@ def _policy(setup: Setup, path: Path, jobs: list[str], workers: list[str]) -> Pa
 def test_executors_attest_per_worker_and_a_worker_not_allowed_fails_the_job(
     setup: Setup,
 ) -> None:
-    workers = [d for d in setup.state.daemons if d.role == "worker"]
+    workers = [d for d in setup.cluster.state.daemons if d.role == "worker"]
     assert [w.id for w in workers] == ["worker-1", "worker-2"]
     good = {w.measurement for w in workers}
     (worker_measurement,) = good  # same options: one measurement on every host
@@ -148,7 +128,7 @@ def test_executors_attest_per_worker_and_a_worker_not_allowed_fails_the_job(
 
     ran = run_cli([*setup.submit, *args], timeout=300)
     assert ran.returncode == 0, ran.stdout + ran.stderr[-5000:]
-    assert f"launcher master: {setup.state.master_url}" in ran.stdout
+    assert f"launcher master: {setup.cluster.master_url}" in ran.stdout
     assert f"rows: {ROWS} partitions: 5" in ran.stdout
     assert "workers: worker-1@127.0.0.1,worker-2@127.0.0.1" in ran.stdout
     outputs = [p for p in out.rglob("*") if p.is_file() and p.name[0] not in "._"]
@@ -172,12 +152,13 @@ def test_executors_attest_per_worker_and_a_worker_not_allowed_fails_the_job(
 
     # A worker started with other measured options: not in the policy.
     state = start_worker(
-        setup.cluster,
-        setup.options,
-        setup.state.master_url,
+        setup.cluster.master_dir,
+        cluster_options(sim_key=setup.sim_key),
+        setup.cluster.master_url,
         keys=setup.keys,
         passphrase=Secret(PASSPHRASE),
         cores=2,
+        memory="512m",
     )
     bad = state.daemons[-1]
     assert bad.id == "worker-3"
