@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -64,35 +64,50 @@ def _ui_ports(host: str, webui_port: int, secure: bool) -> tuple[int, int | None
     return http, https
 
 
-def _fail(launch: DaemonLaunch, what: str, log: Path, proc_pids: list[int]) -> ClusterError:
-    left = terminate(proc_pids, timeout=5.0)
+@dataclass(frozen=True)
+class _Starting:
+    """A daemon spawned and not yet ready: what to check, and what to record after."""
+
+    launch: DaemonLaunch
+    pid: int
+    log: Path
+    ready: Callable[[], bool]
+    daemon: DaemonState
+    base: ClusterState  # the directory's state it joins
+
+
+def _failure(start: _Starting, what: str, left: set[int]) -> ClusterError:
     # Java stack frames crowd out the lines that say what went wrong.
-    lines = log_tail(log, 400, this_run=True).splitlines()
+    lines = log_tail(start.log, 400, this_run=True).splitlines()
     lines = [ln for ln in lines if not ln.lstrip().startswith("at ")]
     tail = "\n".join(lines[-15:]) or "(empty)"
     extra = f"; processes {sorted(left)} would not die" if left else ""
-    return ClusterError(f"{launch.daemon_id}: {what}{extra}; last lines of {log}:\n{tail}")
+    return ClusterError(
+        f"{start.launch.daemon_id}: {what}{extra}; last lines of {start.log}:\n{tail}"
+    )
 
 
-def _wait(
-    launch: DaemonLaunch,
-    pid: int,
-    log: Path,
-    ready: Callable[[], bool],
-    timeout: float,
-) -> None:
+def _await_all(starting: list[_Starting], timeout: float) -> None:
+    """Wait until every daemon of ``starting`` is ready; when one exits or the time is
+    up, stop them all (their whole trees) and raise naming the first that failed."""
+    waiting = list(starting)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        # Not is_running(): until spark-class is exec'd the child's command line is ours.
-        if exited(pid):
-            raise _fail(launch, "exited before it was ready", log, [pid])
-        try:
-            if ready():
-                return
-        except ClusterError:
-            pass  # not answering yet
-        time.sleep(0.5)
-    raise _fail(launch, f"not ready after {timeout:.0f} s", log, [pid])
+    while waiting and time.monotonic() < deadline:
+        for start in list(waiting):
+            # Not is_running(): until spark-class is exec'd the child's command line is ours.
+            if exited(start.pid):
+                left = terminate([s.pid for s in starting], timeout=5.0)
+                raise _failure(start, "exited before it was ready", left)
+            try:
+                if start.ready():
+                    waiting.remove(start)
+            except ClusterError:
+                pass  # not answering yet
+        if waiting:
+            time.sleep(0.5)
+    if waiting:
+        left = terminate([s.pid for s in starting], timeout=5.0)
+        raise _failure(waiting[0], f"not ready after {timeout:.0f} s", left)
 
 
 def _launch(
@@ -175,15 +190,8 @@ def start_master(
     state = _state_for(directory, options, master_url, launch)
     write_daemon_conf(directory, launch)
     pid = _launch(directory, launch, on_plan)
-    ui_url = f"https://{options.host}:{https}" if https else f"http://{options.host}:{http}"
-    ca = keys.ca_cert if keys is not None and options.secure else None
-    _wait(
-        launch,
-        pid,
-        directory.log_file("master"),
-        lambda: fetch_master_json(ui_url, ca, timeout=2.0).get("status") == "ALIVE",
-        timeout,
-    )
+    ui_url = _ui_url(options.host, http, https)
+    ca = _ca(keys, options)
     daemon = DaemonState(
         id="master",
         role="master",
@@ -197,9 +205,21 @@ def start_master(
         log="logs/master.log",
         started=_now(),
     )
+    ready = lambda: fetch_master_json(ui_url, ca, timeout=2.0).get("status") == "ALIVE"  # noqa: E731
+    _await_all(
+        [_Starting(launch, pid, directory.log_file("master"), ready, daemon, state)], timeout
+    )
     state = state.with_daemon(daemon)
     directory.save(state)
     return state
+
+
+def _ui_url(host: str, http: int, https: int | None) -> str:
+    return f"https://{host}:{https}" if https else f"http://{host}:{http}"
+
+
+def _ca(keys: KeyDirectory | None, options: ClusterOptions) -> Path | None:
+    return keys.ca_cert if keys is not None and options.secure else None
 
 
 def _check_cores(cores: int) -> None:
@@ -227,6 +247,77 @@ def _worker_ready(
         return any(w.host == host and w.port == port for w in status.alive_workers)
 
     return ready
+
+
+def _spawn_worker(
+    directory: ClusterDir,
+    options: ClusterOptions,
+    master_url: str,
+    daemon_id: str,
+    *,
+    keys: KeyDirectory | None,
+    passphrase: Secret | None,
+    cores: int,
+    memory: str,
+    port: int,
+    webui_port: int,
+    on_plan: PlanHook | None,
+) -> _Starting:
+    rpc = port or free_port(options.host)
+    http, https = _ui_ports(options.host, webui_port, options.secure)
+    directory.create()
+    work = directory.work_dir(daemon_id)
+    work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    launch = daemon_launch(
+        directory,
+        options,
+        "worker",
+        daemon_id,
+        master_url,
+        keys=keys,
+        passphrase=passphrase,
+        argv_tail=[
+            "--host", options.host, "--port", str(rpc), "--webui-port", str(http),
+            "--cores", str(cores), "--memory", memory, "--work-dir", str(work),
+        ],
+        ssl_port=https,
+        cls=WORKER_CLASS,
+        measured_options={"cores": str(cores), "memory": memory},
+        extra_env={ENV_WORKER: f"{daemon_id}@{options.host}"},
+        master_arg=master_url,
+    )  # fmt: skip
+    state = _state_for(directory, options, master_url, launch)
+    write_daemon_conf(directory, launch)
+    pid = _launch(directory, launch, on_plan)
+    log = directory.log_file(daemon_id)
+    master = state.master
+    ready = _worker_ready(
+        log, options.host, rpc, master.ui_url if master else None, _ca(keys, options)
+    )
+    daemon = DaemonState(
+        id=daemon_id,
+        role="worker",
+        pid=pid,
+        pgid=pid,
+        host=options.host,
+        port=rpc,
+        webui_port=http,
+        ui_url=_ui_url(options.host, http, https),
+        measurement=launch.measurement,
+        log=f"logs/{daemon_id}.log",
+        started=_now(),
+        cores=cores,
+        memory=memory,
+    )
+    return _Starting(launch, pid, log, ready, daemon, state)
+
+
+def _record(directory: ClusterDir, starting: list[_Starting]) -> ClusterState:
+    state = directory.load_or_none() or starting[0].base
+    for start in starting:
+        state = state.with_daemon(start.daemon)
+    directory.save(state)
+    return state
 
 
 def start_worker(
@@ -257,62 +348,12 @@ def start_worker(
     daemon_id = worker_id or _next_worker_id(existing)
     if existing is not None and any(d.id == daemon_id for d in existing.daemons):
         raise ClusterStateError(f"{directory.path}: a daemon {daemon_id!r} already runs here")
-    rpc = port or free_port(options.host)
-    http, https = _ui_ports(options.host, webui_port, options.secure)
-    directory.create()
-    work = directory.work_dir(daemon_id)
-    work.mkdir(mode=0o700, parents=True, exist_ok=True)
-    launch = daemon_launch(
-        directory,
-        options,
-        "worker",
-        daemon_id,
-        master_url,
-        keys=keys,
-        passphrase=passphrase,
-        argv_tail=[
-            "--host", options.host, "--port", str(rpc), "--webui-port", str(http),
-            "--cores", str(cores), "--memory", memory, "--work-dir", str(work),
-        ],
-        ssl_port=https,
-        cls=WORKER_CLASS,
-        measured_options={"cores": str(cores), "memory": memory},
-        extra_env={ENV_WORKER: f"{daemon_id}@{options.host}"},
-        master_arg=master_url,
+    start = _spawn_worker(
+        directory, options, master_url, daemon_id, keys=keys, passphrase=passphrase,
+        cores=cores, memory=memory, port=port, webui_port=webui_port, on_plan=on_plan,
     )  # fmt: skip
-    state = _state_for(directory, options, master_url, launch)
-    write_daemon_conf(directory, launch)
-    pid = _launch(directory, launch, on_plan)
-    log = directory.log_file(daemon_id)
-    master = state.master
-    ca = keys.ca_cert if keys is not None and options.secure else None
-    _wait(
-        launch,
-        pid,
-        log,
-        _worker_ready(log, options.host, rpc, master.ui_url if master else None, ca),
-        timeout,
-    )
-    ui_url = f"https://{options.host}:{https}" if https else f"http://{options.host}:{http}"
-    daemon = DaemonState(
-        id=daemon_id,
-        role="worker",
-        pid=pid,
-        pgid=pid,
-        host=options.host,
-        port=rpc,
-        webui_port=http,
-        ui_url=ui_url,
-        measurement=launch.measurement,
-        log=f"logs/{daemon_id}.log",
-        started=_now(),
-        cores=cores,
-        memory=memory,
-    )
-    state = directory.load_or_none() or state
-    state = state.with_daemon(daemon)
-    directory.save(state)
-    return state
+    _await_all([start], timeout)
+    return _record(directory, [start])
 
 
 def start_cluster(
@@ -348,18 +389,31 @@ def start_cluster(
         on_plan=on_plan,
     )
     try:
-        for _ in range(workers):
-            state = start_worker(
-                directory,
-                options,
-                state.master_url,
-                keys=keys,
-                passphrase=passphrase,
-                cores=cores,
-                memory=memory,
-                timeout=timeout,
-                on_plan=on_plan,
-            )
+        # Workers start side by side: each JVM's start-up overlaps the others'.
+        starting: list[_Starting] = []
+        try:
+            for n in range(1, workers + 1):
+                starting.append(
+                    _spawn_worker(
+                        directory,
+                        options,
+                        state.master_url,
+                        f"worker-{n}",
+                        keys=keys,
+                        passphrase=passphrase,
+                        cores=cores,
+                        memory=memory,
+                        port=0,
+                        webui_port=0,
+                        on_plan=on_plan,
+                    )
+                )
+        except BaseException:
+            terminate([s.pid for s in starting], timeout=5.0)
+            raise
+        if starting:
+            _await_all(starting, timeout)
+            state = _record(directory, starting)
     except BaseException:
         stop_cluster(directory)
         raise
