@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import RunningCluster, running_cluster
+from tests.cluster.conftest import RunningCluster
 from tests.conftest import EXAMPLES, FAST_JVM, PASSPHRASE, run_cli, write_passphrase_file
 from trustedml import KeyDirectory, Secret
 from trustedml.cluster import (
@@ -33,11 +33,52 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def cluster(
-    session_keys: KeyDirectory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningCluster]:
-    with running_cluster(tmp_path_factory.mktemp("lifecycle"), session_keys, workers=2) as run:
-        yield run
+def started(
+    session_keys: KeyDirectory,
+    session_passphrase_file: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RunningCluster, subprocess.CompletedProcess[str]]]:
+    """The cluster as an operator starts it: `trustedml cluster start` (its JVMs tuned
+    by cli_env's JAVA_TOOL_OPTIONS, which the daemons inherit)."""
+    root = tmp_path_factory.mktemp("lifecycle")
+    directory = ClusterDir(root / "cluster")
+    pids: set[int] = set()
+    try:
+        done = run_cli(
+            [
+                "cluster", "start", "--dir", str(directory.path), "--keys",
+                str(session_keys.path), "--passphrase-file", str(session_passphrase_file),
+                "--tee", "sim", "--sim-key", str(root / "sim-key.pem"), "--workers", "2",
+                "--memory", "512m", "--port", "0", "--webui-port", "0",
+            ],
+            timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        state = directory.load()
+        pids = {d.pid for d in state.daemons}
+        yield RunningCluster(directory, [directory], state, session_keys, pids), done
+    finally:
+        if directory.exists():
+            stop_cluster(directory)
+        left = process_tree(pids)
+        assert not left, f"processes left after stop: {sorted(left)}"
+
+
+@pytest.fixture
+def cluster(started: tuple[RunningCluster, subprocess.CompletedProcess[str]]) -> RunningCluster:
+    return started[0]
+
+
+def test_start_prints_the_master_url_and_the_sim_banner_once(
+    started: tuple[RunningCluster, subprocess.CompletedProcess[str]],
+) -> None:
+    run, done = started
+    assert done.stdout == run.master_url + "\n"
+    assert re.fullmatch(r"spark://127\.0\.0\.1:\d+", run.master_url)
+    assert done.stderr.count("SIMULATED TEE") == 1
+    for daemon in run.state.daemons:
+        assert f"{daemon.id}: job measurement {daemon.measurement}" in done.stderr
+        assert f"{daemon.id}: pid {daemon.pid}, 127.0.0.1:{daemon.port}" in done.stderr
 
 
 def _environ(pid: int) -> dict[str, str]:
