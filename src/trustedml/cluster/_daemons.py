@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from trustedml._env import ENV_WORKER
 from trustedml._secret import Secret
@@ -190,21 +191,9 @@ def start_master(
     state = _state_for(directory, options, master_url, launch)
     write_daemon_conf(directory, launch)
     pid = _launch(directory, launch, on_plan)
-    ui_url = _ui_url(options.host, http, https)
+    daemon = _daemon_state(launch, pid, options.host, rpc, http, https)
+    ui_url = daemon.ui_url
     ca = _ca(keys, options)
-    daemon = DaemonState(
-        id="master",
-        role="master",
-        pid=pid,
-        pgid=pid,
-        host=options.host,
-        port=rpc,
-        webui_port=http,
-        ui_url=ui_url,
-        measurement=launch.measurement,
-        log="logs/master.log",
-        started=_now(),
-    )
     ready = lambda: fetch_master_json(ui_url, ca, timeout=2.0).get("status") == "ALIVE"  # noqa: E731
     _await_all(
         [_Starting(launch, pid, directory.log_file("master"), ready, daemon, state)], timeout
@@ -214,8 +203,30 @@ def start_master(
     return state
 
 
-def _ui_url(host: str, http: int, https: int | None) -> str:
-    return f"https://{host}:{https}" if https else f"http://{host}:{http}"
+def _daemon_state(
+    launch: DaemonLaunch,
+    pid: int,
+    host: str,
+    port: int,
+    http: int,
+    https: int | None,
+    **offer: Any,
+) -> DaemonState:
+    """What cluster.json records of a daemon just started (its own process group)."""
+    return DaemonState(
+        id=launch.daemon_id,
+        role=launch.role,
+        pid=pid,
+        pgid=pid,
+        host=host,
+        port=port,
+        webui_port=http,
+        ui_url=f"https://{host}:{https}" if https else f"http://{host}:{http}",
+        measurement=launch.measurement,
+        log=f"logs/{launch.daemon_id}.log",
+        started=_now(),
+        **offer,
+    )
 
 
 def _ca(keys: KeyDirectory | None, options: ClusterOptions) -> Path | None:
@@ -294,21 +305,7 @@ def _spawn_worker(
     ready = _worker_ready(
         log, options.host, rpc, master.ui_url if master else None, _ca(keys, options)
     )
-    daemon = DaemonState(
-        id=daemon_id,
-        role="worker",
-        pid=pid,
-        pgid=pid,
-        host=options.host,
-        port=rpc,
-        webui_port=http,
-        ui_url=_ui_url(options.host, http, https),
-        measurement=launch.measurement,
-        log=f"logs/{daemon_id}.log",
-        started=_now(),
-        cores=cores,
-        memory=memory,
-    )
+    daemon = _daemon_state(launch, pid, options.host, rpc, http, https, cores=cores, memory=memory)
     return _Starting(launch, pid, log, ready, daemon, state)
 
 
