@@ -264,13 +264,14 @@ def _finish(proc: subprocess.Popen[str], run: Run) -> None:
 
 @contextlib.contextmanager
 def _captured_cluster(run: Run, tmp: Path, keys: KeyDirectory | None) -> Iterator[RunningCluster]:
-    """A master on the gateway and a worker in each test host (--tee sim when secure),
-    captured on the bridge from before the first daemon starts to after the last stops."""
-    started = time.monotonic()
+    """A master on the gateway and a worker in each test host (secure with --tee sim when
+    given keys, else plain), captured on the bridge from before the first daemon starts
+    to after the last stops."""
+    started, secure = time.monotonic(), keys is not None
     try:
         with (
             Capture(run.net.bridge, tmp / "wire.pcap") as cap,
-            running_cluster(tmp, keys, secure=keys is not None, net=run.net) as cluster,
+            running_cluster(tmp, keys, secure=secure, sim=secure, net=run.net) as cluster,
         ):
             run.pids = sorted(cluster.pids)
             run.timings["cluster up"] = time.monotonic() - started
@@ -282,7 +283,7 @@ def _captured_cluster(run: Run, tmp: Path, keys: KeyDirectory | None) -> Iterato
         run.left_after_stop = _left_behind(run, tmp)
     run.timings["all"] = time.monotonic() - started
     kinds = Counter(classify(flow) for flow in run.flows)
-    print(f"\n{'secure' if keys else 'plain'} run: {run.timings}, {len(run.flows)} flows")
+    print(f"\n{'secure' if secure else 'plain'} run: {run.timings}, {len(run.flows)} flows")
     print(f"  {dict(kinds)}, marker hits {run.marker_hits}, dropped {run.dropped}")
 
 
