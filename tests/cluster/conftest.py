@@ -83,8 +83,11 @@ def _start_in_namespaces(
     keys: KeyDirectory | None,
     sim_key: Path | None,
     secure: bool,
-) -> list[ClusterDir]:
-    dirs = [ClusterDir(root / host.name) for host in net.hosts]
+    dirs: list[ClusterDir],
+) -> None:
+    """Start one worker in each test host, into ``dirs`` (given by the caller, so that
+    a worker that started is stopped even when another one fails)."""
+    dirs.extend(ClusterDir(root / host.name) for host in net.hosts)
     procs = [
         subprocess.Popen(
             host.argv([
@@ -104,7 +107,6 @@ def _start_in_namespaces(
             failures.append(f"{out}\n{err[-3000:]}")
     if failures:
         raise AssertionError("start-worker failed:\n" + "\n".join(failures))
-    return dirs
 
 
 @contextlib.contextmanager
@@ -142,7 +144,7 @@ def running_cluster(
             state = start_master(
                 master_dir, options, keys=keys, passphrase=passphrase, port=0, webui_port=0
             )
-            worker_dirs = _start_in_namespaces(net, root, state.master_url, keys, sim_key, secure)
+            _start_in_namespaces(net, root, state.master_url, keys, sim_key, secure, worker_dirs)
         for directory in {d.path: d for d in [master_dir, *worker_dirs]}.values():
             pids |= {d.pid for d in directory.load().daemons}
         yield RunningCluster(master_dir, worker_dirs, state, keys, pids)

@@ -213,13 +213,6 @@ def test_cli_malformed_cluster_is_one_line_exit_2(tmp_path: Path, case: str) -> 
     assert str(directory.path) in lines[0]
 
 
-# The cluster library drops the Popen of each detached daemon it starts (cluster/_daemons
-# _launch); its destructor warns that the process still runs. Until it keeps them:
-_DETACHED = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <function Popen.__del__:pytest.PytestUnraisableExceptionWarning"
-)
-
-
 @pytest.fixture(scope="module")
 def secure_cluster(
     session_keys: KeyDirectory, tmp_path_factory: pytest.TempPathFactory
@@ -232,7 +225,6 @@ def secure_cluster(
 
 @pytest.mark.spark
 @pytest.mark.slow
-@_DETACHED
 def test_secure_cluster_passes(secure_cluster: ClusterDir) -> None:
     assert lint_cluster([secure_cluster.path]) == []
     result = run_cli(["doctor", "--cluster", str(secure_cluster.path), "--json"])
@@ -242,7 +234,6 @@ def test_secure_cluster_passes(secure_cluster: ClusterDir) -> None:
 
 @pytest.mark.spark
 @pytest.mark.slow
-@_DETACHED
 def test_plain_cluster_is_flagged(tmp_path: Path) -> None:
     directory = ClusterDir(tmp_path / "plain")
     rest_port = _free_port()  # Spark's default 6066 may be another test's
