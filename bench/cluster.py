@@ -2,7 +2,8 @@
 
 The tables (scale factor ``--sf``, default 1) and the 22 query texts are made offline by
 duckdb's tpch extension from the `duckdb-extension-tpch` package (pip install -e
-'.[bench]'), written as Parquet into a temporary directory at benchmark time, never kept.
+'.[bench]'), written as Parquet into a temporary directory at benchmark time (kept only
+under --work; never part of the repository).
 Two clusters run side by side, each a master on the gateway of a test network
 (tests/cluster/netns.py) and one worker in each of two network namespaces: the secure
 one with the daemons under ``--tee`` (default sim) and the secure settings, the plain
@@ -14,7 +15,12 @@ driver, median over ``--rounds``), the ratio secure/plain and its geometric mean
 Published anchors: SGX PySpark under SCONE +22% on TPC-H; Opaque SQL about 13.9x
 geometric mean on TPC-H SF1.
 
-``--local`` runs both drivers in local mode instead (no namespaces needed: a dry run).
+LeNet (2 epochs, `trustedml example lenet`) then runs in local mode and on a secure
+2-host cluster on the overlay (the only way training may cross hosts), wall seconds and
+accuracy of each (bench/_cluster_lenet.py). ``--part tpch|lenet`` runs one of the two.
+
+``--local`` runs both TPC-H drivers in local mode instead (no namespaces needed: a dry
+run; no LeNet on a cluster then).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import _tpch
-from bench._report import print_table, write_results
+from bench._report import positive_int, print_table, write_results
 from bench._tpch_driver import BenchError, Driver, DriverError
 from trustedml import (
     PlainSparkConfig,
@@ -78,8 +84,6 @@ def _scale(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from bench._report import positive_int
-
     parser = argparse.ArgumentParser(
         prog=f"python -m bench {NAME}",
         description=__doc__,
