@@ -3,6 +3,7 @@ is refused, the device goes with its process."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import ssl
 import subprocess
@@ -17,15 +18,17 @@ import pytest
 from tests.cluster.capture import Capture, classify
 from tests.cluster.netns import Host, TestNet
 from tests.conftest import FAST_KDF, PASSPHRASE
-from trustedml import Secret, init_key_directory
+from trustedml import KeyDirectory, Secret, init_key_directory
+from trustedml.cluster import ClusterOptions, start_master_on_overlay, start_worker_on_overlay
 from trustedml.cluster._overlay_launch import (
     OVERLAY_PORT,
+    check_cidr,
     start_overlay,
     stop_overlay,
     tunnel_material,
 )
-from trustedml.cluster._overlay_wire import TunnelMaterial
-from trustedml.errors import ClusterError
+from trustedml.cluster._overlay_wire import TunnelMaterial, assign_address
+from trustedml.errors import ClusterError, ConfigError
 
 MARKER = b"overlay-marker-7f3a9c-readable-if-plaintext"
 
@@ -136,7 +139,7 @@ def test_traffic_crosses_the_wire_only_inside_tls(overlay: Overlay) -> None:
     assert _echo(hub_host, spoke2, str(overlay.hub["address"]), 9100, payload) == payload
     assert _echo(spoke3, spoke2, str(overlay.spokes[1]["address"]), 9101, payload) == payload
     tunnelled = overlay.capture
-    tunnelled.stop()
+    tunnelled.close()
     flows = [f for f in tunnelled.flows() if classify(f) != "empty"]
     assert flows, "the capture saw no traffic"
     assert tunnelled.dropped == 0
@@ -209,3 +212,55 @@ def test_stopping_removes_the_process_and_the_device(overlay: Overlay) -> None:
     assert "tmly" not in host.run(["ip", "link"]).stdout
     assert int(str(late["pid"])) not in host.pids()
     assert stop_overlay(late) is False
+
+
+# -- no root needed ------------------------------------------------------------------------
+
+
+def test_a_spoke_gets_the_address_it_asks_for_else_the_first_free_one() -> None:
+    network = ipaddress.IPv4Network("198.19.7.0/29")
+    hub = ipaddress.IPv4Address("198.19.7.1")
+    taken = {hub, ipaddress.IPv4Address("198.19.7.2")}
+    assert str(assign_address(network, taken, "198.19.7.5")) == "198.19.7.5"
+    # A reconnecting spoke may take back its address from its own stale connection.
+    assert str(assign_address(network, taken, "198.19.7.2")) == "198.19.7.2"
+    for bad in ("198.19.7.1", "198.19.7.0", "198.19.7.7", "10.0.0.5", "nonsense", None):
+        assert str(assign_address(network, taken, bad)) == "198.19.7.3"
+    full = set(network.hosts())
+    with pytest.raises(ClusterError, match="no free address"):
+        assign_address(network, full, None)
+
+
+def test_the_tunnel_material_never_shows_its_key() -> None:
+    material = TunnelMaterial(b"CERT", Secret(b"-----BEGIN PRIVATE KEY-----secret"), b"CA")
+    assert "secret" not in repr(material)
+    assert TunnelMaterial.decode(material.encode()).key_pem.reveal() == material.key_pem.reveal()
+    with pytest.raises(ClusterError, match="JSON on stdin"):
+        TunnelMaterial.decode(b"not json")
+
+
+@pytest.mark.parametrize(
+    ("cidr", "why"),
+    [("198.19.0.1/24", "expected an IPv4 network"), ("fd00::/64", "IPv4"), ("10.0.0.0/30", "/29")],
+)
+def test_a_bad_overlay_network_is_refused(cidr: str, why: str) -> None:
+    with pytest.raises(ClusterError, match=why):
+        check_cidr(cidr)
+
+
+def test_an_overlay_needs_a_secure_cluster_and_the_master_hosts_own_address(
+    tmp_path: Path, session_keys: KeyDirectory
+) -> None:
+    plain = ClusterOptions(secure=False)
+    with pytest.raises(ConfigError, match="needs a secure cluster"):
+        start_master_on_overlay(tmp_path, plain, "198.19.0.0/24", keys=None, passphrase=None)
+    with pytest.raises(ConfigError, match="give the master host's own address"):
+        start_worker_on_overlay(
+            tmp_path,
+            ClusterOptions(),
+            "spark://198.19.0.1:7077",
+            "198.19.0.0/24",
+            keys=session_keys,
+            passphrase=Secret(PASSPHRASE),
+        )
+    assert not (tmp_path / "cluster.json").exists()
