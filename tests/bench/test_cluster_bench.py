@@ -5,12 +5,17 @@ Spark SQL, answer comparison, the summary; the benchmark itself runs with
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from bench import _tpch, cluster
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +37,23 @@ def texts(duckdb_tpch: None) -> dict[int, str]:
 def test_extension_loads_from_the_package_with_autoload_off(texts: dict[int, str]) -> None:
     assert sorted(texts) == list(_tpch.QUERIES)
     assert _tpch.extension_path().name == "tpch.duckdb_extension"
+
+
+def test_tables_and_queries_are_made_without_a_network(duckdb_tpch: None) -> None:
+    # A fresh network namespace has only a downed loopback: a download would fail.
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) for a process without a network")
+    code = (
+        "from bench import _tpch; from pathlib import Path; import tempfile\n"
+        "con = _tpch.connect(); _tpch.generate(con, 0.001, Path(tempfile.mkdtemp()))\n"
+        "print(len(_tpch.query_texts(con)), con.sql('select count(*) from nation').fetchone()[0])"
+    )
+    proc = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", code],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["22", "25"]
 
 
 def test_every_query_is_one_spark_statement(texts: dict[int, str]) -> None:
