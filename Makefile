@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= spark,ml,server,test
+EXTRAS ?= spark,ml,server,test,bench
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit bench clean venv
@@ -40,7 +40,6 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench spark_overhead
 	$(PY) -m bench encrypted_io
 	$(PY) -m bench cluster
