@@ -13,6 +13,7 @@ from typing import Any
 
 from trustedml._env import ENV_WORKER
 from trustedml._secret import Secret
+from trustedml.cluster._bindaddr import with_bind_shim
 from trustedml.cluster._options import (
     MASTER_PORT,
     MASTER_WEBUI_PORT,
@@ -297,6 +298,11 @@ def _spawn_worker(
         extra_env={ENV_WORKER: f"{daemon_id}@{options.host}"},
         master_arg=master_url,
     )  # fmt: skip
+    # Its executors and their Python workers inherit it: a library binding 0.0.0.0
+    # (libxgboost's collective) listens on this worker's address only.
+    launch = replace(
+        launch, plan=replace(launch.plan, env=with_bind_shim(launch.plan.env, options.host))
+    )
     state = _state_for(directory, options, master_url, launch)
     write_daemon_conf(directory, launch)
     pid = _launch(directory, launch, on_plan)
