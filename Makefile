@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 	# installed pyspark's jars; the preflight's self-test makes its JVM's class archive.
 	$(PY) -c 'from trustedml.spark._pme import kms_client_jar; kms_client_jar()'
 	$(PY) -c 'from trustedml.spark._preflight import preflight_archive; preflight_archive()'
+	# Cluster workers preload a bind shim built with the machine's C compiler (a worker
+	# start without one says so; the rest of trusted-ml does not need it).
+	$(PY) -c 'from trustedml.cluster._bindaddr import bind_shim; bind_shim()' \
+		|| echo "warning: no bind shim built: cluster workers need gcc (or cc)"
 	touch $(STAMP)
 
 demo: $(STAMP)
