@@ -74,11 +74,15 @@ def cli_env(**extra: str) -> dict[str, str]:
 # (xdist --dist loadfile); a long file collected last leaves one worker idle at the end.
 # The order only schedules; every test still runs.
 LONGEST_FIRST = (
+    "tests/cluster/test_training.py",
+    "tests/cluster/test_wire.py",
+    "tests/cluster/test_attested_keys.py",
+    "tests/test_runtime.py",
+    "tests/cluster/test_lifecycle.py",
     "tests/spark/test_submit.py",
     "tests/ml/test_lenet.py",
     "tests/ml/test_text.py",
     "tests/ml/test_xgboost.py",
-    "tests/test_runtime.py",
     "tests/spark/test_datasource.py",
     "tests/attestation/test_corruption.py",
     "tests/data/test_pme.py",
@@ -86,6 +90,8 @@ LONGEST_FIRST = (
     "tests/examples/test_examples.py",
     "tests/ml/test_nyc_taxi.py",
     "tests/broker/test_cli.py",
+    "tests/cluster/test_doctor.py",
+    "tests/spark/test_preflight.py",
 )
 
 

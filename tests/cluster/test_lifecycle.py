@@ -1,6 +1,7 @@
 """One secure cluster (master + 2 workers, --tee sim) on 127.0.0.1, its whole life: the
-state it writes, what its processes bind and carry, status over TLS, a job submitted
-to it with `trustedml submit --master spark://...`, and a stop that leaves nothing."""
+state it writes, what its processes bind and carry, status over TLS, and a stop that
+leaves nothing. Jobs submitted to a cluster are tested where they cross hosts
+(test_wire.py: the examples; test_attested_keys.py: keys through the broker)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import RunningCluster
-from tests.conftest import EXAMPLES, FAST_JVM, PASSPHRASE, run_cli, write_passphrase_file
+from tests.conftest import FAST_JVM, PASSPHRASE, run_cli
 from trustedml import KeyDirectory, Secret
 from trustedml.cluster import (
     ClusterDir,
@@ -194,28 +195,6 @@ def _self_signed() -> str:
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def test_submit_to_the_cluster_with_its_derived_secret(
-    cluster: RunningCluster, session_keys: KeyDirectory, tmp_path: Path
-) -> None:
-    passphrase = write_passphrase_file(tmp_path / "pp")
-    done = run_cli(
-        [
-            "submit", "--master", cluster.master_url, "--keys", str(session_keys.path),
-            "--passphrase-file", str(passphrase), "--conf", "spark.executor.memory=512m",
-            "--conf", "spark.cores.max=2", str(EXAMPLES / "pi.py"), "4",
-        ],
-        timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert re.search(r"Pi is roughly 3\.1", done.stdout), done.stdout
-    status = cluster_status(cluster.master_dir.path, ca=cluster.ca)
-    assert len(status.completed_apps) == 1
-    assert status.active_apps == ()
-    # Both workers ran an executor of it.
-    for worker in ("worker-1", "worker-2"):
-        assert "Asked to launch executor" in daemon_logs(cluster.master_dir, worker, lines=200)
 
 
 def test_a_daemon_that_dies_at_start_fails_with_its_log_and_leaves_nothing(tmp_path: Path) -> None:
