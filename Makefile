@@ -37,10 +37,13 @@ typecheck: $(STAMP)
 
 # Three workers on two cores, whole files each (a file's module fixtures start once): the
 # tests wait on JVMs, subprocesses and daemons becoming ready, so with two workers the
-# cores were idle 40% of the time (pytest 10 min 10 s, 12 min 18 s of CPU).
+# cores were idle 40% of the time (pytest 10 min 10 s, 12 min 18 s of CPU). xdist would
+# hand out files by their number of tests; --no-loadscope-reorder keeps the order of
+# tests/conftest.py's LONGEST_FIRST, so the one-test cluster files start first instead
+# of last.
 WORKERS ?= 3
 unit: $(STAMP)
-	$(PY) -m pytest -n $(WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: lint typecheck unit
 
