@@ -282,11 +282,13 @@ def test_training_helpers_listen_on_cluster_addresses_only(secure_run: Run) -> N
     for job in ("lenet", "xgboost"):
         driver = [line for line in secure_run.listeners[job]["gateway"] if line.endswith("python")]
         assert any(line.startswith(f"198.19.{k}.1:") for line in driver), (job, driver)
-    # xgboost's collective listener (short-lived, but seen in a worker host) was among
-    # those checked: on the host's overlay address, not 0.0.0.0.
+    # The executors' listeners in the worker hosts were among those checked. xgboost's
+    # collective listener lives for well under a second, so a 0.3 s sample may miss it
+    # on a busy machine (it did once in `make test`); where it lands is shown
+    # deterministically by test_bindaddr.py, which binds the wildcard under the shim.
     xgb = secure_run.listeners["xgboost"]
-    hosts = [host.name for host in secure_run.net.hosts]
-    assert any(line.endswith(" python") for h in hosts for line in xgb.get(h, ())), xgb
+    for host in secure_run.net.hosts:
+        assert any(line.endswith(" java") for line in xgb.get(host.name, ())), xgb
 
 
 def test_stop_leaves_no_process(secure_run: Run, plain_run: Run) -> None:
