@@ -7,13 +7,10 @@ import contextlib
 import gc
 import json
 import logging
-import os
-import secrets
 import signal
 import socket
 import ssl
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from cryptography.hazmat.primitives import serialization
 
 from trustedml._fs import write_private
 from trustedml._secret import Secret
@@ -30,7 +26,8 @@ from trustedml.broker._config import BrokerConfig
 from trustedml.broker._http import BrokerHttpProtocol
 from trustedml.broker._service import BrokerService
 from trustedml.broker._store import BrokerStore
-from trustedml.errors import BrokerUnavailableError, ConfigError
+from trustedml.errors import BrokerUnavailableError
+from trustedml.keys import load_tls_identity
 
 log = logging.getLogger("trustedml.broker")
 
@@ -85,36 +82,7 @@ def build_ssl_context(cert_chain: bytes, key_pem: Secret) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.set_alpn_protocols(["http/1.1"])
-    password = secrets.token_bytes(32)
-    try:
-        key = serialization.load_pem_private_key(key_pem.reveal(), password=None)
-    except (ValueError, TypeError):
-        raise ConfigError("TLS server key: not an unencrypted PEM private key") from None
-    encrypted = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(password),
-    )
-    try:
-        if hasattr(os, "memfd_create"):
-            fds = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("tls-chain", "tls-key")]
-            try:
-                for fd, data in zip(fds, (cert_chain, encrypted), strict=True):
-                    os.write(fd, data)
-                ctx.load_cert_chain(
-                    f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}", password=password
-                )
-            finally:
-                for fd in fds:
-                    os.close(fd)
-        else:  # pragma: no cover - non-Linux
-            with tempfile.TemporaryDirectory(prefix="tml-broker-tls-") as tmp:
-                chain_path, key_path = Path(tmp, "chain.pem"), Path(tmp, "key.pem")
-                write_private(chain_path, cert_chain)
-                write_private(key_path, encrypted)
-                ctx.load_cert_chain(chain_path, key_path, password=password)
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"TLS certificate or key cannot be loaded: {exc}") from exc
+    load_tls_identity(ctx, cert_chain, key_pem)
     return ctx
 
 

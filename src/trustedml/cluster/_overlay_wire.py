@@ -6,17 +6,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import os
-import secrets
 import ssl
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-
 from trustedml._secret import Secret
-from trustedml.errors import ClusterError
+from trustedml.errors import ClusterError, ConfigError
+from trustedml.keys import load_tls_identity
 
 __all__ = [
     "MAX_FRAME",
@@ -64,26 +61,10 @@ class TunnelMaterial:
 
 
 def _load_identity(ctx: ssl.SSLContext, material: TunnelMaterial) -> None:
-    # ssl loads keys only from files: an anonymous memory file holds the chain and the
-    # key, re-encrypted under a one-time password, so the key never reaches a disk.
-    password = secrets.token_bytes(32)
     try:
-        key = serialization.load_pem_private_key(material.key_pem.reveal(), password=None)
-    except (ValueError, TypeError):
-        raise ClusterError("overlay: the TLS key is not an unencrypted PEM private key") from None
-    sealed = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(password),
-    )
-    fd = os.memfd_create("tml-overlay-identity", os.MFD_CLOEXEC)
-    try:
-        os.write(fd, sealed + material.cert_pem)
-        ctx.load_cert_chain(f"/proc/self/fd/{fd}", password=password)
-    except (ssl.SSLError, OSError) as exc:
-        raise ClusterError(f"overlay: the TLS certificate or key does not load: {exc}") from exc
-    finally:
-        os.close(fd)
+        load_tls_identity(ctx, material.cert_pem, material.key_pem)
+    except ConfigError as exc:
+        raise ClusterError(f"overlay: {exc}") from exc
 
 
 def tls_context(material: TunnelMaterial, *, server: bool) -> ssl.SSLContext:

@@ -8,6 +8,7 @@ from trustedml.keys._directory import (
     SecretName,
     init_key_directory,
 )
+from trustedml.keys._identity import load_tls_identity
 
 __all__ = [
     "KeyDirectory",
@@ -16,4 +17,5 @@ __all__ = [
     "SealedSecrets",
     "SecretName",
     "init_key_directory",
+    "load_tls_identity",
 ]
