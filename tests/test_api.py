@@ -22,6 +22,7 @@ PUBLIC_API = [
     "DecryptingReader",
     "DeployMode",
     "EncryptingWriter",
+    "EngineFallbackWarning",
     "EvidenceBindingError",
     "EvidenceFormatError",
     "EvidenceProviderError",

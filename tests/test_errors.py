@@ -2,12 +2,23 @@ import pytest
 
 from trustedml import errors
 
-ERRORS = [getattr(errors, name) for name in errors.__all__]
+# Warnings live beside the tree, not in it: nothing catches them as errors.
+WARNINGS = [name for name in errors.__all__ if issubclass(getattr(errors, name), Warning)]
+NAMES = [name for name in errors.__all__ if name not in WARNINGS]
+ERRORS = [getattr(errors, name) for name in NAMES]
 
 
-@pytest.mark.parametrize("name", errors.__all__)
+@pytest.mark.parametrize("name", NAMES)
 def test_every_error_descends_from_the_root(name: str) -> None:
     assert issubclass(getattr(errors, name), errors.TrustedMLError)
+
+
+def test_the_warnings_are_user_warnings_outside_the_tree() -> None:
+    assert WARNINGS == ["EngineFallbackWarning"]
+    for name in WARNINGS:
+        warning = getattr(errors, name)
+        assert issubclass(warning, UserWarning)
+        assert not issubclass(warning, errors.TrustedMLError)
 
 
 @pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.__name__)

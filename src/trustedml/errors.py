@@ -24,6 +24,7 @@ __all__ = [
     "CollateralError",
     "CollateralExpiredError",
     "ConfigError",
+    "EngineFallbackWarning",
     "EvidenceBindingError",
     "EvidenceFormatError",
     "EvidenceProviderError",
@@ -201,6 +202,12 @@ class AuditLogError(IntegrityError):
     def __init__(self, message: str, *, seq: int | None = None) -> None:
         super().__init__(message)
         self.seq = seq
+
+
+class EngineFallbackWarning(UserWarning):
+    """A warning, not an error: work that prefers one engine ran on its slower fallback
+    (e.g. ``read_encrypted`` through the Python data source because the JVM file system
+    is not available); the message says why. Outside the error tree."""
 
 
 def reworded(exc: E, message: str) -> E:
