@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "broker": "key broker latency (challenge+attest+unwrap, unwrap) and unwraps per second",
     "attestation": "verify time of every SGX, TDX, SEV-SNP and sim evidence vector",
     "cluster": "TPC-H on a secure vs a plain 2-host standalone cluster; LeNet cluster vs local",
+    "tpch": "TPC-H (22 queries, SF1, local[2]) over .tml-encrypted vs plain Parquet",
 }
 
 

@@ -8,14 +8,19 @@ duckdb's automatic extension install and load turned off.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import math
 import re
+import statistics
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from bench._report import positive_int
 
 TABLES = ("customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier")
 QUERIES = tuple(range(1, 23))
@@ -114,6 +119,94 @@ def generate(con: Any, scale: float, directory: Path) -> dict[str, Path]:
         con.execute(f"COPY {table} TO '{target}' (FORMAT PARQUET)")
         files[table] = path
     return files
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a TPC-H benchmark run needs, made by :func:`prepare`."""
+
+    files: dict[str, Path]  # table -> Parquet file
+    queries: dict[int, str]  # number -> Spark SQL text
+    reference: dict[int, list[list[Any]]]  # number -> duckdb's normalised answer
+    seconds: float
+
+
+def prepare(scale: float, directory: Path, numbers: Iterable[int]) -> Prepared:
+    """The tables at ``scale`` as Parquet in ``directory``, the queries ``numbers``
+    adapted to Spark SQL, and duckdb's answers to them."""
+    start = time.perf_counter()
+    numbers = tuple(numbers)
+    con = connect()
+    try:
+        files = generate(con, scale, directory)
+        texts = query_texts(con)
+        reference = reference_answers(con, numbers)
+    finally:
+        con.close()
+    queries = {n: spark_query(texts[n]) for n in numbers}
+    return Prepared(files, queries, reference, time.perf_counter() - start)
+
+
+def scale_factor(text: str) -> float:
+    """argparse type for ``--sf``/``--scale``: a TPC-H scale factor in (0, 100]."""
+    value = float(text)
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a scale factor in (0, 100], got {text}")
+    return value
+
+
+def run_parser(
+    name: str, about: str | None, scale_flag: str, rounds: int
+) -> argparse.ArgumentParser:
+    """A parser with the options every TPC-H benchmark takes: scale factor, queries,
+    rounds and --out."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m bench {name}",
+        description=about,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        scale_flag, type=scale_factor, default=1.0, help="scale factor (default: 1)"
+    )
+    parser.add_argument(
+        "--queries", default="1-22", help="query numbers, e.g. 1,3,5-7 (default: all 22)"
+    )
+    parser.add_argument("--rounds", type=positive_int, default=rounds, help="default: %(default)s")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"directory for {name}.json (default: bench/results)"
+    )
+    return parser
+
+
+def summarise(
+    timed: Iterable[tuple[int, str, float]],
+    answers: dict[str, dict[int, list[list[Any]]]],
+    reference: dict[int, list[list[Any]]],
+    test: str,
+    base: str,
+) -> list[dict[str, Any]]:
+    """One row per query from the ``(query, side, seconds)`` of the timed runs: the
+    median seconds of ``test`` and ``base``, their ratio, and the answer checks
+    (``test`` vs ``base``, ``base`` vs duckdb's ``reference``)."""
+    seconds: dict[int, dict[str, list[float]]] = {}
+    for number, side, value in timed:
+        seconds.setdefault(number, {}).setdefault(side, []).append(value)
+    rows = []
+    for number in sorted(seconds):
+        median = {side: statistics.median(seconds[number][side]) for side in (test, base)}
+        mine, theirs = answers[test][number], answers[base][number]
+        rows.append(
+            {
+                "query": number,
+                f"{base}_seconds": median[base],
+                f"{test}_seconds": median[test],
+                "ratio": median[test] / median[base],
+                "rows": len(mine),
+                f"{test}_vs_{base}": compare(mine, theirs),
+                f"{base}_vs_duckdb": compare(theirs, reference[number]),
+            }
+        )
+    return rows
 
 
 def reference_answers(con: Any, numbers: Iterable[int]) -> dict[int, list[list[Any]]]:

@@ -28,10 +28,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import secrets
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,27 +74,8 @@ class Env:
     passphrase: Secret
 
 
-def _scale(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(f"expected a scale factor in (0, 100], got {text}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m bench {NAME}",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--sf", type=_scale, default=1.0, help="scale factor (default: 1)")
-    parser.add_argument(
-        "--queries", default="1-22", help="query numbers, e.g. 1,3,5-7 (default: all 22)"
-    )
-    parser.add_argument("--rounds", type=positive_int, default=1, help="default: %(default)s")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="directory for cluster.json (default: bench/results)"
-    )
+    parser = _tpch.run_parser(NAME, __doc__, "--sf", rounds=1)
     parser.add_argument(
         "--work", type=Path, default=None, help="keep tables, logs and answers here"
     )
@@ -162,45 +141,19 @@ def summarise(
     reference: dict[int, list[list[Any]]],
 ) -> list[dict[str, Any]]:
     """One row per query: median seconds per mode, the ratio, and the answer checks."""
-    rows = []
-    for number in sorted({t.query for t in timings}):
-        median = {
-            mode: statistics.median(
-                t.seconds for t in timings if t.query == number and t.mode == mode
-            )
-            for mode in MODES
-        }
-        secure, plain = answers["secure"][number], answers["plain"][number]
-        rows.append(
-            {
-                "query": number,
-                "plain_seconds": median["plain"],
-                "secure_seconds": median["secure"],
-                "ratio": median["secure"] / median["plain"],
-                "rows": len(secure),
-                "secure_vs_plain": _tpch.compare(secure, plain),
-                "plain_vs_duckdb": _tpch.compare(plain, reference[number]),
-            }
-        )
-    return rows
+    timed = ((t.query, t.mode, t.seconds) for t in timings)
+    return _tpch.summarise(timed, answers, reference, "secure", "plain")
 
 
 def tpch(args: argparse.Namespace, numbers: Sequence[int], root: Path) -> dict[str, Any]:
     """Make the tables, run the queries on both configurations; the results payload."""
-    con = _tpch.connect()
-    start = time.perf_counter()
     data = root / f"tpch-sf{args.sf:g}"
-    _tpch.generate(con, args.sf, data)
-    texts = _tpch.query_texts(con)
-    reference = _tpch.reference_answers(con, numbers)
-    con.close()
-    _log(
-        f"TPC-H SF {args.sf:g}: tables and duckdb's answers in {time.perf_counter() - start:.1f} s"
-    )
+    prepared = _tpch.prepare(args.sf, data, numbers)
+    _log(f"TPC-H SF {args.sf:g}: tables and duckdb's answers in {prepared.seconds:.1f} s")
+    reference, queries = prepared.reference, prepared.queries
     passphrase = Secret(secrets.token_urlsafe(32))
     keys = init_key_directory(root / "keys", passphrase, kdf=ScryptParams(log2_n=14))
     env = Env(root, data, keys, passphrase)
-    queries = {n: _tpch.spark_query(texts[n]) for n in numbers}
     masters = _local_masters(env) if args.local else _cluster_masters(env, args.tee)
     with masters as settings:
         drivers = {
