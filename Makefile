@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
-	# The Parquet KMS client and the cluster preflight are compiled once against the
-	# installed pyspark's jars; the preflight's self-test makes its JVM's class archive.
+	# The Parquet KMS client, the tml:// file system and the cluster preflight are compiled
+	# once against the installed pyspark's jars; the preflight's self-test makes its JVM's
+	# class archive.
 	$(PY) -c 'from trustedml.spark._pme import kms_client_jar; kms_client_jar()'
+	$(PY) -c 'from trustedml.spark._jvmfs import fs_jar; fs_jar()'
 	$(PY) -c 'from trustedml.spark._preflight import preflight_archive; preflight_archive()'
 	# Cluster workers preload a bind shim built with the machine's C compiler (a worker
 	# start without one says so; the rest of trusted-ml does not need it).

@@ -19,6 +19,7 @@ from trustedml.spark._encrypted import (
     write_encrypted,
     write_encrypted_pandas,
 )
+from trustedml.spark._jvmfs import FS_CLASS, fs_conf, fs_jar, tml_uri
 from trustedml.spark._lint import (
     ALLOW_PLAINTEXT_COLLECTIVES,
     IGNORE_SSL,
@@ -47,6 +48,7 @@ from trustedml.spark._submit import (
 
 __all__ = [
     "ALLOW_PLAINTEXT_COLLECTIVES",
+    "FS_CLASS",
     "IGNORE_SSL",
     "LINT_RULES",
     "MACHINE_LOCAL_KEYS",
@@ -66,6 +68,8 @@ __all__ = [
     "cluster_secret",
     "conf_refusal",
     "driver_address",
+    "fs_conf",
+    "fs_jar",
     "is_literal_secret",
     "lint_conf_files",
     "lint_finding",
@@ -86,6 +90,7 @@ __all__ = [
     "spark_home",
     "start_session",
     "submit",
+    "tml_uri",
     "write_conf_dir",
     "write_encrypted",
     "write_encrypted_pandas",

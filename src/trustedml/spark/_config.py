@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from collections.abc import Collection, Mapping
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from trustedml._env import ENV_BROKER_CA, ENV_BROKER_URL, ENV_KEYRING
 from trustedml._secret import Secret
 from trustedml.data import KeyRing
-from trustedml.errors import SparkConfigError
+from trustedml.errors import LaunchError, SparkConfigError
 from trustedml.keys import KeyDirectory
 from trustedml.spark._conf_policy import conf_refusal
 
@@ -160,6 +161,8 @@ MANAGED_KEYS = frozenset(
         "spark.hadoop.parquet.encryption.key.material.store.internally",
         "spark.hadoop.parquet.encryption.algorithm",
         "spark.hadoop.parquet.encryption.data.key.length.bits",
+        "spark.hadoop.fs.tml.impl",
+        "spark.hadoop.fs.tml.impl.disable.cache",
     }
 )
 # Managed keys that have an option of their own.
@@ -244,6 +247,8 @@ class _Common:
     extra: Mapping[str, str] = field(default_factory=dict)
     keyring: KeyRing | None = field(default=None, repr=False)
     pme_jar: Path | None = None
+    # The tml:// file system (built at install; None where no JDK can build it).
+    fs_jar: Path | None = None
     # Where the job's trusted runtime gets data keys after attesting (not secret).
     broker_url: str | None = None
     broker_ca: Path | None = None
@@ -265,6 +270,12 @@ class _Common:
             from trustedml.spark._pme import kms_client_jar
 
             object.__setattr__(self, "pme_jar", kms_client_jar())
+        if self.fs_jar is None:
+            from trustedml.spark._jvmfs import fs_jar
+
+            # Without it the Python data source reads .tml files (and says why).
+            with contextlib.suppress(LaunchError):
+                object.__setattr__(self, "fs_jar", fs_jar())
 
     def _common_conf(self) -> dict[str, str]:
         conf = {
@@ -288,13 +299,23 @@ class _Common:
 
     def _with_extra(self, conf: dict[str, str]) -> dict[str, str]:
         conf.update(self.extra)
+        jars = []
         if self.pme_jar is not None:
             from trustedml.spark._pme import pme_conf
 
             pme = pme_conf(self.pme_jar)
-            if "spark.jars" in self.extra:
-                pme["spark.jars"] += "," + self.extra["spark.jars"]
+            jars.append(pme.pop("spark.jars"))
             conf.update(pme)
+        if "spark.jars" in self.extra:
+            jars.append(self.extra["spark.jars"])
+        if self.fs_jar is not None:
+            from trustedml.spark._jvmfs import fs_conf
+
+            tml = fs_conf(self.fs_jar)
+            jars.append(tml.pop("spark.jars"))
+            conf.update(tml)
+        if jars:
+            conf["spark.jars"] = ",".join(jars)
         return conf
 
     def insecure_conf(self) -> dict[str, str]:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from trustedml.errors import LaunchError
@@ -68,19 +69,41 @@ def _pack(classes: Path, jar: Path) -> None:
             zf.write(path, path.relative_to(classes).as_posix())
 
 
+def _sources_digest(sources: Sequence[Path]) -> str:
+    """The hash of the sources and the pyspark version; one source hashes as it always did
+    (cached jars stay valid)."""
+    version = importlib.metadata.version("pyspark")
+    if len(sources) == 1:
+        text = sources[0].read_bytes()
+    else:
+        # Each file's name and length frame its bytes: moving code between files changes it.
+        parts = []
+        for path in sorted(sources, key=lambda p: p.name):
+            body = path.read_bytes()
+            parts.append(b"%s\x00%d\x00%s" % (path.name.encode(), len(body), body))
+        text = b"".join(parts)
+    return hashlib.sha256(text + b"\x00pyspark " + version.encode()).hexdigest()
+
+
 def compiled_jar(
-    source: Path, class_name: str, *, stem: str, what: str, cache_dir: Path | None = None
+    source: Path | Sequence[Path],
+    class_name: str,
+    *,
+    stem: str,
+    what: str,
+    cache_dir: Path | None = None,
 ) -> Path:
-    """The jar of the Java file ``source`` (defining ``class_name``), compiled against
-    the installed pyspark's jars; ``what`` names it in errors.
+    """The jar of the Java file(s) ``source`` (one of them defining ``class_name``),
+    compiled together against the installed pyspark's jars; ``what`` names it in errors.
 
     Cached in ``cache_dir`` (default ``~/.cache/trustedml/jars``) as
-    ``STEM-HASH.jar``, the hash covering the source and the pyspark version; a cached
+    ``STEM-HASH.jar``, the hash covering the sources and the pyspark version; a cached
     jar is returned as is.
     """
-    text = source.read_bytes()
-    version = importlib.metadata.version("pyspark")
-    digest = hashlib.sha256(text + b"\x00pyspark " + version.encode()).hexdigest()
+    sources = [Path(source)] if isinstance(source, (str, os.PathLike)) else list(source)
+    if not sources:
+        raise LaunchError(f"building {what}: no Java sources given")
+    digest = _sources_digest(sources)
     cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     jar = cache / f"{stem}-{digest[:16]}.jar"
     if jar.is_file():
@@ -94,7 +117,9 @@ def compiled_jar(
         argv = [javac, "--release", "17", "-encoding", "UTF-8", "-nowarn"]
         argv += ["-cp", os.pathsep.join(str(p) for p in jars), "-d", str(classes)]
         try:
-            done = subprocess.run([*argv, str(source)], capture_output=True, text=True, check=False)
+            done = subprocess.run(
+                [*argv, *(str(p) for p in sources)], capture_output=True, text=True, check=False
+            )
         except OSError as exc:
             raise LaunchError(f"cannot run {javac}: {exc.strerror}") from exc
         if (
@@ -102,8 +127,8 @@ def compiled_jar(
             or not (classes / (class_name.replace(".", "/") + ".class")).is_file()
         ):
             raise LaunchError(
-                f"compiling {source.name} failed (javac exit {done.returncode}):\n"
-                + _tail(done.stderr + done.stdout)
+                f"compiling {', '.join(p.name for p in sources)} failed "
+                f"(javac exit {done.returncode}):\n" + _tail(done.stderr + done.stdout)
             )
         # Built beside the target and renamed: concurrent builders never see half a jar.
         fd, name = tempfile.mkstemp(prefix=".partial-", suffix=".jar", dir=cache)

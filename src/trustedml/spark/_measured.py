@@ -43,9 +43,9 @@ MACHINE_LOCAL_KEYS = frozenset(
 _DRIVER_ADDRESS_KEYS = frozenset(
     {"spark.driver.host", "spark.driver.bindAddress", "spark.executorEnv.SPARK_LOCAL_IP"}
 )
-# The Parquet KMS client jar is compiled per machine into a cache; its source is
-# part of trusted-ml, whose files are measured.
-_KMS_JAR = re.compile(r"^trustedml-parquet-kms-.*\.jar$")
+# The Parquet KMS client and tml file system jars are compiled per machine into a
+# cache; their sources are part of trusted-ml, whose files are measured.
+_KMS_JAR = re.compile(r"^trustedml-(parquet-kms|fs)-.*\.jar$")
 _SECRET_LOOKING = re.compile(REDACTION_REGEX)
 
 
@@ -100,6 +100,7 @@ def measurement_settings(
         "extra": dict(extra or {}),
         # Only the file name matters (measured_conf drops it); nothing is compiled.
         "pme_jar": Path("trustedml-parquet-kms-placeholder.jar") if with_keys else None,
+        "fs_jar": Path("trustedml-fs-placeholder.jar"),
     }
     allowed = frozenset(allow_insecure)
     if not secure:
