@@ -5,27 +5,23 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from trustedml.errors import ConfigError, TrustedMLError, reworded
 from trustedml.ml._datasets import missing_default
-from trustedml.ml._io import check_key
-
-
-class _Result(Protocol):
-    @property
-    def model_path(self) -> str | None: ...
+from trustedml.ml._io import check_inputs, check_key
+from trustedml.ml._launch import Entry, Launcher
+from trustedml.ml._profile import mark
+from trustedml.runtime import on_standalone_cluster
 
 
 class _Config(Protocol):
     def check(self) -> None: ...
-
-
-R = TypeVar("R", bound=_Result)
 
 
 def resolved_input(option: str, given: Path, default: Path) -> Path:
@@ -50,38 +46,84 @@ def check_model_out(model_out: Path | None, key_id: str) -> None:
 
 def check_and_train(
     app_name: str,
-    train_fn: Callable[[Any], R],
+    entry: Entry,
     config: _Config,
     args: argparse.Namespace,
     *inputs: Path,
 ) -> int:
     """Check ``config``, the ``inputs`` and where the model goes on the driver, then
     train with :func:`train_on_spark`."""
-    from trustedml.ml._lenet import check_inputs
-
     config.check()
     # Fail here, in one line, rather than in both training processes.
     check_inputs(*inputs)
     check_model_out(args.model_out, args.model_key_id)
-    return train_on_spark(app_name, train_fn, config)
+    mark("driver-checked")
+    return train_on_spark(app_name, entry, config)
 
 
-def train_on_spark(app_name: str, train_fn: Callable[..., R], *args: Any) -> int:
-    """Start Spark, run ``train_fn`` in the TorchDistributor processes, report."""
-    from pyspark.sql import SparkSession
+def train_on_spark(app_name: str, entry: Entry, *args: Any) -> int:
+    """Run ``entry`` in the training processes and report; Spark only where needed.
 
-    from trustedml.ml._lenet import run_distributed
-
+    On this host (a local master) the launcher of the training processes starts at
+    once and trains without a SparkContext: pyspark's local TorchDistributor used none
+    either, and starting one only delayed training. On a standalone cluster, Spark
+    starts and TorchDistributor's barrier tasks run the processes on its executors. A
+    driver not started by spark-submit starts Spark to learn its master, the launcher
+    importing and loading meanwhile."""
     started = time.monotonic()
-    spark = SparkSession.builder.appName(app_name).getOrCreate()
+    launcher = None if on_standalone_cluster() else Launcher(entry, args)
     try:
-        result = run_distributed(train_fn, *args)
+        if launcher is not None and _local_master():
+            result = launcher.go()
+        else:
+            result = _train_with_spark(app_name, entry, args, launcher)
+        mark("driver-training-returned")
     finally:
-        spark.stop()
+        if launcher is not None:
+            launcher.cancel()
     if result.model_path is not None:
         print(f"Model saved to {result.model_path}", flush=True)
     print(f"Training took {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
     return 0
+
+
+def _local_master() -> bool:
+    """Whether spark-submit gave this driver a master other than a standalone cluster,
+    read from its JVM without starting a SparkContext; False when not under
+    spark-submit (the master is then known once Spark starts)."""
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return False
+    from pyspark import SparkConf, SparkContext
+
+    # Attaches to spark-submit's JVM (no SparkContext), whose conf SparkConf then reads.
+    SparkContext._ensure_initialized()
+    master = SparkConf().get("spark.master", "") or ""
+    return bool(master) and not master.startswith("spark://")
+
+
+def _train_with_spark(
+    app_name: str, entry: Entry, args: tuple[Any, ...], launcher: Launcher | None
+) -> Any:
+    """Start Spark and train where :func:`~trustedml.ml._collectives.checked_placement`
+    says: on this host through ``launcher``, else with TorchDistributor on the
+    cluster's executors."""
+    from pyspark.sql import SparkSession
+
+    from trustedml.ml._collectives import checked_placement
+
+    spark = SparkSession.builder.appName(app_name).getOrCreate()
+    mark("driver-spark-started")
+    try:
+        placement = checked_placement(spark, "TorchDistributor")
+        if placement == "local" and launcher is not None:
+            return launcher.go()
+        if launcher is not None:
+            launcher.cancel()
+        from trustedml.ml._lenet import run_distributed
+
+        return run_distributed(entry.function(), *args)
+    finally:
+        spark.stop()
 
 
 def run_workload(

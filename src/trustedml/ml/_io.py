@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from trustedml.data import SUFFIX, read_encrypted_bytes, write_encrypted_bytes
-from trustedml.errors import BrokerKeyNotFoundError, ConfigError, KeyBrokerError, KeyNotFoundError
+from trustedml.data import SUFFIX, open_encrypted, read_encrypted_bytes, write_encrypted_bytes
+from trustedml.errors import (
+    BrokerKeyNotFoundError,
+    ConfigError,
+    KeyBrokerError,
+    KeyNotFoundError,
+    TrustedMLError,
+    reworded,
+)
 from trustedml.runtime import job_keyring, job_keystore
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+E = TypeVar("E", bound=BaseException)
 
 
 def is_encrypted(path: str | os.PathLike[str]) -> bool:
@@ -33,6 +42,28 @@ def read_input_bytes(path: str | os.PathLike[str]) -> bytes:
     if is_encrypted(p):
         return read_encrypted_bytes(p, keystore=job_keystore())
     return p.read_bytes()
+
+
+def check_inputs(*paths: str | os.PathLike[str]) -> None:
+    """Fail now, in this process, if an input is missing or an encrypted one cannot be
+    opened with the job's keys (only headers are read; under ``--broker`` this attests
+    and has each file's data key released), rather than in every training process
+    with the launcher's report around it."""
+    for path in paths:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: expected an existing input file")
+        if is_encrypted(path):
+            try:
+                with open_encrypted(path, job_keystore()):
+                    pass
+            except TrustedMLError as exc:
+                raise about(exc, "cannot open input", path) from None
+
+
+def about(exc: E, what: str, path: str | os.PathLike[str]) -> E:
+    """``exc`` (same type) as "``what`` PATH: reason", PATH named once."""
+    reason = str(exc).removeprefix(f"{os.fspath(path)}: ")
+    return reworded(exc, f"{what} {os.fspath(path)}: {reason}")
 
 
 def read_table(spark: SparkSession, path: str | os.PathLike[str], fmt: str = "csv",

@@ -30,36 +30,34 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from trustedml.data import SUFFIX, open_encrypted
-from trustedml.errors import ConfigError, TrustedMLError, reworded
-from trustedml.ml._io import is_encrypted, load_model, save_model
+from trustedml.data import SUFFIX
+from trustedml.errors import ConfigError, TrustedMLError
+from trustedml.ml._configs import NUM_PROCESSES, TrainConfig, TrainResult
+from trustedml.ml._io import about, check_inputs, is_encrypted, load_model, save_model
+from trustedml.ml._launch import TrainingError
 from trustedml.ml._mnist import load_mnist
-from trustedml.runtime import job_keystore
+from trustedml.ml._profile import mark
 
 __all__ = [
     "LeNet5",
+    "MnistInputs",
     "TrainConfig",
     "TrainResult",
     "TrainingError",
     "check_inputs",
     "evaluate_saved_model",
+    "load_inputs",
     "load_lenet",
     "run_distributed",
     "train_lenet",
 ]
 
 MODEL_FORMAT = "trustedml.lenet5/1"
-NUM_PROCESSES = 2
 # The usual MNIST pixel mean and standard deviation.
 _MEAN, _STD = 0.1307, 0.3081
 _EVAL_BATCH = 1000
 
 R = TypeVar("R")
-E = TypeVar("E", bound=BaseException)
-
-
-class TrainingError(TrustedMLError):
-    """The training processes failed; their output says why."""
 
 
 class LeNet5(nn.Module):
@@ -95,56 +93,6 @@ def channels_last(model: LeNet5) -> LeNet5:
     """``model`` with its conv weights in channels_last memory format (faster on CPU)."""
     # Module.to's type stubs lack the memory_format keyword it accepts.
     return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload,no-any-return]
-
-
-def check_training_options(
-    max_epoch: int, batch_size: int, learning_rate: float, num_processes: int
-) -> None:
-    """The option checks every TorchDistributor workload shares."""
-    if max_epoch < 1:
-        raise ConfigError(f"--max-epoch: expected at least 1, got {max_epoch}")
-    if batch_size < num_processes or batch_size % num_processes:
-        raise ConfigError(
-            f"--batch-size: expected a multiple of the {num_processes} training "
-            f"processes, got {batch_size}"
-        )
-    if not learning_rate > 0:
-        raise ConfigError(f"--learning-rate: expected > 0, got {learning_rate}")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What the training processes get: paths and small parameters, never data."""
-
-    data_dir: str
-    max_epoch: int = 2
-    batch_size: int = 128  # in total, split evenly over the processes
-    learning_rate: float = 0.006  # the peak of the one-cycle schedule
-    train_limit: int | None = None
-    model_out: str | None = None
-    model_key_id: str = "models"
-    seed: int = 42
-
-    def check(self, num_processes: int = NUM_PROCESSES) -> None:
-        """Raise ConfigError on a value training would choke on later."""
-        check_training_options(self.max_epoch, self.batch_size, self.learning_rate, num_processes)
-        if self.train_limit is not None and self.train_limit < num_processes:
-            raise ConfigError(
-                f"--train-limit: expected at least {num_processes} images, got {self.train_limit}"
-            )
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """Per-epoch test results ``(correct, count)`` and where the model went."""
-
-    epochs: tuple[tuple[int, int], ...]
-    model_path: str | None
-
-    @property
-    def accuracy(self) -> float:
-        correct, count = self.epochs[-1]
-        return correct / count
 
 
 def accuracy_line(correct: int, count: int) -> str:
@@ -194,28 +142,6 @@ def report_worker_errors(func: Callable[..., R]) -> Callable[..., R]:
             raise SystemExit(1) from None
 
     return wrapper
-
-
-def check_inputs(*paths: str | os.PathLike[str]) -> None:
-    """Fail now, in this process, if an input is missing or an encrypted one cannot be
-    opened with the job's keys (only headers are read; under ``--broker`` this attests
-    and has each file's data key released), rather than in every training process
-    with torchrun's report around it."""
-    for path in paths:
-        if not Path(path).is_file():
-            raise ConfigError(f"{path}: expected an existing input file")
-        if is_encrypted(path):
-            try:
-                with open_encrypted(path, job_keystore()):
-                    pass
-            except TrustedMLError as exc:
-                raise about(exc, "cannot open input", path) from None
-
-
-def about(exc: E, what: str, path: str | os.PathLike[str]) -> E:
-    """``exc`` (same type) as "``what`` PATH: reason", PATH named once."""
-    reason = str(exc).removeprefix(f"{os.fspath(path)}: ")
-    return reworded(exc, f"{what} {os.fspath(path)}: {reason}")
 
 
 def run_distributed(train_fn: Callable[..., R], *args: Any) -> R:
@@ -272,11 +198,31 @@ def _serialize(model: nn.Module) -> bytes:
     return buf.getvalue()
 
 
-def _fit(config: TrainConfig, rank: int, world: int) -> tuple[LeNet5, list[tuple[int, int]]]:
-    # DDP lives only in this frame, so that it is gone before the group is destroyed.
-    seed_everything(config.seed)
+@dataclass(frozen=True)
+class MnistInputs:
+    """The MNIST arrays of a training run: loaded (decrypted) once, by the launcher of
+    the training processes before it forks them (they share them)."""
+
+    images: npt.NDArray[np.uint8]
+    labels: npt.NDArray[np.uint8]
+    test_images: npt.NDArray[np.uint8]
+    test_labels: npt.NDArray[np.uint8]
+
+
+def load_inputs(config: TrainConfig) -> MnistInputs:
+    """The training (first ``config.train_limit``) and test images and labels."""
     images, labels = load_mnist(config.data_dir, "train", config.train_limit)
     test_images, test_labels = load_mnist(config.data_dir, "test")
+    return MnistInputs(images, labels, test_images, test_labels)
+
+
+def _fit(
+    config: TrainConfig, rank: int, world: int, inputs: MnistInputs
+) -> tuple[LeNet5, list[tuple[int, int]]]:
+    # DDP lives only in this frame, so that it is gone before the group is destroyed.
+    seed_everything(config.seed)
+    images, labels = inputs.images, inputs.labels
+    test_images, test_labels = inputs.test_images, inputs.test_labels
     # Contiguous shards, so that the test images are counted exactly once.
     shard = slice(rank * len(test_labels) // world, (rank + 1) * len(test_labels) // world)
 
@@ -307,10 +253,12 @@ def _fit(config: TrainConfig, rank: int, world: int) -> tuple[LeNet5, list[tuple
             torch.autograd.backward(loss)
             optimizer.step()
             schedule.step()
+        mark(f"rank-epoch{epoch + 1}-trained")
         counts = torch.tensor(
             _evaluate(model, test_images[shard], test_labels[shard]), dtype=torch.int64
         )
         dist.all_reduce(counts)
+        mark(f"rank-epoch{epoch + 1}-evaluated")
         epochs.append((int(counts[0]), int(counts[1])))
         if rank == 0:
             print(f"Epoch {epoch + 1}: {accuracy_line(*epochs[-1])}", flush=True)
@@ -318,16 +266,23 @@ def _fit(config: TrainConfig, rank: int, world: int) -> tuple[LeNet5, list[tuple
 
 
 @report_worker_errors
-def train_lenet(config: TrainConfig) -> TrainResult:
-    """Train LeNet-5 in one process of a torchrun group (DDP + DistributedSampler);
-    rank 0 prints the test accuracy per epoch and saves the encrypted model."""
+def train_lenet(config: TrainConfig, inputs: MnistInputs | None = None) -> TrainResult:
+    """Train LeNet-5 in one process of a torchrun group (DDP + DistributedSampler) on
+    ``inputs`` (:func:`load_inputs` of ``config``, loaded here when not given); rank 0
+    prints the test accuracy per epoch and saves the encrypted model."""
+    mark("rank-entered")
+    if inputs is None:
+        inputs = load_inputs(config)
     with process_group() as (rank, world):
-        model, epochs = _fit(config, rank, world)
+        mark("rank-group-joined")
+        model, epochs = _fit(config, rank, world, inputs)
         model_path = None
         if config.model_out is not None:
             model_path = str(saved_path(config.model_out))
             if rank == 0:
                 save_model(_serialize(model), config.model_out, config.model_key_id)
+                mark("rank-model-saved")
+    mark("rank-done")
     # Every rank writes its result to the same file: they must be identical.
     return TrainResult(tuple(epochs), model_path)
 

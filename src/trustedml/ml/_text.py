@@ -27,10 +27,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from trustedml.errors import ConfigError
+from trustedml.ml._configs import TextTrainConfig, TextTrainResult
 from trustedml.ml._io import read_input_bytes, save_model
 from trustedml.ml._lenet import (
-    NUM_PROCESSES,
-    check_training_options,
     load_saved,
     process_group,
     report_worker_errors,
@@ -41,6 +40,7 @@ from trustedml.ml._lenet import (
 __all__ = [
     "LABELS",
     "BagOfWords",
+    "PreparedReviews",
     "Reviews",
     "TextTrainConfig",
     "TextTrainResult",
@@ -49,6 +49,7 @@ __all__ = [
     "load_reviews",
     "parse_reviews",
     "prepare_reviews",
+    "prepare_text",
     "tokenize",
     "train_text",
 ]
@@ -196,50 +197,6 @@ def bags(ids: Sequence[Sequence[int]], rows: Iterable[int]) -> tuple[torch.Tenso
     return torch.tensor(flat, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
 
 
-@dataclass(frozen=True)
-class TextTrainConfig:
-    """What the training processes get: paths and small parameters, never data."""
-
-    file_path: str
-    max_epoch: int = 3
-    batch_size: int = 64  # in total, split evenly over the processes
-    learning_rate: float = 0.015
-    # Strong decoupled weight decay is what keeps 10k reviews from being memorized.
-    weight_decay: float = 0.3
-    vocab_size: int = 10_000
-    embed_dim: int = 32
-    limit: int | None = None
-    model_out: str | None = None
-    model_key_id: str = "models"
-    seed: int = 42
-    test_fraction: float = 0.2
-
-    def check(self, num_processes: int = NUM_PROCESSES) -> None:
-        """Raise ConfigError on a value training would choke on later."""
-        check_training_options(self.max_epoch, self.batch_size, self.learning_rate, num_processes)
-        if self.vocab_size < 1 or self.embed_dim < 1:
-            raise ConfigError(
-                f"--vocab-size and --embed-dim: expected >= 1, got {self.vocab_size} "
-                f"and {self.embed_dim}"
-            )
-        if self.limit is not None and self.limit < 10:
-            raise ConfigError(f"--limit: expected at least 10 reviews, got {self.limit}")
-
-
-@dataclass(frozen=True)
-class TextTrainResult:
-    """Mean training loss per epoch, held-out ``(correct, count)``, the model's path."""
-
-    losses: tuple[float, ...]
-    correct: int
-    count: int
-    model_path: str | None
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.count
-
-
 def _count_correct(
     model: nn.Module,
     ids: Sequence[Sequence[int]],
@@ -276,16 +233,31 @@ def _serialize(model: BagOfWords, vocab: list[str], config: TextTrainConfig) -> 
     return buf.getvalue()
 
 
-def _fit(
-    config: TextTrainConfig, rank: int, world: int
-) -> tuple[BagOfWords, list[str], list[float], tuple[int, int]]:
-    # DDP lives only in this frame, so that it is gone before the group is destroyed.
-    seed_everything(config.seed)
+@dataclass(frozen=True)
+class PreparedReviews:
+    """The reviews as token ids over the training vocabulary: made once, by the
+    launcher of the training processes before it forks them (they share it)."""
+
+    reviews: Reviews
+    vocab: list[str]
+    ids: list[list[int]]
+
+
+def prepare_text(config: TextTrainConfig) -> PreparedReviews:
+    """Read (decrypt), split, tokenize and encode the reviews ``config`` names."""
     reviews = prepare_reviews(config.file_path, config.limit, config.seed, config.test_fraction)
     tokens = [tokenize(t) for t in reviews.texts]
     # From the training split only, so that nothing is learnt from held-out text.
     vocab = build_vocab((tokens[i] for i in reviews.train), config.vocab_size)
-    ids = encode(tokens, vocab)
+    return PreparedReviews(reviews, vocab, encode(tokens, vocab))
+
+
+def _fit(
+    config: TextTrainConfig, rank: int, world: int, prepared: PreparedReviews
+) -> tuple[BagOfWords, list[str], list[float], tuple[int, int]]:
+    # DDP lives only in this frame, so that it is gone before the group is destroyed.
+    seed_everything(config.seed)
+    reviews, vocab, ids = prepared.reviews, prepared.vocab, prepared.ids
     labels = reviews.labels
 
     model = BagOfWords(len(vocab), config.embed_dim)
@@ -327,12 +299,15 @@ def _fit(
 
 
 @report_worker_errors
-def train_text(config: TextTrainConfig) -> TextTrainResult:
+def train_text(config: TextTrainConfig, prepared: PreparedReviews | None = None) -> TextTrainResult:
     """Train the bag-of-words classifier in one process of a torchrun group (DDP +
-    DistributedSampler); rank 0 prints the loss per epoch, the held-out accuracy,
+    DistributedSampler) on ``prepared`` (:func:`prepare_text` of ``config``, made
+    here when not given); rank 0 prints the loss per epoch, the held-out accuracy,
     and saves the encrypted model (state and vocabulary)."""
+    if prepared is None:
+        prepared = prepare_text(config)
     with process_group() as (rank, world):
-        model, vocab, losses, (correct, count) = _fit(config, rank, world)
+        model, vocab, losses, (correct, count) = _fit(config, rank, world, prepared)
         if rank == 0:
             print(f"accuracy: {correct / count:.4f}", flush=True)
         model_path = None

@@ -19,6 +19,7 @@ from pathlib import Path
 from trustedml.ml._datasets import default_dataset
 from trustedml.ml._driver import check_and_train, resolved_input, run_workload
 from trustedml.ml._options import add_input, add_model, add_training, training_fields
+from trustedml.ml._profile import mark, mark_process_start
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,14 +54,16 @@ def _evaluate(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def _train(args: argparse.Namespace, data_dir: Path) -> int:
-    from trustedml.ml._lenet import TrainConfig, train_lenet
+    from trustedml.ml._configs import TrainConfig
+    from trustedml.ml._launch import Entry
     from trustedml.ml._mnist import idx_path
 
     config = TrainConfig(
         data_dir=str(data_dir), train_limit=args.train_limit, **training_fields(args)
     )
     inputs = (idx_path(data_dir, s, k) for s in ("train", "test") for k in ("images", "labels"))
-    return check_and_train("trustedml-lenet", train_lenet, config, args, *inputs)
+    entry = Entry("trustedml.ml._lenet", "train_lenet", "load_inputs")
+    return check_and_train("trustedml-lenet", entry, config, args, *inputs)
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -69,6 +72,9 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the workload with command-line arguments ``argv``; returns the exit code."""
+    mark_process_start("driver-jvm-start", parent=True)
+    mark_process_start("driver-process-start")
+    mark("driver-main")
     return run_workload(_parser().parse_args(argv), _data_dir, _evaluate, _train)
 
 

@@ -65,7 +65,8 @@ def _evaluate(args: argparse.Namespace, file_path: Path) -> int:
 
 
 def _train(args: argparse.Namespace, file_path: Path) -> int:
-    from trustedml.ml._text import TextTrainConfig, train_text
+    from trustedml.ml._configs import TextTrainConfig
+    from trustedml.ml._launch import Entry
 
     config = TextTrainConfig(
         file_path=str(file_path),
@@ -74,7 +75,8 @@ def _train(args: argparse.Namespace, file_path: Path) -> int:
         limit=args.limit,
         **training_fields(args),
     )
-    return check_and_train("trustedml-text-classification", train_text, config, args, file_path)
+    entry = Entry("trustedml.ml._text", "train_text", "prepare_text")
+    return check_and_train("trustedml-text-classification", entry, config, args, file_path)
 
 
 def _reviews(args: argparse.Namespace) -> Path:
