@@ -4,11 +4,18 @@ Each workload runs through the real command line (`trustedml example NAME`), onc
 secure mode and once with `--insecure` (plain Spark; the data keys still come from the
 same key directory), alternating the order per workload. Wall time is the whole
 `trustedml example` process: Spark start, training, evaluation, encrypted model save.
+
+The workloads run with TRUSTEDML_PROFILE=1: the driver, the training launcher and the
+training processes print timed phases (trustedml.ml._profile), and a second table
+shows where the time of each TorchDistributor workload went, phase by phase, from the
+moment `trustedml example` was started. `--encrypted-inputs` encrypts the inputs of the
+secure run first (under the KEK "data"), as a real job would read them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import secrets
 import subprocess
@@ -23,6 +30,7 @@ from typing import Any
 from bench._report import print_table, write_results
 from trustedml import LocalKeyStore, Secret, init_key_directory
 from trustedml.keys import ScryptParams
+from trustedml.ml._profile import ENV_PROFILE, MARK_LINE
 
 NAME = "ml"
 
@@ -34,6 +42,7 @@ class Workload:
     # metric name -> (regex on stdout, goal, True if the goal is a floor)
     metrics: dict[str, tuple[str, float, bool]]
     max_seconds: float | None = None
+    max_ratio: float = 1.10  # secure / plain wall time
 
 
 def workloads(out: Path) -> list[Workload]:
@@ -42,8 +51,10 @@ def workloads(out: Path) -> list[Workload]:
         Workload(
             "lenet",
             ("--max-epoch", "2", "--model-out", str(out / "lenet.pt")),
-            {"accuracy": (r"Epoch 2: Top1Accuracy is .*accuracy: " + num, 0.985, True)},
-            max_seconds=30.0,
+            {"accuracy": (r"Epoch 2: Top1Accuracy is .*accuracy: " + num, 0.990, True)},
+            # Issue 15's acceptance, on a quiet machine.
+            max_seconds=20.0,
+            max_ratio=1.05,
         ),
         Workload(
             "text-classification",
@@ -82,10 +93,25 @@ def example_options(root: Path) -> list[str]:
             "--kek", "models", "--kek", "data", "--no-ui"]  # fmt: skip
 
 
-def _run(workload: Workload, mode: list[str], log: Path) -> tuple[float, dict[str, float]]:
+def phases(output: str, started: float, ended: float) -> dict[str, float]:
+    """Seconds from ``started`` (wall clock) to each phase the workload's processes
+    marked in ``output``, the last process to reach it (both ranks, for a rank's
+    phase), in order; "exit" is when the command returned."""
+    reached: dict[str, float] = {}
+    for name, at, _pid in MARK_LINE.findall(output):
+        reached[name] = max(reached.get(name, 0.0), float(at) - started)
+    reached["exit"] = ended - started
+    return dict(sorted(reached.items(), key=lambda item: item[1]))
+
+
+def _run(
+    workload: Workload, mode: list[str], log: Path
+) -> tuple[float, dict[str, float], dict[str, float]]:
     argv = [sys.executable, "-m", "trustedml", "example", *mode, workload.name, *workload.args]
+    env = {**os.environ, ENV_PROFILE: "1"}
+    wall = time.time()
     start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     seconds = time.perf_counter() - start
     log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     if proc.returncode != 0:
@@ -96,13 +122,64 @@ def _run(workload: Workload, mode: list[str], log: Path) -> tuple[float, dict[st
         if not matches:
             raise RuntimeError(f"{workload.name}: no {metric} in its output; see {log}")
         found[metric] = float(matches[-1])
-    return seconds, found
+    return seconds, found, phases(proc.stdout + proc.stderr, wall, wall + seconds)
+
+
+def print_phases(rows: Sequence[dict[str, Any]]) -> None:
+    """Per workload with marks: each phase's end (seconds since the command started)
+    and its length, secure and plain side by side."""
+    for r in rows:
+        secure, plain = r["phases_secure"], r["phases_plain"]
+        if len(secure) <= 1:
+            continue
+        names = list(secure) + [n for n in plain if n not in secure]
+        table = []
+        for name in names:
+            cells: list[str] = [name]
+            for marks in (secure, plain):
+                if name not in marks:
+                    cells += ["-", "-"]
+                    continue
+                previous = max((t for t in marks.values() if t < marks[name]), default=0.0)
+                cells += [f"{marks[name]:.2f}", f"{marks[name] - previous:.2f}"]
+            table.append(cells)
+        print_table(
+            f"ml: where {r['workload']}'s time went (seconds since `trustedml example` started)",
+            ("phase reached", "secure at", "secure +", "plain at", "plain +"),
+            table,
+        )
+
+
+def _encrypt_inputs(workload: Workload, root: Path, common: list[str]) -> tuple[str, ...]:
+    """The workload's arguments with its input replaced by an encrypted copy (KEK "data")
+    of the repository's dataset, made with `trustedml encrypt`."""
+    option, dataset = {
+        "lenet": ("--data-path", "mnist"),
+        "text-classification": ("--file-path", "rotten_tomatoes.csv.bz2"),
+    }.get(workload.name, (None, None))
+    if option is None or dataset is None:
+        return workload.args
+    source = Path(__file__).resolve().parents[1] / "datasets" / dataset
+    target = root / "encrypted" / (dataset + (".tml" if source.is_file() else ""))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    keys = common[: common.index("--kek")]  # --keys K --passphrase-file P
+    subprocess.run(
+        [sys.executable, "-m", "trustedml", "encrypt", str(source), str(target),
+         "--key-id", "data", *keys],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return (*workload.args, option, str(target))
 
 
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m bench {NAME}", description=__doc__)
     parser.add_argument("--only", action="append", help="run only this workload (repeatable)")
     parser.add_argument("--logs", type=Path, help="keep the workloads' output here")
+    parser.add_argument(
+        "--encrypted-inputs",
+        action="store_true",
+        help="the secure run reads an encrypted copy of the inputs (lenet, text-classification)",
+    )
     args = parser.parse_args(argv)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="trustedml-bench-ml-") as tmp:
@@ -114,13 +191,19 @@ def main(argv: Sequence[str]) -> int:
         for i, workload in enumerate(workloads(root / "out")):
             if args.only and workload.name not in args.only:
                 continue
-            result: dict[str, tuple[float, dict[str, float]]] = {}
+            result: dict[str, tuple[float, dict[str, float], dict[str, float]]] = {}
+            secure_args = (
+                _encrypt_inputs(workload, root, common) if args.encrypted_inputs else workload.args
+            )
             order = ("secure", "plain") if i % 2 == 0 else ("plain", "secure")
             for mode in order:
                 out = root / "out" / mode
                 out.mkdir(parents=True, exist_ok=True)
-                moved = tuple(a.replace(str(root / "out"), str(out)) for a in workload.args)
-                w = Workload(workload.name, moved, workload.metrics, workload.max_seconds)
+                given = secure_args if mode == "secure" else workload.args
+                moved = tuple(a.replace(str(root / "out"), str(out)) for a in given)
+                w = Workload(
+                    workload.name, moved, workload.metrics, workload.max_seconds, workload.max_ratio
+                )
                 print(f"{workload.name} ({mode})...", file=sys.stderr, flush=True)
                 try:
                     result[mode] = _run(w, modes[mode], logs / f"{workload.name}-{mode}.log")
@@ -144,7 +227,11 @@ def main(argv: Sequence[str]) -> int:
                     "seconds_plain": secs["plain"],
                     "ratio": secs["secure"] / secs["plain"],
                     "goals_met": goals,
-                    "ratio_goal_met": secs["secure"] / secs["plain"] <= 1.10,
+                    "max_ratio": workload.max_ratio,
+                    "ratio_goal_met": secs["secure"] / secs["plain"] <= workload.max_ratio,
+                    "phases_secure": result["secure"][2],
+                    "phases_plain": result["plain"][2],
+                    "encrypted_inputs": bool(args.encrypted_inputs),
                 }
             )
     print_table(
@@ -167,11 +254,12 @@ def main(argv: Sequence[str]) -> int:
                 f"{r['seconds_plain']:.1f}",
                 f"{r['ratio']:.3f}",
                 ", ".join(f"{k}:{'yes' if v else 'NO'}" for k, v in r["goals_met"].items())
-                + f", ratio<=1.10:{'yes' if r['ratio_goal_met'] else 'NO'}",
+                + f", ratio<={r['max_ratio']:.2f}:{'yes' if r['ratio_goal_met'] else 'NO'}",
             )
             for r in rows
         ],
     )
+    print_phases(rows)
     path = write_results(NAME, rows)
     print(f"wrote {path}")
     return 0

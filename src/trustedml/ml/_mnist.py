@@ -12,11 +12,13 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from trustedml.data import SUFFIX
-from trustedml.errors import ConfigError
-from trustedml.ml._io import read_input_bytes
+from trustedml.data import SUFFIX, open_encrypted
+from trustedml.errors import ConfigError, IntegrityError
+from trustedml.ml._io import is_encrypted
+from trustedml.ml._profile import mark
+from trustedml.runtime import job_keystore
 
-__all__ = ["idx_path", "load_mnist", "parse_idx", "read_idx"]
+__all__ = ["idx_path", "load_mnist", "parse_idx", "read_idx", "read_input_array"]
 
 Split = Literal["train", "test"]
 
@@ -51,47 +53,76 @@ def idx_path(data_dir: str | os.PathLike[str], split: Split, kind: str) -> Path:
     )
 
 
-def parse_idx(data: bytes, name: str, ndim: int | None = None) -> npt.NDArray[np.uint8]:
+def parse_idx(
+    data: bytes | npt.NDArray[np.uint8], name: str, ndim: int | None = None
+) -> npt.NDArray[np.uint8]:
     """The array of an IDX file's bytes (gzip-compressed or not); ``name`` is only
-    used in error messages."""
-    if data[:2] == _GZIP_MAGIC:
+    used in error messages. From a writable array of plaintext IDX bytes (what
+    :func:`read_input_array` gives), the result is a view of it: no copy."""
+    view = (memoryview(data) if isinstance(data, bytes) else data.data).cast("B")
+    if bytes(view[:2]) == _GZIP_MAGIC:
         try:
-            data = gzip.decompress(data)
+            data = gzip.decompress(view)
         except (OSError, EOFError, zlib.error) as exc:
             raise ConfigError(f"{name}: corrupt gzip data ({exc})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        view = memoryview(data)
+    head = bytes(view[:4])
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
         raise ConfigError(
             f"{name}: not an IDX file (expected magic 0x0000 then type and rank, "
-            f"got {data[:4].hex() or 'an empty file'})"
+            f"got {head.hex() or 'an empty file'})"
         )
-    if data[2] != _UBYTE:
-        raise ConfigError(f"{name}: IDX type 0x{data[2]:02x}: expected 0x08 (unsigned bytes)")
-    rank = data[3]
+    if head[2] != _UBYTE:
+        raise ConfigError(f"{name}: IDX type 0x{head[2]:02x}: expected 0x08 (unsigned bytes)")
+    rank = head[3]
     if ndim is not None and rank != ndim:
         raise ConfigError(f"{name}: IDX rank {rank}: expected {ndim} dimensions")
     if rank == 0:
         raise ConfigError(f"{name}: IDX rank 0: expected at least one dimension")
     header = 4 + 4 * rank
-    if len(data) < header:
-        raise ConfigError(f"{name}: truncated IDX header ({len(data)} of {header} bytes)")
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
+    if len(view) < header:
+        raise ConfigError(f"{name}: truncated IDX header ({len(view)} of {header} bytes)")
+    dims = tuple(int.from_bytes(view[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
     size = int(np.prod(dims, dtype=np.int64))
-    if len(data) - header != size:
-        what = "truncated" if len(data) - header < size else "trailing bytes in"
+    if len(view) - header != size:
+        what = "truncated" if len(view) - header < size else "trailing bytes in"
         raise ConfigError(
             f"{name}: {what} IDX data: dimensions {'x'.join(map(str, dims))} need "
-            f"{size} bytes after the header, got {len(data) - header}"
+            f"{size} bytes after the header, got {len(view) - header}"
         )
-    # A copy is writable, which torch.from_numpy needs to avoid a warning.
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
+    array = np.frombuffer(view, dtype=np.uint8, offset=header).reshape(dims)
+    # torch.from_numpy wants a writable array: bytes (gzip's output) are copied once.
+    return array if array.flags.writeable else array.copy()
+
+
+def read_input_array(path: str | os.PathLike[str]) -> npt.NDArray[np.uint8]:
+    """The bytes of an input file in a new (writable) array: an encrypted ``.tml``
+    file is decrypted chunk by chunk straight into it with the job's keys, each chunk
+    authenticated before its bytes are used."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: expected an existing input file")
+    if is_encrypted(p):
+        # Its errors name the file already: the decrypting reader adds it.
+        with open_encrypted(p, job_keystore()) as reader:
+            out = np.empty(reader.size, dtype=np.uint8)
+            got = reader.readinto(out.data)
+    else:
+        with p.open("rb", buffering=0) as f:
+            out = np.empty(os.fstat(f.fileno()).st_size, dtype=np.uint8)
+            got = 0
+            while got < len(out) and (n := f.readinto(out.data[got:])):
+                got += n
+    if got != len(out):
+        raise IntegrityError(f"{p}: {got} of {len(out)} bytes read (file changed while read)")
+    mark(f"input-read:{p.name}")
+    return out
 
 
 def read_idx(path: str | os.PathLike[str], ndim: int | None = None) -> npt.NDArray[np.uint8]:
     """The array in an IDX file (plaintext, gzip, or encrypted ``.tml`` read with the
     job's keys)."""
-    # Its errors name the file already: the decrypting reader adds it.
-    data = read_input_bytes(path)
-    return parse_idx(data, str(path), ndim)
+    return parse_idx(read_input_array(path), str(path), ndim)
 
 
 def load_mnist(
