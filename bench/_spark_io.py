@@ -128,13 +128,15 @@ class SparkOutcome:
 class Inputs:
     rows: int
     wide_columns: int
-    paths: dict[str, dict[str, Path]]  # case -> plain|encrypted -> file
+    paths: dict[str, dict[str, Path]]  # case -> plain file | encrypted directory
     bytes: dict[str, dict[str, int]]
 
 
 def prepare_inputs(table: pa.Table, root: Path, ring: KeyRing, key_id: str) -> Inputs:
     """Plaintext CSV and Parquet of the flights ``table``, its wide Parquet, and an
-    encrypted copy of each (``encrypt_file``, the file name plus ``.tml``)."""
+    encrypted copy of each (``encrypt_file``), named as the plain file plus ``.tml``
+    and alone in a directory: the encrypted input is that directory, as a dataset
+    Spark wrote would be."""
     table = table.select([f.name for f in CSV_SCHEMA.fields])
     log(f"writing plaintext CSV, Parquet and wide Parquet ({table.num_rows} rows)")
     pa_csv.write_csv(table, root / "flights.csv")
@@ -143,14 +145,22 @@ def prepare_inputs(table: pa.Table, root: Path, ring: KeyRing, key_id: str) -> I
     paths: dict[str, dict[str, Path]] = {}
     for case in CASES:
         plain = root / case.file
-        enc = plain.with_name(plain.name + ".tml")
+        enc = root / "encrypted" / case.file / f"{case.file}.tml"
         if not enc.exists():
             log(f"encrypting {plain.name}")
+            enc.parent.mkdir(parents=True)
             encrypt_file(plain, enc, key_id=key_id, keystore=ring)
-        paths[case.name] = {"plain": plain, "encrypted": enc}
-    sizes = {name: {k: p.stat().st_size for k, p in by.items()} for name, by in paths.items()}
+        paths[case.name] = {"plain": plain, "encrypted": enc.parent}
+    sizes = {
+        name: {"plain": by["plain"].stat().st_size, "encrypted": _size(by["encrypted"])}
+        for name, by in paths.items()
+    }
     width = len(CSV_SCHEMA.fields) + len(_wide.EXTRA)
     return Inputs(table.num_rows, width, paths, sizes)
+
+
+def _size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir())
 
 
 def _load(

@@ -78,12 +78,13 @@ def _log(message: str) -> None:
 
 
 def encrypt_tables(files: dict[str, Path], directory: Path, ring: KeyRing) -> dict[str, Path]:
-    """An encrypted copy of each table's file in ``directory``: same name plus ``.tml``."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """An encrypted copy of each table's file, named as it plus ``.tml``, alone in
+    ``directory/<table>``; table -> that directory (a dataset, as Spark writes them)."""
     copies = {}
     for table, path in files.items():
-        copies[table] = directory / f"{path.name}.tml"
-        encrypt_file(path, copies[table], key_id=KEY_ID, keystore=ring)
+        copies[table] = directory / table
+        copies[table].mkdir(parents=True, exist_ok=True)
+        encrypt_file(path, copies[table] / f"{path.name}.tml", key_id=KEY_ID, keystore=ring)
     return copies
 
 
@@ -184,7 +185,10 @@ def benchmark(args: argparse.Namespace, numbers: Sequence[int], root: Path) -> d
     encrypted = encrypt_tables(prepared.files, root / f"tpch-sf{args.scale:g}-tml", ring)
     _log(f"encrypted the {len(encrypted)} tables in {time.perf_counter() - start:.1f} s")
     sizes = {
-        table: {"plain": prepared.files[table].stat().st_size, "tml": path.stat().st_size}
+        table: {
+            "plain": prepared.files[table].stat().st_size,
+            "tml": sum(p.stat().st_size for p in path.iterdir()),
+        }
         for table, path in encrypted.items()
     }
     extra = {**SPARK_EXTRA, "spark.driver.memory": args.driver_memory}

@@ -167,12 +167,13 @@ def test_tpch_runs_on_tiny_tables(tmp_path: Path) -> None:
     assert set(payload["bytes"]) == set(_tpch.TABLES)
 
 
-def test_inputs_are_named_as_the_plain_file_plus_tml(tmp_path: Path) -> None:
+def test_encrypted_inputs_are_the_plain_file_plus_tml_alone_in_a_directory(tmp_path: Path) -> None:
     ring = KeyRing({"k": bytes(32)})
     table: pa.Table = flights.flights_table(500)
     inputs = _spark_io.prepare_inputs(table, tmp_path, ring, "k")
     for case in _spark_io.CASES:
         paths = inputs.paths[case.name]
-        assert paths["encrypted"].name == paths["plain"].name + ".tml"
-        assert paths["encrypted"].read_bytes()[:4] != paths["plain"].read_bytes()[:4]
+        (encrypted,) = paths["encrypted"].iterdir()
+        assert encrypted.name == paths["plain"].name + ".tml"
+        assert encrypted.read_bytes()[:4] != paths["plain"].read_bytes()[:4]
     assert inputs.wide_columns == 25
