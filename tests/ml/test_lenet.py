@@ -222,12 +222,14 @@ def test_lenet_end_to_end_with_keys_from_the_broker(broker: Broker, tmp_path: Pa
 
     entries = broker.audit()
     attests = [e for e in entries if e["event"] == "attest" and e["measurement"] == job]
-    # The driver's (input and model key checks), then each training process's own:
-    # they inherit the job's environment, no key crosses pyspark's plaintext pickles.
-    assert len(attests) >= 3, attests
+    # The driver's (input and model key checks), then the training launcher's own (it
+    # inherits the job's environment; no key crosses the request it is sent), whose
+    # forked training processes use its store.
+    assert len(attests) >= 2, attests
     assert {e["outcome"] for e in attests} == {"ok"}
-    # Each of the 4 files unwrapped by the driver's check and by both training processes.
-    assert releases(entries, "unwrap", "mnist") >= 12
+    # Each of the 4 files unwrapped by the driver's check and once for both training
+    # processes (the launcher decrypts each input once, before it forks them).
+    assert releases(entries, "unwrap", "mnist") == 8
     assert releases(entries, "datakey", "models") == 1  # rank 0's model
     assert releases(entries, "unwrap", "models") >= 2  # the owner's decrypt, the evaluation
     refusals = [e for e in entries if e["event"] == "attest" and e["outcome"] != "ok"]

@@ -48,6 +48,7 @@ __all__ = [
     "evaluate_saved_model",
     "load_inputs",
     "load_lenet",
+    "rank_shard",
     "run_distributed",
     "train_lenet",
 ]
@@ -216,6 +217,12 @@ def load_inputs(config: TrainConfig) -> MnistInputs:
     return MnistInputs(images, labels, test_images, test_labels)
 
 
+def rank_shard(count: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s contiguous share of ``count`` items (the test images): the
+    shards of all ranks cover every item exactly once, so counts can be summed."""
+    return slice(rank * count // world, (rank + 1) * count // world)
+
+
 def _fit(
     config: TrainConfig, rank: int, world: int, inputs: MnistInputs
 ) -> tuple[LeNet5, list[tuple[int, int]]]:
@@ -223,8 +230,7 @@ def _fit(
     seed_everything(config.seed)
     images, labels = inputs.images, inputs.labels
     test_images, test_labels = inputs.test_images, inputs.test_labels
-    # Contiguous shards, so that the test images are counted exactly once.
-    shard = slice(rank * len(test_labels) // world, (rank + 1) * len(test_labels) // world)
+    shard = rank_shard(len(test_labels), rank, world)
 
     model = channels_last(LeNet5())
     ddp = DistributedDataParallel(model)
