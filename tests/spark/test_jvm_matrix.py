@@ -295,9 +295,23 @@ def test_tampered_file_fails_the_job_naming_file_and_chunk(
     spark: Any, tampered: dict[str, tuple[Path, str]], case: str
 ) -> None:
     path, message = tampered[case]
-    with pytest.raises(Exception, match=re.escape(f"{path}: ") + ".*" + re.escape(message)) as info:
+    expected = re.escape(f"{path}: ") + ".*" + re.escape(message)
+    with pytest.raises(Exception, match=expected) as info:
         _jvm(spark, path, "text").collect()
     assert "private data" not in str(info.value)
+    if case == "not-encrypted":
+        # read_encrypted finds this in the driver (headers name the keys to hand over);
+        # the file system itself refuses it too, in the task.
+        with pytest.raises(Exception, match=expected):
+            _raw_jvm(spark, path.parent, "text", prefix="not-encrypted").collect()
+
+
+def _raw_jvm(spark: Any, directory: Path, fmt: str, prefix: str) -> Any:
+    """Spark's reader straight on ``tml://`` (files whose names start with ``prefix``)."""
+    from trustedml.spark._jvmfs import hand_keys, tml_uri
+
+    options = {**hand_keys(spark, RING, ["mx"]), "pathGlobFilter": f"{prefix}*"}
+    return spark.read.format(fmt).options(**options).load(tml_uri(directory))
 
 
 def test_failed_job_commits_nothing(
@@ -389,3 +403,20 @@ def test_without_the_file_system_jvm_refuses_and_auto_falls_back(
         with pytest.warns(EngineFallbackWarning, match=why):
             write_encrypted(df, tmp_path / "w", "text", "mx", keystore=RING)
     assert (tmp_path / "w" / "_SUCCESS").is_file()  # the Python writer's plain marker
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the driver JVM caches unwrapped keys per (key id, wrapped key) across key "
+    "stores: hand_keys adds a store without clearing what another store unwrapped",
+)
+def test_a_key_store_without_the_key_cannot_read_what_another_unwrapped(
+    spark: Any, tmp_path: Path
+) -> None:
+    src = tmp_path / "k.txt"
+    src.write_text("only for the right key\n")
+    enc = _encrypt(src)
+    assert _jvm(spark, enc, "text").count() == 1  # the JVM has unwrapped this file's key
+    wrong = KeyRing({"mx": b"\x07" * 32})
+    with pytest.raises(Exception, match="cannot unwrap the data key"):
+        read_encrypted(spark, enc, "text", keystore=wrong, engine="jvm").collect()
