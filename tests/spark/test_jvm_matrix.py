@@ -20,6 +20,7 @@ import pytest
 from trustedml import (
     ConfigError,
     EngineFallbackWarning,
+    IntegrityError,
     KeyRing,
     decrypt_file,
     encrypt_file,
@@ -323,11 +324,15 @@ def test_failed_job_commits_nothing(
     df = _jvm(spark, bad, "text")
     assert df.rdd.getNumPartitions() > 2
     out = tmp_path / "out"
-    with pytest.raises(Exception, match=re.escape(f"{bad}: chunk ")):
+    # Raised in the driver by write_encrypted's job: the reader's IntegrityError.
+    with pytest.raises(IntegrityError, match=re.escape(f"{bad}: chunk ")):
         write_encrypted(df, out, "text", "mx", keystore=RING, engine="jvm")
     left = sorted(p.name for p in out.iterdir()) if out.exists() else []
     assert not [n for n in left if n.startswith(("part-", "_SUCCESS"))], left
     assert left == [], left  # the staging directory is gone too
+    # Schema inference reads the file while read_encrypted plans: the same error there.
+    with pytest.raises(IntegrityError, match=re.escape(f"{bad}: chunk ")):
+        _jvm(spark, bad, "json")
 
 
 # -- writing: modes, a fresh data key per file, 0600 -------------------------------------
