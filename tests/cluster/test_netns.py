@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -303,6 +304,11 @@ def test_hosts_talk_through_the_bridge_and_the_capture_sees_it(tmp_path: Path) -
     assert not [name for name in names if name in listing]
 
 
+def _netns_pids(name: str) -> list[str]:
+    shown = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+    return shown.stdout.split()
+
+
 def test_subnets_are_unique_and_a_crashed_runs_leftovers_are_removed() -> None:
     with TestNet(1) as first, TestNet(1) as second:
         assert first.k != second.k
@@ -312,6 +318,13 @@ def test_subnets_are_unique_and_a_crashed_runs_leftovers_are_removed() -> None:
     subprocess.run(["ip", "link", "add", f"tml{k}-br", "type", "bridge"], check=True)
     sleeper = subprocess.Popen(["ip", "netns", "exec", f"tml{k}-w5", "sleep", "300"])
     try:
+        # Once it lives there: `ip netns exec` enters the namespace after it starts (on a
+        # busy machine, after the sweep below had listed the namespace's processes).
+        deadline = time.monotonic() + 30
+        while str(sleeper.pid) not in _netns_pids(f"tml{k}-w5"):
+            assert sleeper.poll() is None, "the leftover's process ended at once"
+            assert time.monotonic() < deadline, "the leftover's process never entered"
+            time.sleep(0.05)
         with TestNet(1, subnet=k) as again:
             assert again.hosts[0].name == f"tml{k}-w1"
             listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
