@@ -147,6 +147,13 @@ def prepare(scale: float, directory: Path, numbers: Iterable[int]) -> Prepared:
     return Prepared(files, queries, reference, time.perf_counter() - start)
 
 
+def tables_of(queries: Iterable[str]) -> tuple[str, ...]:
+    """The TPC-H tables the query texts name (a column prefix such as ``p_`` or a word
+    such as ``supp_nation`` does not count)."""
+    texts = list(queries)
+    return tuple(t for t in TABLES if any(re.search(rf"\b{t}\b", q) for q in texts))
+
+
 def scale_factor(text: str) -> float:
     """argparse type for ``--sf``/``--scale``: a TPC-H scale factor in (0, 100]."""
     value = float(text)

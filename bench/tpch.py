@@ -90,25 +90,26 @@ def encrypt_tables(files: dict[str, Path], directory: Path, ring: KeyRing) -> di
 
 def load_tables(
     spark: SparkSession,
-    plain: dict[str, Path],
-    encrypted: dict[str, Path],
+    paths: dict[str, dict[str, Path]],
+    tables: Sequence[str],
     ring: KeyRing,
     engine: str,
 ) -> tuple[dict[str, dict[str, DataFrame]], dict[str, float]]:
-    """variant -> table -> DataFrame, and the seconds each variant took to load (each
-    table counted once, untimed by the queries: file listing, footers, key hand-over)."""
+    """variant -> table -> DataFrame for ``tables`` (``paths``: variant -> table -> the
+    plain file or the encrypted directory), and the seconds each variant took: each
+    table read and counted once, out of the query timings (file listing, footers, key
+    hand-over; the first variant also warms the JVM up)."""
     frames: dict[str, dict[str, DataFrame]] = {variant: {} for variant in VARIANTS}
     seconds: dict[str, float] = {}
     for variant in VARIANTS:
         start = time.perf_counter()
-        for table in _tpch.TABLES:
+        for table in tables:
+            path = paths[variant][table]
             try:
                 if variant == "plain":
-                    frame = spark.read.parquet(str(plain[table]))
+                    frame = spark.read.parquet(str(path))
                 else:
-                    frame = read_encrypted(
-                        spark, encrypted[table], "parquet", keystore=ring, engine=engine
-                    )
+                    frame = read_encrypted(spark, path, "parquet", keystore=ring, engine=engine)
                 frame.count()
             except PySparkException as exc:
                 raise BenchError(f"{variant} {table}: {exc}") from exc
@@ -194,10 +195,30 @@ def benchmark(args: argparse.Namespace, numbers: Sequence[int], root: Path) -> d
     extra = {**SPARK_EXTRA, "spark.driver.memory": args.driver_memory}
     spark = secure_session(root, args.master, f"bench-{NAME}", extra)
     try:
-        frames, load_seconds = load_tables(spark, prepared.files, encrypted, ring, args.engine)
-        timings, answers = run_queries(spark, frames, prepared.queries, args.rounds)
+        paths = {"plain": prepared.files, "tml": encrypted}
+        result = measure(spark, prepared, paths, ring, args.engine, args.rounds)
     finally:
         spark.stop()
+    return {**result, "bytes": sizes}
+
+
+def measure(
+    spark: SparkSession,
+    prepared: _tpch.Prepared,
+    paths: dict[str, dict[str, Path]],
+    ring: KeyRing,
+    engine: str,
+    rounds: int,
+) -> dict[str, Any]:
+    """Load the tables the queries name, run the queries in ``spark``; the results
+    payload (the temporary views are dropped again)."""
+    tables = _tpch.tables_of(prepared.queries.values())
+    frames, load_seconds = load_tables(spark, paths, tables, ring, engine)
+    try:
+        timings, answers = run_queries(spark, frames, prepared.queries, rounds)
+    finally:
+        for table in tables:
+            spark.catalog.dropTempView(table)
     timed = ((t.query, t.variant, t.seconds) for t in timings if t.round > 0)
     rows = _tpch.summarise(timed, answers, prepared.reference, "tml", "plain")
     return {
@@ -205,7 +226,6 @@ def benchmark(args: argparse.Namespace, numbers: Sequence[int], root: Path) -> d
         "geomean_ratio": _tpch.geometric_mean(r["ratio"] for r in rows),
         "total_ratio": sum(r["tml_seconds"] for r in rows) / sum(r["plain_seconds"] for r in rows),
         "load_seconds": load_seconds,
-        "bytes": sizes,
         "timings": [asdict(t) for t in timings],
     }
 

@@ -1,5 +1,5 @@
-"""encrypted_io and tpch: their summaries without a JVM, and one tiny real run of each
-(`python -m bench encrypted_io|tpch` on small inputs; no timing is asserted)."""
+"""encrypted_io and tpch without a JVM: options, summaries, tables, the file part end
+to end (tests/spark/test_bench_reads.py runs their Spark parts in the shared session)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -128,43 +127,44 @@ def test_tpch_summary_leaves_out_the_warm_up() -> None:
         tpch._parser().parse_args(["--scale", "0"])
 
 
-def _results(path: Path) -> dict[str, Any]:
-    payload: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return payload
-
-
-@pytest.mark.spark
-@pytest.mark.slow
-def test_encrypted_io_runs_on_tiny_inputs(tmp_path: Path) -> None:
+def test_file_part_end_to_end_writes_its_json(tmp_path: Path) -> None:
     result = _bench(
-        "encrypted_io", "--part", "spark", "--variants", "plain,jvm", "--rows", "3000",
-        "--rounds", "1", "--out", str(tmp_path),
+        "encrypted_io", "--part", "file", "--size-mb", "1", "--raw-mib", "1", "--rounds", "1",
+        "--out", str(tmp_path),
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    payload = _results(tmp_path / "encrypted_io.json")
-    rows = {row["case"]: row for row in payload["rows"]}
-    assert set(rows) == {"csv", "parquet", "parquet_query"}
-    for row in rows.values():
-        assert row["ratio_jvm_over_plain"] > 0
-        assert "jvm_failed" not in row
-    assert payload["spark_failures"] == {}
-    assert "answers agree with plain: csv jvm, parquet jvm, parquet_query jvm" in result.stdout
+    assert result.returncode == 0, result.stderr
+    assert "encrypted_io 1/1: file throughput" in result.stdout
+    payload = json.loads((tmp_path / "encrypted_io.json").read_text(encoding="utf-8"))
+    assert payload["settings"]["parts"] == ["file"]
+    assert [r["operation"] for r in payload["rows"]][:2] == [
+        "raw AESGCM.encrypt", "encrypt stream (no disk)",
+    ]  # fmt: skip
 
 
-@pytest.mark.spark
-@pytest.mark.slow
-def test_tpch_runs_on_tiny_tables(tmp_path: Path) -> None:
-    pytest.importorskip("duckdb_extension_tpch", reason="the bench extra")
-    result = _bench(
-        "tpch", "--scale", "0.01", "--queries", "3", "--rounds", "1", "--out", str(tmp_path)
+def test_spark_table_shows_every_case_and_variant(capsys: pytest.CaptureFixture[str]) -> None:
+    outcome = _spark_io.SparkOutcome(
+        runs=[_run("csv", "plain", 1, 0.5, 1.5), _run("csv", "jvm", 1, 0.5, 1.6)],
+        failures={"csv/python": "boom"},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    payload = _results(tmp_path / "tpch.json")
-    (row,) = payload["rows"]
-    assert (row["query"], row["tml_vs_plain"], row["plain_vs_duckdb"]) == (3, None, None)
-    assert row["rows"] == 10
-    assert payload["geomean_ratio"] == pytest.approx(row["ratio"])
-    assert set(payload["bytes"]) == set(_tpch.TABLES)
+    _spark_io.print_spark_table(_spark_io.spark_summary(outcome), "t")
+    cells = {
+        line.split("│")[1].strip(): line
+        for line in capsys.readouterr().out.splitlines()
+        if line.count("│") > 2
+    }
+    assert "1.050" in cells["csv jvm"]
+    assert "FAILED" in cells["csv python"]
+    assert "not run" in cells["parquet jvm"]
+
+
+def test_tpch_table_and_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    args = tpch._parser().parse_args(["--scale", "0.01"])
+    answers = {"plain": {3: [["A", 1.0]]}, "tml": {3: [["A", 1.0]]}}
+    rows = _tpch.summarise([(3, "plain", 2.0), (3, "tml", 2.1)], answers, {3: []}, "tml", "plain")
+    tpch._print(args, rows, 1.05)
+    out = capsys.readouterr().out
+    assert "geometric mean tml/plain: 1.050 (meets the goal <= 1.15)" in out
+    assert "Q3: Spark's answer differs from duckdb's: 1 rows vs 0" in out
 
 
 def test_encrypted_inputs_are_the_plain_file_plus_tml_alone_in_a_directory(tmp_path: Path) -> None:
