@@ -269,10 +269,10 @@ def test_the_scan_is_real(launch: Launch, secrets: dict[str, bytes]) -> None:
     assert len(secrets) == 3 + 7
     assert len(set(secrets.values())) == len(secrets)
     assert all(len(key) == 32 for key in secrets.values())
-    # The scanner finds each secret planted in any of its forms inside a real log.
+    # The scanner finds a secret planted in any of its forms in a control string.
     name, key = next((k, v) for k, v in secrets.items() if k.startswith("data key"))
     for how, text in encodings(key).items():
-        planted = {"planted": launch.stderr.encode() + b" " + text + b"\n"}
+        planted = {"planted": b"26/12/04 10:00:00 INFO Control: key=" + text + b"\n"}
         found = hits(planted, secrets)
         assert f"{name} as {how} in planted" in found
         # (A base64 form without + or / is its url-safe form too.)
