@@ -52,6 +52,7 @@ public class TmlFileSystem extends FileSystem {
   public void initialize(URI name, Configuration conf) throws IOException {
     super.initialize(name, conf);
     setConf(conf);
+    TmlChunkCipher.warmUp();
     String authority = name.getAuthority();
     if (authority == null || authority.isEmpty()) {
       uri = URI.create("tml:///");

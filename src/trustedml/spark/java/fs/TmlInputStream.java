@@ -4,9 +4,6 @@ import java.io.EOFException;
 import java.io.IOException;
 import java.security.GeneralSecurityException;
 import java.util.Arrays;
-import javax.crypto.AEADBadTagException;
-import javax.crypto.Cipher;
-import javax.crypto.spec.GCMParameterSpec;
 import javax.crypto.spec.SecretKeySpec;
 import org.apache.hadoop.fs.FSDataInputStream;
 import org.apache.hadoop.fs.FSExceptionMessages;
@@ -25,7 +22,7 @@ final class TmlInputStream extends FSInputStream {
   private final TmlFormat.Header header;
   private final TmlFormat.Layout layout;
   private final SecretKeySpec key;
-  private final Cipher cipher;
+  private final TmlChunkCipher cipher;
   private final byte[] stored;
   private final byte[][] plain = new byte[SLOTS][];
   private final long[] slotChunk = new long[SLOTS];
@@ -51,11 +48,7 @@ final class TmlInputStream extends FSInputStream {
     Arrays.fill(slotChunk, -1);
     int largest = layout.count > 1 ? layout.chunkSize : layout.lastPlain;
     this.stored = new byte[largest + TmlFormat.TAG_SIZE];
-    try {
-      this.cipher = Cipher.getInstance("AES/GCM/NoPadding");
-    } catch (GeneralSecurityException e) {
-      throw new IOException(name + ": AES-GCM is not available in this JVM", e);
-    }
+    this.cipher = new TmlChunkCipher(name);
   }
 
   long size() {
@@ -96,17 +89,22 @@ final class TmlInputStream extends FSInputStream {
     }
     slotChunk[victim] = -1;
     boolean isFinal = index == layout.count - 1;
+    boolean authentic;
     try {
-      cipher.init(
-          Cipher.DECRYPT_MODE,
-          key,
-          new GCMParameterSpec(TmlFormat.TAG_SIZE * 8, TmlFormat.nonce(index)));
-      cipher.updateAAD(TmlFormat.aad(header.digest, index, isFinal));
-      cipher.doFinal(stored, 0, storedLen, plain[victim], 0);
-    } catch (AEADBadTagException e) {
-      throw new TmlIntegrityException(TmlFormat.chunkFailure(name, index, layout.count));
+      authentic =
+          cipher.open(
+              key,
+              TmlFormat.nonce(index),
+              TmlFormat.aad(header.digest, index, isFinal),
+              stored,
+              storedLen,
+              plain[victim]);
     } catch (GeneralSecurityException e) {
       throw new IOException(name + ": cannot decrypt chunk " + index, e);
+    }
+    if (!authentic) {
+      Arrays.fill(plain[victim], (byte) 0);
+      throw new TmlIntegrityException(TmlFormat.chunkFailure(name, index, layout.count));
     }
     slotChunk[victim] = index;
     slotUse[victim] = ++uses;

@@ -4,8 +4,6 @@ import java.io.IOException;
 import java.io.OutputStream;
 import java.security.GeneralSecurityException;
 import java.util.Arrays;
-import javax.crypto.Cipher;
-import javax.crypto.spec.GCMParameterSpec;
 import javax.crypto.spec.SecretKeySpec;
 
 /**
@@ -17,7 +15,7 @@ final class TmlOutputStream extends OutputStream {
   private final String name;
   private final byte[] digest;
   private final SecretKeySpec key;
-  private final Cipher cipher;
+  private final TmlChunkCipher cipher;
   private final byte[] buffer;
   private final byte[] sealed;
   private int filled;
@@ -32,11 +30,7 @@ final class TmlOutputStream extends OutputStream {
     this.key = key;
     this.buffer = new byte[header.chunkSize()];
     this.sealed = new byte[header.chunkSize() + TmlFormat.TAG_SIZE];
-    try {
-      this.cipher = Cipher.getInstance("AES/GCM/NoPadding");
-    } catch (GeneralSecurityException e) {
-      throw new IOException(name + ": AES-GCM is not available in this JVM", e);
-    }
+    this.cipher = new TmlChunkCipher(name);
     raw.write(header.raw);
   }
 
@@ -49,12 +43,10 @@ final class TmlOutputStream extends OutputStream {
   private void seal(boolean isFinal) throws IOException {
     int n;
     try {
-      cipher.init(
-          Cipher.ENCRYPT_MODE,
-          key,
-          new GCMParameterSpec(TmlFormat.TAG_SIZE * 8, TmlFormat.nonce(index)));
-      cipher.updateAAD(TmlFormat.aad(digest, index, isFinal));
-      n = cipher.doFinal(buffer, 0, filled, sealed, 0);
+      n =
+          cipher.seal(
+              key, TmlFormat.nonce(index), TmlFormat.aad(digest, index, isFinal), buffer, filled,
+              sealed);
     } catch (GeneralSecurityException e) {
       throw new IOException(name + ": cannot encrypt chunk " + index, e);
     }
