@@ -1,9 +1,10 @@
-"""LeNet-5 on MNIST, trained data-parallel by ``TorchDistributor`` processes.
+"""LeNet-5 on MNIST, trained data-parallel (DDP, gloo) by 2 CPU processes.
 
-What crosses from the driver to the training processes is pickled into a plaintext
-temporary file by pyspark, and what they return is written to another one; so only
-paths and small parameters go in, only metrics come out, and each process reads
-(and decrypts) its inputs itself and rank 0 encrypts the model itself.
+Locally, the launcher (:mod:`trustedml.ml._launch`) reads (decrypts) the inputs once
+with :func:`load_inputs` and forks the processes, which share them; on a standalone
+cluster, TorchDistributor's tasks each read their own. Either way only paths and
+small parameters come from the driver (pyspark pickles TorchDistributor's into a
+plaintext temporary file), only metrics go back, and rank 0 encrypts the model itself.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Rotten Tomatoes sentiment: loading, tokenizer, vocabulary and an ``EmbeddingBag``
-bag-of-words classifier trained data-parallel by ``TorchDistributor`` processes.
+bag-of-words classifier trained data-parallel by 2 CPU processes.
 
-As for LeNet, the processes get only paths and small parameters (pyspark pickles
-them into a plaintext temporary file), read and decrypt the reviews themselves, and
-rank 0 encrypts the model itself; only metrics come back.
+As for LeNet, the processes get only paths and small parameters; locally the launcher
+reads, decrypts, tokenizes and encodes the reviews once (:func:`prepare_text`) and
+the forked processes share them (on a cluster each does it itself); rank 0 encrypts
+the model itself; only metrics come back.
 """
 
 from __future__ import annotations
