@@ -53,19 +53,29 @@ class TrainingError(TrustedMLError):
 @dataclass(frozen=True)
 class Entry:
     """A training function by name: ``module.train(*args[, inputs])``, where
-    ``inputs = module.preload(*args)`` is made once by the launcher when ``preload``
-    is given (so the driver, which only names them, never imports torch)."""
+    ``inputs = preload_module.preload(*args)`` (``preload_module`` defaults to
+    ``module``) is made once by the launcher when ``preload`` is given, while it
+    imports ``module``. The driver only names them, so it never imports torch."""
 
     module: str
     train: str
     preload: str | None = None
+    preload_module: str | None = None
 
-    def function(self, name: str | None = None) -> Callable[..., Any]:
-        """The function called ``name`` (default: the training one) of the module."""
-        found: Callable[..., Any] = getattr(
-            importlib.import_module(self.module), name or self.train
-        )
-        return found
+    def function(self) -> Callable[..., Any]:
+        """The training function."""
+        return _function(self.module, self.train)
+
+    def loader(self) -> Callable[..., Any] | None:
+        """The input loader, if any."""
+        if self.preload is None:
+            return None
+        return _function(self.preload_module or self.module, self.preload)
+
+
+def _function(module: str, name: str) -> Callable[..., Any]:
+    found: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return found
 
 
 class Launcher:
@@ -268,6 +278,35 @@ def _fork_ranks(world: int, train: Callable[..., Any], args: tuple[Any, ...], re
         del store
 
 
+def _import_and_load(entry: Entry, args: tuple[Any, ...]) -> tuple[Callable[..., Any], Any]:
+    """The training function and its inputs, the inputs loaded in a thread while this
+    one imports the training module (torch): decompression and numpy release the GIL,
+    and under a broker the attestation waits on the network."""
+    loaded: list[Any] = []
+    failed: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            loader = entry.loader()
+            if loader is not None:
+                loaded.append(loader(*args))
+                mark("launcher-inputs-loaded")
+        except BaseException as exc:  # re-raised in the launcher's main thread
+            failed.append(exc)
+
+    loading = threading.Thread(target=load, name="load-inputs")
+    loading.start()
+    try:
+        train = entry.function()
+        mark("launcher-imported")
+    finally:
+        # Joined before any fork: no thread of this process outlives the loading.
+        loading.join()
+    if failed:
+        raise failed[0]
+    return train, loaded[0] if loaded else None
+
+
 def main() -> int:
     """The launcher: read the request, import and preload, wait for go, fork, reap."""
     mark_process_start("launcher-process-start")
@@ -281,15 +320,12 @@ def main() -> int:
     entry: Entry = request["entry"]
     args: tuple[Any, ...] = request["args"]
     try:
-        train = entry.function()
-        mark("launcher-imported")
-        if entry.preload is not None:
-            inputs = entry.function(entry.preload)(*args)
-            args = (*args, inputs)
-            mark("launcher-inputs-loaded")
+        train, inputs = _import_and_load(entry, args)
     except TrustedMLError as exc:
         print(f"error (training launcher): {exc}", file=sys.stderr, flush=True)
         return 1
+    if entry.preload is not None:
+        args = (*args, inputs)
     if stdin.read(1) != _GO:
         return 0  # the driver cancelled: the training runs elsewhere, or not at all
     mark("launcher-go")

@@ -18,7 +18,6 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -36,7 +35,7 @@ from trustedml.errors import ConfigError, TrustedMLError
 from trustedml.ml._configs import NUM_PROCESSES, TrainConfig, TrainResult
 from trustedml.ml._io import about, check_inputs, is_encrypted, load_model, save_model
 from trustedml.ml._launch import TrainingError
-from trustedml.ml._mnist import load_mnist
+from trustedml.ml._mnist import MnistInputs, load_inputs, load_mnist
 from trustedml.ml._profile import mark
 
 __all__ = [
@@ -198,24 +197,6 @@ def _serialize(model: nn.Module) -> bytes:
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     torch.save({"format": MODEL_FORMAT, "state_dict": state}, buf)
     return buf.getvalue()
-
-
-@dataclass(frozen=True)
-class MnistInputs:
-    """The MNIST arrays of a training run: loaded (decrypted) once, by the launcher of
-    the training processes before it forks them (they share them)."""
-
-    images: npt.NDArray[np.uint8]
-    labels: npt.NDArray[np.uint8]
-    test_images: npt.NDArray[np.uint8]
-    test_labels: npt.NDArray[np.uint8]
-
-
-def load_inputs(config: TrainConfig) -> MnistInputs:
-    """The training (first ``config.train_limit``) and test images and labels."""
-    images, labels = load_mnist(config.data_dir, "train", config.train_limit)
-    test_images, test_labels = load_mnist(config.data_dir, "test")
-    return MnistInputs(images, labels, test_images, test_labels)
 
 
 def rank_shard(count: int, rank: int, world: int) -> slice:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -14,11 +15,20 @@ import numpy.typing as npt
 
 from trustedml.data import SUFFIX, open_encrypted
 from trustedml.errors import ConfigError, IntegrityError
+from trustedml.ml._configs import TrainConfig
 from trustedml.ml._io import is_encrypted
 from trustedml.ml._profile import mark
 from trustedml.runtime import job_keystore
 
-__all__ = ["idx_path", "load_mnist", "parse_idx", "read_idx", "read_input_array"]
+__all__ = [
+    "MnistInputs",
+    "idx_path",
+    "load_inputs",
+    "load_mnist",
+    "parse_idx",
+    "read_idx",
+    "read_input_array",
+]
 
 Split = Literal["train", "test"]
 
@@ -151,3 +161,22 @@ def load_mnist(
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     return images, labels
+
+
+@dataclass(frozen=True)
+class MnistInputs:
+    """The MNIST arrays of a training run: loaded (decrypted) once, by the launcher of
+    the training processes before it forks them (they share them). Here, without
+    torch, so that the launcher loads them while it imports torch."""
+
+    images: npt.NDArray[np.uint8]
+    labels: npt.NDArray[np.uint8]
+    test_images: npt.NDArray[np.uint8]
+    test_labels: npt.NDArray[np.uint8]
+
+
+def load_inputs(config: TrainConfig) -> MnistInputs:
+    """The training (first ``config.train_limit``) and test images and labels."""
+    images, labels = load_mnist(config.data_dir, "train", config.train_limit)
+    test_images, test_labels = load_mnist(config.data_dir, "test")
+    return MnistInputs(images, labels, test_images, test_labels)

@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace, data_dir: Path) -> int:
         data_dir=str(data_dir), train_limit=args.train_limit, **training_fields(args)
     )
     inputs = (idx_path(data_dir, s, k) for s in ("train", "test") for k in ("images", "labels"))
-    entry = Entry("trustedml.ml._lenet", "train_lenet", "load_inputs")
+    entry = Entry("trustedml.ml._lenet", "train_lenet", "load_inputs", "trustedml.ml._mnist")
     return check_and_train("trustedml-lenet", entry, config, args, *inputs)
 
 
