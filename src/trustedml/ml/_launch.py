@@ -126,6 +126,8 @@ class Launcher:
                 f"distributed training failed: the training processes exited with status "
                 f"{status} (their output is above)"
             )
+        if not self._result.is_file():
+            raise TrainingError("distributed training failed: rank 0 returned no result")
         # Written by a rank this driver's job started, in a directory only it can open.
         with self._result.open("rb") as f:
             return pickle.load(f)  # noqa: S301
