@@ -100,8 +100,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     )
     records = [{"id": i, "tags": [f"t{i % 3}"], "who": {"n": f"n{i}"}} for i in range(500)]
     root.joinpath("rec.json").write_text("".join(json.dumps(r) + "\n" for r in records))
-    table = _nested_table(20_000)
-    pq.write_table(table, root / "nested.parquet", row_group_size=4000)
+    table = _nested_table(8000)
+    pq.write_table(table, root / "nested.parquet", row_group_size=1600)
     assert pq.ParquetFile(root / "nested.parquet").metadata.num_row_groups == 5
     for name in ("people.csv", "lines.txt", "notes.csv", "rec.json", "nested.parquet"):
         _encrypt(root / name)
@@ -158,8 +158,8 @@ def test_files_encrypted_by_encrypt_file_read_by_jvm(spark: Any, data: Data) -> 
     assert [f.name for f in nested.schema.fields] == ["id", "s", "arr", "m"]
     assert _dicts(nested) == data.nested
     # Column pruning and a pushed-down filter on the decrypted Parquet.
-    picked = nested.filter("id >= 19990").select("id", "s.b")
-    assert _rows(picked) == [(i, f"b{i}") for i in range(19990, 20000)]
+    picked = nested.filter("id >= 7990").select("id", "s.b")
+    assert _rows(picked) == [(i, f"b{i}") for i in range(7990, 8000)]
 
 
 def test_python_writer_output_read_by_jvm(spark: Any, data: Data, tmp_path: Path) -> None:
@@ -213,9 +213,10 @@ def test_jvm_writer_output_equals_sparks_plain_output(
         assert decrypt_file(part, tmp_path / f"{fmt}.out", keystore=RING).plaintext_bytes > 0
         assert (tmp_path / f"{fmt}.out").read_bytes() == _one_part(plain).read_bytes(), fmt
         assert read_encrypted_bytes(enc / "_SUCCESS.tml", keystore=RING) == b""
-        read_opts: dict[str, Any] = {**opts, "schema": df.schema} if fmt != "text" else {}
-        back = read_encrypted(spark, enc, fmt, keystore=RING, engine="python", **read_opts)
-        assert sorted(_rows(back), key=repr) == sorted(_rows(df), key=repr), fmt
+        if fmt in ("csv", "parquet"):  # the Python source reads lines, or row groups
+            read_opts = {**opts, "schema": df.schema}
+            back = read_encrypted(spark, enc, fmt, keystore=RING, engine="python", **read_opts)
+            assert sorted(_rows(back), key=repr) == sorted(_rows(df), key=repr), fmt
 
 
 # -- tampering: every case of the Python tests fails the Spark job, naming file and chunk --
