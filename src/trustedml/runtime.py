@@ -242,6 +242,21 @@ class ExecutorKeyStore:
         """The key ids it serves (every key the broker's policies release when empty)."""
         return self._key_ids
 
+    @property
+    def url(self) -> str:
+        """The broker's URL."""
+        return self._url
+
+    @property
+    def ca(self) -> bytes | None:
+        """The broker's CA certificate (PEM), if not the system's."""
+        return self._ca
+
+    @property
+    def job_measurement(self) -> bytes | None:
+        """The job measurement each executor binds into its evidence."""
+        return self._job
+
     def __repr__(self) -> str:
         return f"ExecutorKeyStore({self._url!r}, key_ids={sorted(self._key_ids)})"
 

@@ -4,8 +4,11 @@ names, integrity messages equal to Python's, and how keys reach (or do not reach
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Collection, Iterator
@@ -15,14 +18,27 @@ from typing import Any
 import pytest
 from py4j.protocol import Py4JJavaError
 
+# The broker fixtures live in tests/broker; imported so pytest finds them here.
+from tests.broker.conftest import (  # noqa: F401
+    Broker,
+    base_config,
+    broker,
+    broker_keys,
+    save_sim_private_key,
+    sim_key,
+)
+from tests.broker.job_env import JOB_MEASUREMENT
 from trustedml import KeyRing, Secret
 from trustedml.data import DataKey, KeyStore, read_encrypted_bytes, write_encrypted_bytes
 from trustedml.errors import IntegrityError
 from trustedml.hazmat import framing
+from trustedml.runtime import ExecutorKeyStore
 from trustedml.spark._jvmfs import (
+    AGENT_OPTION,
     FS_CLASS,
     KEY_ID_OPTION,
     LOG2_CHUNK_OPTION,
+    agent_options,
     fs_conf,
     hand_keys,
     tml_uri,
@@ -289,3 +305,82 @@ def test_integrity_failures_read_as_in_python(spark: Any, jvm: Any, tmp_path: Pa
             _jvm_read(spark, tml_uri(path))
         assert _java_message(info.value) == _python_error(path), label
         assert "TmlIntegrityException" in str(getattr(info.value, "java_exception", "")), label
+
+
+WORKER = bytes.fromhex("a1" * 48)  # the worker daemon's measurement
+
+
+def _agents(spark: Any) -> list[str]:
+    """The key agents the session's JVM runs."""
+    jvm_pid = spark._jvm.java.lang.ProcessHandle.current().pid()
+    found = subprocess.run(
+        ["pgrep", "-P", str(jvm_pid), "-f", "trustedml.spark._keyagent"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.split()
+
+
+def test_a_jvm_without_a_source_starts_the_key_agent(
+    spark: Any,
+    jvm: Any,
+    broker: Broker,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    """What a cluster executor does: no installed source, the agent descriptor in the
+    options; the agent attests with the executor's own (worker's) evidence."""
+    policy = {
+        "allow_simulated": True,
+        "allow": [
+            {"type": "sim", "measurement": m.hex(), "job_measurement": JOB_MEASUREMENT.hex()}
+            for m in (JOB_MEASUREMENT, WORKER)
+        ],
+    }
+    key_id = broker.new_key(policy)
+    owner = broker.client(JOB_MEASUREMENT, job_measurement=JOB_MEASUREMENT)
+    (tmp_path / "in").mkdir()
+    write_encrypted_bytes(
+        b"a,b\n1,2\n3,4\n", tmp_path / "in" / "x.csv.tml", key_id=key_id, keystore=owner
+    )
+    # The environment an executor inherits from its worker: the worker's TEE (sim here).
+    sim = save_sim_private_key(broker.sim_key, tmp_path / "sim.key")
+    python = tmp_path / "executor-python"
+    python.write_text(
+        "#!/bin/sh\n"
+        f"export TRUSTEDML_TEE=sim TRUSTEDML_JOB_MEASUREMENT={WORKER.hex()} "
+        f"TRUSTEDML_SIM_KEY={sim} TRUSTEDML_WORKER=worker-1@127.0.0.1\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o700)
+    store = ExecutorKeyStore(broker.url, broker.ca.read_bytes(), JOB_MEASUREMENT, [key_id])
+    opts = agent_options(store, str(python))
+    assert json.loads(opts[AGENT_OPTION]) == {
+        "url": broker.url,
+        "ca": broker.ca.read_text(),
+        "job_measurement": JOB_MEASUREMENT.hex(),
+        "key_ids": [key_id],
+    }
+    jvm.org.trustedml.fs.TmlKeys.uninstall()
+    try:
+        rows = spark.read.options(**opts).csv(tml_uri(tmp_path / "in"), header=True).collect()
+        assert sorted(tuple(r) for r in rows) == [("1", "2"), ("3", "4")]
+        out = tmp_path / "out"
+        spark.range(10).write.options(**opts, **{KEY_ID_OPTION: key_id}).csv(tml_uri(out))
+        written = b"".join(
+            read_encrypted_bytes(p, keystore=owner) for p in sorted(out.glob("part-*"))
+        )
+        assert sorted(written.split()) == sorted(str(i).encode() for i in range(10))
+        assert len(_agents(spark)) == 1  # one per JVM, however many tasks asked
+        attests = [
+            e
+            for e in broker.admin().audit(limit=1000)["entries"]
+            if e["event"] == "attest" and e["details"].get("worker") == "worker-1@127.0.0.1"
+        ]
+        assert [(e["measurement"], e["outcome"]) for e in attests] == [(WORKER.hex(), "ok")]
+    finally:
+        jvm.org.trustedml.fs.TmlKeys.uninstall()  # stops the agent
+    deadline = time.monotonic() + 10
+    while _agents(spark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _agents(spark) == []

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from trustedml.data import KeyStore
-from trustedml.errors import ConfigError, LaunchError, TrustedMLError
+from trustedml.errors import ConfigError, LaunchError
 from trustedml.spark._javac import compiled_jar
+from trustedml.spark._keyagent import generate_reply, unwrap_reply
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -24,6 +25,7 @@ __all__ = [
     "FS_CLASS",
     "KEY_ID_OPTION",
     "LOG2_CHUNK_OPTION",
+    "agent_options",
     "fs_conf",
     "fs_jar",
     "hand_keys",
@@ -139,26 +141,19 @@ class _KeySource:
             raise ConfigError(f"key {key_id!r} was not handed to this JVM")
         return store
 
-    @staticmethod
-    def _failed(exc: Exception) -> bytes:
-        # Our errors never carry key material; anything else is named by its type only.
-        text = str(exc) if isinstance(exc, TrustedMLError) else type(exc).__name__
-        return b"\x00" + text.encode("utf-8", "replace")
-
     def unwrap(self, keyId: str, wrapped: bytes) -> bytes:
         try:
-            key = self._store(keyId).unwrap_data_key(keyId, bytes(wrapped))
-            return b"\x01" + key.reveal()
-        except Exception as exc:
-            return self._failed(exc)
+            store = self._store(keyId)
+        except ConfigError as exc:
+            return b"\x00" + str(exc).encode()
+        return unwrap_reply(store, keyId, wrapped)
 
     def generate(self, keyId: str) -> bytes:
         try:
-            made = self._store(keyId).generate_data_key(keyId)
-            size = len(made.wrapped).to_bytes(2, "big")
-            return b"\x01" + size + made.wrapped + made.plaintext.reveal()
-        except Exception as exc:
-            return self._failed(exc)
+            store = self._store(keyId)
+        except ConfigError as exc:
+            return b"\x00" + str(exc).encode()
+        return generate_reply(store, keyId)
 
 
 _SOURCES: dict[int, _KeySource] = {}
@@ -182,14 +177,15 @@ def _driver_source(spark: SparkSession) -> _KeySource:
         return source
 
 
-def _agent_options(spark: SparkSession, store: _ExecutorStore) -> dict[str, str]:
+def agent_options(store: _ExecutorStore, python: str) -> dict[str, str]:
+    """The read/write options that make each executor JVM start a key agent (``python -m
+    trustedml.spark._keyagent``) attesting for ``store``'s keys: nothing secret."""
     descriptor = {
         "url": store.url,
         "ca": store.ca.decode("ascii") if store.ca is not None else None,
         "job_measurement": store.job_measurement.hex() if store.job_measurement else None,
         "key_ids": sorted(store.key_ids),
     }
-    python = str(spark.conf.get("spark.pyspark.python", None) or sys.executable)
     return {AGENT_OPTION: json.dumps(descriptor, sort_keys=True), AGENT_PYTHON_OPTION: python}
 
 
@@ -214,7 +210,8 @@ def hand_keys(spark: SparkSession, keystore: KeyStore, key_ids: Collection[str])
                 f"(by attesting); this job's key store ({type(keystore).__name__}) would "
                 "have to put key-encryption keys in the Spark configuration"
             )
-        options = _agent_options(spark, workers)
+        python = str(spark.conf.get("spark.pyspark.python", None) or sys.executable)
+        options = agent_options(workers, python)
     try:
         source = _driver_source(spark)
     except Exception as exc:

@@ -50,6 +50,14 @@ final class TmlAgent implements TmlKeys.Source {
     return running;
   }
 
+  /** Stops this JVM's agent, if one runs (it exits on stdin EOF; destroy in case not). */
+  static synchronized void stopRunning() {
+    if (running != null) {
+      running.stop();
+      running = null;
+    }
+  }
+
   private void stop() {
     try {
       toAgent.close();

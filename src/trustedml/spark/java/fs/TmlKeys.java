@@ -78,10 +78,11 @@ public final class TmlKeys {
     CACHE.clear();
   }
 
-  /** Forget the installed source and every cached key. */
+  /** Forget the installed source and every cached key, and stop this JVM's key agent. */
   public static synchronized void uninstall() {
     installed = null;
     CACHE.clear();
+    TmlAgent.stopRunning();
   }
 
   /** Whether a source is installed in this JVM (for the Python side's checks). */
