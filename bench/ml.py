@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import secrets
 import subprocess
 import sys
@@ -105,15 +106,30 @@ def phases(output: str, started: float, ended: float) -> dict[str, float]:
     return dict(sorted(reached.items(), key=lambda item: item[1]))
 
 
-def _run(
-    workload: Workload, mode: list[str], log: Path
-) -> tuple[float, dict[str, float], dict[str, float]]:
+def _cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True)
+class Run:
+    seconds: float  # wall
+    metrics: dict[str, float]
+    phases: dict[str, float]
+    cpu: float  # user + system seconds of every process of the run
+
+
+def _run(workload: Workload, mode: list[str], log: Path) -> Run:
     argv = [sys.executable, "-m", "trustedml", "example", *mode, workload.name, *workload.args]
     env = {**os.environ, ENV_PROFILE: "1"}
     wall = time.time()
+    cpu = _cpu_of_children()
     start = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     seconds = time.perf_counter() - start
+    # Every process of the run, each reaped by its parent (JVM, driver, training):
+    # less sensitive to other load on the machine than the wall time.
+    cpu = _cpu_of_children() - cpu
     log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"{workload.name} exited {proc.returncode}; see {log}")
@@ -123,7 +139,7 @@ def _run(
         if not matches:
             raise RuntimeError(f"{workload.name}: no {metric} in its output; see {log}")
         found[metric] = float(matches[-1])
-    return seconds, found, phases(proc.stdout + proc.stderr, wall, wall + seconds)
+    return Run(seconds, found, phases(proc.stdout + proc.stderr, wall, wall + seconds), cpu)
 
 
 def print_phases(rows: Sequence[dict[str, Any]]) -> None:
@@ -192,7 +208,7 @@ def main(argv: Sequence[str]) -> int:
         for i, workload in enumerate(workloads(root / "out")):
             if args.only and workload.name not in args.only:
                 continue
-            result: dict[str, tuple[float, dict[str, float], dict[str, float]]] = {}
+            result: dict[str, Run] = {}
             secure_args = (
                 workload.args if args.plaintext_inputs else _encrypt_inputs(workload, root, common)
             )
@@ -211,8 +227,8 @@ def main(argv: Sequence[str]) -> int:
                 except RuntimeError as exc:
                     print(f"{NAME}: {exc}", file=sys.stderr)
                     return 1
-            secs = {m: result[m][0] for m in result}
-            metrics = result["secure"][1]
+            secs = {m: result[m].seconds for m in result}
+            metrics = result["secure"].metrics
             goals = {
                 name: (metrics[name] >= goal) if floor else (metrics[name] <= goal)
                 for name, (_, goal, floor) in workload.metrics.items()
@@ -223,15 +239,17 @@ def main(argv: Sequence[str]) -> int:
                 {
                     "workload": workload.name,
                     "metrics_secure": metrics,
-                    "metrics_plain": result["plain"][1],
+                    "metrics_plain": result["plain"].metrics,
                     "seconds_secure": secs["secure"],
                     "seconds_plain": secs["plain"],
                     "ratio": secs["secure"] / secs["plain"],
                     "goals_met": goals,
                     "max_ratio": workload.max_ratio,
                     "ratio_goal_met": secs["secure"] / secs["plain"] <= workload.max_ratio,
-                    "phases_secure": result["secure"][2],
-                    "phases_plain": result["plain"][2],
+                    "cpu_secure": result["secure"].cpu,
+                    "cpu_plain": result["plain"].cpu,
+                    "phases_secure": result["secure"].phases,
+                    "phases_plain": result["plain"].phases,
                     "encrypted_inputs": not args.plaintext_inputs,
                 }
             )
@@ -244,6 +262,7 @@ def main(argv: Sequence[str]) -> int:
             "secure s",
             "plain s",
             "ratio",
+            "cpu s (secure/plain)",
             "goals met",
         ),
         [
@@ -254,6 +273,7 @@ def main(argv: Sequence[str]) -> int:
                 f"{r['seconds_secure']:.1f}",
                 f"{r['seconds_plain']:.1f}",
                 f"{r['ratio']:.3f}",
+                f"{r['cpu_secure']:.1f}/{r['cpu_plain']:.1f}",
                 ", ".join(f"{k}:{'yes' if v else 'NO'}" for k, v in r["goals_met"].items())
                 + f", ratio<={r['max_ratio']:.2f}:{'yes' if r['ratio_goal_met'] else 'NO'}",
             )
