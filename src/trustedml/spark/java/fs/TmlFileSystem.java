@@ -63,7 +63,8 @@ public class TmlFileSystem extends FileSystem {
     } else {
       uri = URI.create("tml://" + authority + "/");
       String scheme = conf.get(UNDERLYING, "file");
-      under = FileSystem.newInstance(URI.create(scheme + "://" + authority + "/"), conf);
+      // Hadoop's shared instance: this one is made per read (no cache), that one is not.
+      under = FileSystem.get(URI.create(scheme + "://" + authority + "/"), conf);
     }
     workingDir = logical(under.getWorkingDirectory());
   }
@@ -76,7 +77,9 @@ public class TmlFileSystem extends FileSystem {
   @Override
   public void close() throws IOException {
     try {
-      under.close();
+      if (under instanceof RawLocalFileSystem) {
+        under.close(); // ours alone; a shared instance stays open for its other users
+      }
     } finally {
       super.close();
     }
