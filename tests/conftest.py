@@ -5,6 +5,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,15 +71,20 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-# Longest files first. `make test` hands whole files to two workers in collection order
-# (xdist --dist loadfile); a long file collected last leaves one worker idle at the end.
-# The order only schedules; every test still runs.
+# Longest files first. `make test` hands whole files to three workers in this order
+# (xdist --dist loadfile --no-loadscope-reorder); a long file handed out last leaves the
+# other workers idle at the end. An entry is a file or one test of a file (placed apart
+# from its file). The order only schedules; every test still runs.
 LONGEST_FIRST = (
     "tests/cluster/test_training.py",
     "tests/cluster/test_wire.py",
-    "tests/cluster/test_attested_keys.py",
-    "tests/test_runtime.py",
+    # LOCAL_CLUSTER, in the order its users need (tests/cluster/local.py).
     "tests/cluster/test_lifecycle.py",
+    "tests/cluster/test_doctor.py",
+    "tests/spark/test_preflight.py",
+    "tests/cluster/test_attested_keys.py",
+    "tests/cluster/test_lifecycle.py::test_stop_leaves_no_process_and_removes_the_state",
+    "tests/test_runtime.py",
     "tests/spark/test_submit.py",
     "tests/ml/test_lenet.py",
     "tests/ml/test_text.py",
@@ -90,14 +96,46 @@ LONGEST_FIRST = (
     "tests/examples/test_examples.py",
     "tests/ml/test_nyc_taxi.py",
     "tests/broker/test_cli.py",
+)
+
+# The files that share one secure cluster on 127.0.0.1 (tests/cluster/local.py, a
+# session fixture: one per worker process). `make test` hands them to one worker as one
+# unit (pytest_xdist_make_scheduler below), which runs them in LONGEST_FIRST's order.
+LOCAL_CLUSTER = (
+    "tests/cluster/test_lifecycle.py",
     "tests/cluster/test_doctor.py",
     "tests/spark/test_preflight.py",
+    "tests/cluster/test_attested_keys.py",
 )
+
+pytest_plugins = ["tests.cluster.local"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+    def place(item: pytest.Item) -> int:
+        test = item.nodeid.split("[")[0]
+        return rank.get(test, rank.get(test.split("::")[0], len(rank)))
+
+    items.sort(key=place)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With --dist loadfile, whole files as units of work, except LOCAL_CLUSTER's files:
+    one unit, so that one worker starts their cluster once (else each file's worker
+    would start one). Other --dist modes: xdist's own."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling  # only under xdist
+
+    class SharedClusterFiles(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return LOCAL_CLUSTER[0] if scope in LOCAL_CLUSTER else scope
+
+    return SharedClusterFiles(config, log)
 
 
 def run_cli(

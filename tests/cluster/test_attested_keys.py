@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker.conftest import BrokerProcess, sim_parties, spawn_broker
-from tests.cluster.conftest import RunningCluster, cluster_options, running_cluster
+from tests.broker.conftest import BrokerProcess, spawn_broker
+from tests.cluster.conftest import RunningCluster, cluster_options
+from tests.cluster.local import LocalCluster
 from tests.conftest import APPS, DATASETS, PASSPHRASE, run_cli
 from trustedml import KeyDirectory, Secret
-from trustedml.cluster import start_worker
+from trustedml.cluster import ClusterDir, start_worker, stop_cluster
+from trustedml.cluster._process import process_tree
 from trustedml.hazmat.framing import MAGIC
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -54,12 +56,16 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    """One broker, one cluster (a master and two workers on 127.0.0.1) for the file.
-    The daemons' sim key (``tmp/sim-key.pem``) is the one the broker trusts."""
+def setup(local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    """One broker for the file, and the cluster tests/cluster/local.py shares (a master
+    and two workers on 127.0.0.1, its daemons under --tee sim with the sim key the
+    broker trusts; the broker adds its secrets to that cluster's key directory)."""
     tmp = tmp_path_factory.mktemp("attested-keys")
-    keys, passphrase, sim_private, sim_public = sim_parties(tmp)
-    broker = spawn_broker(keys, tmp / "broker.db", tmp / "broker", sim_key_pem=sim_public)
+    keys, passphrase = local_cluster.keys, local_cluster.passphrase_file
+    sim_private = local_cluster.sim_key
+    broker = spawn_broker(
+        keys, tmp / "broker.db", tmp / "broker", sim_key_pem=local_cluster.sim_public
+    )
     try:
         common = ["--keys", str(keys.path), "--passphrase-file", str(passphrase)]
         token = tmp / "admin-token"
@@ -69,18 +75,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "--broker", broker.url, "--ca", str(keys.ca_cert), "--evidence-provider", "sim",
             "--sim-key", str(sim_private), "--sim-measurement", OWNER,
         ]  # fmt: skip
-        with running_cluster(tmp, keys) as cluster:
-            # The workers have 512m: so do the executors.
-            submit = [
-                "submit", "--tee", "sim", "--broker", broker.url, "--sim-key", str(sim_private),
-                "--master", cluster.master_url, "--no-ui", *common,
-                "--conf", "spark.executor.memory=512m",
-            ]  # fmt: skip
-            app = Path(shutil.copy(APPS / "cluster_keys.py", tmp / "cluster_keys.py"))
-            yield Setup(
-                tmp, keys, common, admin, owner, submit, broker, cluster, sim_private, app,
-                tmp / "nyc.csv.tml",
-            )  # fmt: skip
+        cluster = local_cluster.running()
+        # The workers have 512m: so do the executors.
+        submit = [
+            "submit", "--tee", "sim", "--broker", broker.url, "--sim-key", str(sim_private),
+            "--master", cluster.master_url, "--no-ui", *common,
+            "--conf", "spark.executor.memory=512m",
+        ]  # fmt: skip
+        app = Path(shutil.copy(APPS / "cluster_keys.py", tmp / "cluster_keys.py"))
+        yield Setup(
+            tmp, keys, common, admin, owner, submit, broker, cluster, sim_private, app,
+            tmp / "nyc.csv.tml",
+        )  # fmt: skip
     finally:
         broker.terminate()
 
@@ -150,21 +156,31 @@ def test_executors_attest_per_worker_and_a_worker_not_allowed_fails_the_job(
     assert set(by_worker) <= {"None"}
     assert by_worker.get("None", {job}) == {job}
 
-    # A worker started with other measured options: not in the policy.
-    state = start_worker(
-        setup.cluster.master_dir,
-        cluster_options(sim_key=setup.sim_key),
-        setup.cluster.master_url,
-        keys=setup.keys,
-        passphrase=Secret(PASSPHRASE),
-        cores=2,
-        memory="512m",
-    )
-    bad = state.daemons[-1]
+    # A worker started with other measured options: not in the policy. It runs from a
+    # directory of its own, as on another host, and is stopped again at the end (the
+    # cluster is shared: tests/cluster/local.py).
+    third = ClusterDir(setup.tmp / "third-worker")
+    try:
+        state = start_worker(
+            third,
+            cluster_options(sim_key=setup.sim_key),
+            setup.cluster.master_url,
+            keys=setup.keys,
+            passphrase=Secret(PASSPHRASE),
+            cores=2,
+            memory="512m",
+            worker_id="worker-3",
+        )
+        bad = state.daemons[-1]
+        mark = len(setup.audit())
+        refused = run_cli([*setup.submit, *bad_conf, *bad_args], timeout=300)
+    finally:
+        if third.exists():
+            pids = {d.pid for d in third.load().daemons}
+            stop_cluster(third)
+            assert not process_tree(pids), "the third worker left processes"
     assert bad.id == "worker-3"
     assert bad.measurement not in (None, worker_measurement)
-    mark = len(setup.audit())
-    refused = run_cli([*setup.submit, *bad_conf, *bad_args], timeout=300)
     assert refused.returncode != 0
     said = refused.stdout + refused.stderr
     # The task's error, as Spark carries it to the driver: the file, the worker, the

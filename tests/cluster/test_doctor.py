@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.cluster.conftest import cluster_options, running_cluster
+from tests.cluster.conftest import cluster_options
+from tests.cluster.local import LocalCluster
 from tests.conftest import run_cli
-from trustedml import KeyDirectory
 from trustedml.cli import cli  # noqa: TID251  (a test of the CLI itself)
 from trustedml.cluster import (
     ClusterDir,
@@ -213,14 +213,11 @@ def test_cli_malformed_cluster_is_one_line_exit_2(tmp_path: Path, case: str) -> 
     assert str(directory.path) in lines[0]
 
 
-@pytest.fixture(scope="module")
-def secure_cluster(
-    session_keys: KeyDirectory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ClusterDir]:
-    """trusted-ml's own cluster: one master and one worker on 127.0.0.1."""
-    root = tmp_path_factory.mktemp("secure")
-    with running_cluster(root, session_keys, workers=1, sim=False) as cluster:
-        yield cluster.master_dir
+@pytest.fixture
+def secure_cluster(local_cluster: LocalCluster) -> ClusterDir:
+    """trusted-ml's own cluster: a master and two workers on 127.0.0.1 (the one
+    tests/cluster/local.py shares)."""
+    return local_cluster.running().master_dir
 
 
 @pytest.mark.spark

@@ -1,7 +1,9 @@
 """One secure cluster (master + 2 workers, --tee sim) on 127.0.0.1, its whole life: the
 state it writes, what its processes bind and carry, status over TLS, and a stop that
-leaves nothing. Jobs submitted to a cluster are tested where they cross hosts
-(test_wire.py: the examples; test_attested_keys.py: keys through the broker)."""
+leaves nothing. It is the cluster tests/cluster/local.py shares with other files (the
+doctor, the preflight, keys through the broker): its start is looked at here first, its
+stop last. Jobs submitted to a cluster are tested where they cross hosts (test_wire.py:
+the examples; test_attested_keys.py: keys through the broker)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,12 @@ import re
 import socket
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cluster.conftest import RunningCluster
+from tests.cluster.local import LocalCluster
 from tests.conftest import FAST_JVM, PASSPHRASE, run_cli
 from trustedml import KeyDirectory, Secret
 from trustedml.cluster import (
@@ -34,35 +36,18 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def started(
-    session_keys: KeyDirectory,
-    session_passphrase_file: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[RunningCluster, subprocess.CompletedProcess[str]]]:
+def started(local_cluster: LocalCluster) -> tuple[RunningCluster, subprocess.CompletedProcess[str]]:
     """The cluster as an operator starts it: `trustedml cluster start` (its JVMs tuned
     by cli_env's JAVA_TOOL_OPTIONS, which the daemons inherit)."""
-    root = tmp_path_factory.mktemp("lifecycle")
-    directory = ClusterDir(root / "cluster")
-    pids: set[int] = set()
-    try:
-        done = run_cli(
-            [
-                "cluster", "start", "--dir", str(directory.path), "--keys",
-                str(session_keys.path), "--passphrase-file", str(session_passphrase_file),
-                "--tee", "sim", "--sim-key", str(root / "sim-key.pem"), "--workers", "2",
-                "--memory", "512m", "--port", "0", "--webui-port", "0",
-            ],
-            timeout=300,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        state = directory.load()
-        pids = {d.pid for d in state.daemons}
-        yield RunningCluster(directory, [directory], state, session_keys, pids), done
-    finally:
-        if directory.exists():
-            stop_cluster(directory)
-        left = process_tree(pids)
-        assert not left, f"processes left after stop: {sorted(left)}"
+    run = local_cluster.running()
+    assert local_cluster.started is not None
+    return run, local_cluster.started
+
+
+@pytest.fixture
+def keys(local_cluster: LocalCluster) -> KeyDirectory:
+    """The key directory the cluster was started with."""
+    return local_cluster.keys
 
 
 @pytest.fixture
@@ -99,7 +84,7 @@ def _listeners(pids: set[int]) -> list[str]:
 
 
 def test_the_state_file_records_every_daemon_measured_and_private(
-    cluster: RunningCluster, session_keys: KeyDirectory
+    cluster: RunningCluster, keys: KeyDirectory
 ) -> None:
     directory = cluster.master_dir
     assert stat.S_IMODE(directory.path.stat().st_mode) == 0o700
@@ -118,9 +103,7 @@ def test_the_state_file_records_every_daemon_measured_and_private(
     assert w1.measurement is not None
     assert len(w1.measurement) == 96
     # The fingerprint names the secret both sides derive, never the secret itself.
-    secret = cluster_secret(
-        session_keys.unseal(Secret(PASSPHRASE)).spark_auth_secret, state.master_url
-    )
+    secret = cluster_secret(keys.unseal(Secret(PASSPHRASE)).spark_auth_secret, state.master_url)
     raw = json.loads(directory.state_file.read_text())
     assert raw["secret_fingerprint"] == state.secret_fingerprint
     text = directory.state_file.read_text() + directory.conf_file.read_text()
@@ -131,16 +114,14 @@ def test_the_state_file_records_every_daemon_measured_and_private(
 
 
 def test_processes_bind_the_host_only_and_carry_no_secret_in_argv(
-    cluster: RunningCluster, session_keys: KeyDirectory
+    cluster: RunningCluster, keys: KeyDirectory
 ) -> None:
     listening = _listeners(process_tree(cluster.pids))
     # Master RPC + http + https UI, each worker RPC + http + https UI.
     assert len(listening) >= 9, listening
     assert all(re.fullmatch(r"(\[::ffff:)?127\.0\.0\.1\]?:\d+", a) for a in listening), listening
     assert not [a for a in listening if a.endswith(":6066")], "REST submission port open"
-    secret = cluster_secret(
-        session_keys.unseal(Secret(PASSPHRASE)).spark_auth_secret, cluster.master_url
-    )
+    secret = cluster_secret(keys.unseal(Secret(PASSPHRASE)).spark_auth_secret, cluster.master_url)
     state = cluster.state
     for daemon in state.daemons:
         cmdline = Path(f"/proc/{daemon.pid}/cmdline").read_bytes()
@@ -224,9 +205,9 @@ def test_a_daemon_that_dies_at_start_fails_with_its_log_and_leaves_nothing(tmp_p
     assert str(directory.path) not in ps.stdout
 
 
-def test_the_cli_reads_status_and_logs(cluster: RunningCluster, session_keys: KeyDirectory) -> None:
+def test_the_cli_reads_status_and_logs(cluster: RunningCluster, keys: KeyDirectory) -> None:
     where = ["--dir", str(cluster.master_dir.path)]
-    done = run_cli(["cluster", "status", *where, "--keys", str(session_keys.path), "--json"])
+    done = run_cli(["cluster", "status", *where, "--keys", str(keys.path), "--json"])
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
     assert status["status"] == "ALIVE"

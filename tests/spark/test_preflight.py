@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.local import LocalCluster
 from tests.conftest import FAST_JVM, FAST_KDF, PASSPHRASE, run_cli
 from trustedml import ConfigError, KeyDirectory, Secret, init_key_directory
-from trustedml.cluster import ClusterOptions, start_master, stop_cluster
 from trustedml.jobs import JobOptions, prepare_job
 from trustedml.spark import check_driver_host, driver_address, measured_conf, spark_home
 from trustedml.spark._preflight import master_addresses, preflight, preflight_archive
@@ -176,31 +176,25 @@ class BareMaster:
 
 @pytest.fixture(scope="module")
 def masters(
-    session_keys: KeyDirectory, tmp_path_factory: pytest.TempPathFactory
+    local_cluster: LocalCluster,
+    session_keys: KeyDirectory,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, str]]:
-    """The URLs of two masters for the session key directory: "secure", started by
-    trustedml.cluster as an operator would, and "ctr", a bare one on Spark's default
-    AES/CTR with the same cluster secret. Started side by side; none is left behind."""
+    """The URLs of two masters: "secure", the master of the cluster tests/cluster/local.py
+    shares (started by trustedml.cluster as an operator would, for its key directory),
+    and "ctr", a bare one for the session key directory on Spark's default AES/CTR with
+    that directory's cluster secret. The bare one is not left behind."""
     root = tmp_path_factory.mktemp("masters")
-    cluster = root / "cluster"
     ctr = BareMaster(session_keys, CTR, root / "ctr")
-    pids = [ctr.proc.pid]
     try:
         # Made once per install (make venv); after a change to the source, here, untimed.
         preflight_archive()
-        options = ClusterOptions(host="127.0.0.1", extra_env={"JAVA_TOOL_OPTIONS": FAST_JVM})
-        state = start_master(
-            cluster, options, keys=session_keys, passphrase=Secret(PASSPHRASE), port=0,
-            webui_port=0,
-        )  # fmt: skip
-        pids += [daemon.pid for daemon in state.daemons]
+        secure = local_cluster.running().master_url
         ctr.wait_alive()
-        yield {"secure": state.master_url, "ctr": ctr.url}
+        yield {"secure": secure, "ctr": ctr.url}
     finally:
-        if (cluster / "cluster.json").exists():
-            stop_cluster(cluster)
         ctr.stop()
-    assert not [pid for pid in pids if _running(pid)], "a master was left behind"
+    assert not _running(ctr.proc.pid), "a master was left behind"
 
 
 @pytest.fixture(scope="module")
@@ -214,17 +208,14 @@ def other_keys(tmp_path_factory: pytest.TempPathFactory) -> KeyDirectory:
 @pytest.mark.spark
 @pytest.mark.slow
 def test_the_matching_master_passes(
-    masters: dict[str, str],
-    session_keys: KeyDirectory,
-    session_passphrase_file: Path,
-    app: Path,
-    tmp_path: Path,
+    masters: dict[str, str], local_cluster: LocalCluster, app: Path, tmp_path: Path
 ) -> None:
-    conf, env, props = _job_settings(session_keys, masters["secure"], tmp_path / "conf")
+    keys = local_cluster.keys
+    conf, env, props = _job_settings(keys, masters["secure"], tmp_path / "conf")
     took = preflight(conf, props, env)
     assert took < 10, took
     # Through the command line: the check passes and the job starts.
-    done, elapsed = _run_job(session_keys, session_passphrase_file, masters["secure"], app)
+    done, elapsed = _run_job(keys, local_cluster.passphrase_file, masters["secure"], app)
     assert done.returncode == 0, done.stderr
     assert STARTED in done.stdout
     print(f"preflight, matching master: {took:.2f} s (library), {elapsed:.2f} s (CLI)")
