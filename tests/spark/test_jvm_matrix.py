@@ -411,11 +411,6 @@ def test_without_the_file_system_jvm_refuses_and_auto_falls_back(
     assert (tmp_path / "w" / "_SUCCESS").is_file()  # the Python writer's plain marker
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the driver JVM caches unwrapped keys per (key id, wrapped key) across key "
-    "stores: hand_keys adds a store without clearing what another store unwrapped",
-)
 def test_a_key_store_without_the_key_cannot_read_what_another_unwrapped(
     spark: Any, tmp_path: Path
 ) -> None:

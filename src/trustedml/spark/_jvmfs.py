@@ -127,12 +127,16 @@ class _KeySource:
         self._stores: dict[str, KeyStore] = {}
         self._fallback: KeyStore | None = None
 
-    def add(self, keystore: KeyStore, key_ids: Collection[str]) -> None:
+    def add(self, keystore: KeyStore, key_ids: Collection[str]) -> bool:
+        """Serve ``key_ids`` (every key id when empty) from ``keystore``; True when that
+        replaces another store, whose unwrapped keys the JVM must then forget."""
         with self._lock:
+            before = [self._stores.get(k, self._fallback) for k in key_ids] or [self._fallback]
             if key_ids:
                 self._stores.update(dict.fromkeys(key_ids, keystore))
             else:
                 self._fallback = keystore
+        return any(old is not None and old is not keystore and old != keystore for old in before)
 
     def _store(self, key_id: str) -> KeyStore:
         with self._lock:
@@ -217,5 +221,7 @@ def hand_keys(spark: SparkSession, keystore: KeyStore, key_ids: Collection[str])
     except Exception as exc:
         # py4j's errors: the callback server or the JVM class is not reachable.
         raise ConfigError(f"cannot hand the JVM its keys: {exc}") from exc
-    source.add(keystore, ids)
+    if source.add(keystore, ids):
+        # Keys another store unwrapped must not serve a store that may lack them.
+        _jvm(spark).org.trustedml.fs.TmlKeys.clearCache()
     return options
