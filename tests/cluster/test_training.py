@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.capture import Capture, Flow, classify
+from tests.cluster.listening import Listening, Processes
 from tests.cluster.netns import Host, TestNet
 from tests.conftest import cli_env, run_cli
 from trustedml import KeyDirectory
@@ -53,8 +54,9 @@ class Run:
 
 
 class Listeners:
-    """`ss -ltnp` every 0.3 s in each test host and, for ``pids``' process trees, on the
-    gateway: every listening socket seen while a job ran (short-lived ones included)."""
+    """Every 0.3 s, the listening sockets in each test host and, for ``pids``' process
+    trees, on the gateway (what `ss -ltnp` shows: see listening.py):
+    every listening socket seen while a job ran (short-lived ones included)."""
 
     def __init__(self, net: TestNet, pids: set[int]) -> None:
         self.net, self.pids = net, pids
@@ -70,19 +72,19 @@ class Listeners:
         self._stop.set()
         self._thread.join()
 
-    def _sample(self, where: str, argv: list[str], pids: set[int] | None) -> None:
-        shown = subprocess.run([*argv, "ss", "-Hltnp"], capture_output=True, text=True)
-        for line in shown.stdout.splitlines():
-            if pids is None or any(f"pid={pid}," in line for pid in pids):
-                process = re.search(r'\(\("([^"]+)"', line)
-                name = process.group(1) if process else "?"
-                self.seen.setdefault(where, set()).add(f"{line.split()[3]} {name}")
-
     def _watch(self) -> None:
-        while not self._stop.wait(0.3):
-            for host in self.net.hosts:
-                self._sample(host.name, host.argv([]), None)
-            self._sample("gateway", [], process_tree(self.pids))
+        processes = Processes()
+        hosts = [Listening(processes, host.name) for host in self.net.hosts]
+        gateway = Listening(processes)  # this process's namespace: the gateway's
+        try:
+            while not self._stop.wait(0.3):
+                processes.refresh()
+                for host in hosts:
+                    self.seen.setdefault(str(host.netns), set()).update(host.look())
+                self.seen.setdefault("gateway", set()).update(gateway.look(self.pids))
+        finally:
+            for each in [*hosts, gateway]:
+                each.close()
 
 
 def _cli_in(host: Host, args: list[str]) -> subprocess.CompletedProcess[str]:
