@@ -48,5 +48,6 @@ def test_tpch_answers_agree_over_tml_and_plain(spark: Any, tmp_path: Path) -> No
     assert (row["query"], row["rows"]) == (3, 10)
     assert (row["tml_vs_plain"], row["plain_vs_duckdb"]) == (None, None)
     assert set(result["load_seconds"]) == {"plain", "tml"}
+    assert result["best_geomean_ratio"] > 0
     # Only the tables Q3 names were read; their views are gone again.
     assert {t.name for t in spark.catalog.listTables()} & set(_tpch.TABLES) == set()
