@@ -72,10 +72,15 @@ public final class TmlKeys {
 
   private TmlKeys() {}
 
-  /** Make {@code source} this JVM's key source (the driver's); clears the key cache. */
+  /**
+   * Make {@code source} this JVM's key source (the driver's); clears the key cache and starts
+   * the once-per-JVM AES-GCM warm-up.
+   */
   public static synchronized void install(Source source) {
     installed = source;
     CACHE.clear();
+    // Keys are handed over just before Spark reads: give the JIT a head start.
+    TmlChunkCipher.warmUp();
   }
 
   /** Forget the installed source and every cached key, and stop this JVM's key agent. */
