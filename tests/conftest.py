@@ -74,15 +74,21 @@ def cli_env(**extra: str) -> dict[str, str]:
 # Longest files first. `make test` hands whole files to three workers in this order
 # (xdist --dist loadfile --no-loadscope-reorder); a long file handed out last leaves the
 # other workers idle at the end. An entry is a file or one test of a file (placed apart
-# from its file). The order only schedules; every test still runs.
+# from its file). xdist hands a worker its next file when two of its tests remain: so a
+# test that needs all of its file's long set-ups (clusters, jobs) comes first, and
+# test_attested_keys.py's long test before the quick tests of its group, else the next
+# file would wait minutes behind them while other workers run out of work. The order
+# only schedules; every test still runs.
 LONGEST_FIRST = (
+    "tests/cluster/test_training.py::test_stop_leaves_no_process",
     "tests/cluster/test_training.py",
+    "tests/cluster/test_wire.py::test_stop_leaves_no_process",
     "tests/cluster/test_wire.py",
     # LOCAL_CLUSTER, in the order its users need (tests/cluster/local.py).
     "tests/cluster/test_lifecycle.py",
+    "tests/cluster/test_attested_keys.py",
     "tests/cluster/test_doctor.py",
     "tests/spark/test_preflight.py",
-    "tests/cluster/test_attested_keys.py",
     "tests/cluster/test_lifecycle.py::test_stop_leaves_no_process_and_removes_the_state",
     "tests/test_runtime.py",
     "tests/spark/test_submit.py",

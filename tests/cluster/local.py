@@ -2,12 +2,12 @@
 files that need such a cluster, started once per test process instead of once per file.
 
 Its users (tests/conftest.py's LOCAL_CLUSTER) run in one pytest-xdist worker, in the
-order listed there: test_lifecycle.py looks at the cluster as started; test_doctor.py
-lints it; test_preflight.py runs jobs' preflights against its master; test_attested_keys.py
-submits jobs with keys from a broker (and joins a worker of its own, in a directory of
-its own, which it stops again); last, test_lifecycle.py's stop test stops it with
-`trustedml cluster stop`. A user that finds it stopped starts it again, so every file
-also passes alone or in another order.
+order LONGEST_FIRST gives: test_lifecycle.py looks at the cluster as started;
+test_attested_keys.py submits jobs with keys from a broker (and joins a worker of its
+own, in a directory of its own, which it stops again); test_doctor.py lints it;
+test_preflight.py runs jobs' preflights against its master; last, test_lifecycle.py's
+stop test stops it with `trustedml cluster stop`. A user that finds it stopped starts it
+again, so every file also passes alone or in another order.
 """
 
 from __future__ import annotations
