@@ -20,7 +20,7 @@ FOUNDATION = frozenset({"errors", "_secret", "_fs", "_version", "_progress", "_e
 
 # The intended graph, written once: unit -> the units it may import. A unit may also
 # import whatever those may import (layers, not only neighbours). Units are the
-# packages, the top-level modules runtime, jobs and _doctor, "trustedml" (the package's
+# packages, the top-level modules runtime, jobs, _doctor and _keyagent, "trustedml" (the package's
 # own __init__) and __main__; "foundation" is the modules above.
 LAYERS: dict[str, frozenset[str]] = {
     "foundation": frozenset(),
@@ -36,6 +36,9 @@ LAYERS: dict[str, frozenset[str]] = {
     "jobs": frozenset({"spark", "tee", "keys", "data"}),
     "cluster": frozenset({"spark", "tee", "keys", "data"}),
     "_doctor": frozenset({"spark", "broker", "cluster"}),
+    # The executor JVM's key agent process: the attested store (runtime) served over the
+    # tml file system's frames (spark).
+    "_keyagent": frozenset({"runtime", "spark"}),
     "trustedml": frozenset({"ml", "jobs", "runtime", "_doctor", "cluster"}),
     "cli": frozenset({"trustedml"}),
     "__main__": frozenset({"cli"}),

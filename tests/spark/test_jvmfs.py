@@ -142,6 +142,10 @@ def test_spark_reads_the_vector_and_python_written_csv(spark: Any, jvm: Any, dat
     assert hand_keys(spark, store, ["kek-1"]) == {}
     vector = spark.read.text(tml_uri(data / "vector.txt"), wholetext=True).first()[0]
     assert vector == (VECTORS / "format-v1.txt").read_text()
+    # Named by its physical .tml name, a file is listed under that name (Spark's file
+    # index would otherwise drop it and read nothing).
+    same = spark.read.text(tml_uri(data / "vector.txt.tml"), wholetext=True).first()[0]
+    assert same == vector
 
     df = spark.read.csv(tml_uri(data / "csv"), header=True, schema=SCHEMA)
     got = df.selectExpr("count(*)", "sum(id)", "max(name)", "max(score)").first()
@@ -314,7 +318,7 @@ def _agents(spark: Any) -> list[str]:
     """The key agents the session's JVM runs."""
     jvm_pid = spark._jvm.java.lang.ProcessHandle.current().pid()
     found = subprocess.run(
-        ["pgrep", "-P", str(jvm_pid), "-f", "trustedml.spark._keyagent"],
+        ["pgrep", "-P", str(jvm_pid), "-f", "trustedml._keyagent"],
         capture_output=True,
         text=True,
         check=False,

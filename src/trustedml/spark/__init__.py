@@ -20,6 +20,7 @@ from trustedml.spark._encrypted import (
     write_encrypted_pandas,
 )
 from trustedml.spark._jvmfs import FS_CLASS, fs_conf, fs_jar, tml_uri
+from trustedml.spark._keyagent import run_key_agent
 from trustedml.spark._lint import (
     ALLOW_PLAINTEXT_COLLECTIVES,
     IGNORE_SSL,
@@ -86,6 +87,7 @@ __all__ = [
     "read_properties",
     "register",
     "run",
+    "run_key_agent",
     "shared_secret_findings",
     "spark_home",
     "start_session",

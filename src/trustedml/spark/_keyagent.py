@@ -1,20 +1,21 @@
-"""The key agent an executor JVM starts for the tml:// file system: it serves data keys
-from this executor's own attested key store over length-prefixed frames on stdin/stdout
-(docs/jvm-fs.md). Run as ``python -m trustedml.spark._keyagent``; never by hand."""
+"""The key agent's protocol for the tml:// file system: the replies the JVM understands and
+the loop serving its length-prefixed frames on stdin/stdout (docs/jvm-fs.md). The agent
+process itself is ``python -m trustedml._keyagent`` (it builds the attested key store,
+which this package may not import)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import struct
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 from trustedml.data import KeyStore
 from trustedml.errors import TrustedMLError
 
-__all__ = ["generate_reply", "main", "unwrap_reply"]
+__all__ = ["generate_reply", "run_key_agent", "unwrap_reply"]
 
 _LENGTH = struct.Struct(">I")
 _MAX_FRAME = 1 << 20
@@ -63,23 +64,6 @@ def _write_frame(stream: IO[bytes], payload: bytes) -> None:
     stream.flush()
 
 
-def executor_store(descriptor: dict[str, Any]) -> KeyStore:
-    """The store the descriptor names: the job's broker, attested with THIS process's
-    evidence (its worker's TEE, from the environment the executor inherited)."""
-    # The agent is a process of its own at the top of the stack, like __main__: it loads
-    # the runtime by name (the spark package itself never imports the runtime).
-    runtime = importlib.import_module("trustedml.runtime")
-    ca = descriptor.get("ca")
-    job = descriptor.get("job_measurement")
-    store: KeyStore = runtime.ExecutorKeyStore(
-        descriptor["url"],
-        ca.encode("ascii") if ca else None,
-        bytes.fromhex(job) if job else None,
-        descriptor.get("key_ids") or (),
-    )
-    return store
-
-
 def serve(store: KeyStore, requests: IO[bytes], replies: IO[bytes]) -> None:
     """Answer requests until ``requests`` ends."""
     while (frame := _read_frame(requests)) is not None:
@@ -95,8 +79,9 @@ def serve(store: KeyStore, requests: IO[bytes], replies: IO[bytes]) -> None:
         _write_frame(replies, reply)
 
 
-def main() -> int:
-    """Read the descriptor frame, then serve the JVM's requests until stdin closes."""
+def run_key_agent(make_store: Callable[[dict[str, Any]], KeyStore]) -> int:
+    """The agent's main loop: read the descriptor frame (JSON), make the store with
+    ``make_store``, then serve the JVM's requests until stdin closes."""
     # Frames own the real stdout; anything else printed goes to stderr.
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
@@ -105,7 +90,7 @@ def main() -> int:
     if first is None:
         return 0
     try:
-        store = executor_store(json.loads(first))
+        store = make_store(json.loads(first))
     except (ValueError, KeyError, TypeError, TrustedMLError) as exc:
         # Every request is answered with why there are no keys.
         why = f"the trusted-ml key agent cannot start: {exc}"
@@ -115,7 +100,3 @@ def main() -> int:
         return 1
     serve(store, requests, replies)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,14 +11,14 @@ import java.util.List;
 
 /**
  * The key agent client: executors of a standalone cluster have no installed key source, so the
- * first key request starts ONE agent per JVM, {@code <python> -m trustedml.spark._keyagent},
+ * first key request starts ONE agent per JVM, {@code <python> -m trustedml._keyagent},
  * which attests with this executor's own evidence. Frames on its stdin/stdout are uint32 BE
  * length || payload; the first carries the descriptor, then requests (op 'U' or 'G', uint16 BE
  * key id length, key id, and for 'U' the wrapped key) each get one reply in the
  * {@link TmlKeys.Source} format. The agent exits on stdin EOF; the JVM kills it at shutdown.
  */
 final class TmlAgent implements TmlKeys.Source {
-  static final String MODULE = "trustedml.spark._keyagent";
+  static final String MODULE = "trustedml._keyagent";
   private static final int MAX_FRAME = 1 << 20;
   private static TmlAgent running;
 

@@ -195,14 +195,25 @@ public class TmlFileSystem extends FileSystem {
 
   @Override
   public FileStatus getFileStatus(Path path) throws IOException {
-    return toLogical(existing(path));
+    return asAsked(toLogical(existing(path)), path);
+  }
+
+  /**
+   * A file asked for by its {@code .tml} name keeps that name: Spark's file index drops a file
+   * root listed under another name, so {@code tml:///d/x.csv.tml} would read as empty.
+   */
+  private FileStatus asAsked(FileStatus logical, Path path) {
+    if (logical.isFile()) {
+      logical.setPath(qualify(path));
+    }
+    return logical;
   }
 
   @Override
   public FileStatus[] listStatus(Path path) throws IOException {
     FileStatus found = existing(path);
     if (!found.isDirectory()) {
-      return new FileStatus[] {toLogical(found)};
+      return new FileStatus[] {asAsked(toLogical(found), path)};
     }
     FileStatus[] children = under.listStatus(found.getPath());
     List<FileStatus> out = new ArrayList<>(children.length);
