@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
         help="read_encrypted's engine for the encrypted tables (default: %(default)s)",
     )
     parser.add_argument(
+        "--log2-chunk",
+        type=int,
+        default=None,
+        help="chunk size of the encrypted copies, log2 bytes (default: encrypt_file's, 20)",
+    )
+    parser.add_argument(
         "--driver-memory", default="4g", help="spark.driver.memory (default: %(default)s)"
     )
     parser.add_argument("--work", type=Path, default=None, help="keep tables and keys here")
@@ -77,14 +83,18 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def encrypt_tables(files: dict[str, Path], directory: Path, ring: KeyRing) -> dict[str, Path]:
+def encrypt_tables(
+    files: dict[str, Path], directory: Path, ring: KeyRing, log2_chunk: int | None = None
+) -> dict[str, Path]:
     """An encrypted copy of each table's file, named as it plus ``.tml``, alone in
     ``directory/<table>``; table -> that directory (a dataset, as Spark writes them)."""
     copies = {}
     for table, path in files.items():
         copies[table] = directory / table
         copies[table].mkdir(parents=True, exist_ok=True)
-        encrypt_file(path, copies[table] / f"{path.name}.tml", key_id=KEY_ID, keystore=ring)
+        target = copies[table] / f"{path.name}.tml"
+        chunk = {} if log2_chunk is None else {"log2_chunk": log2_chunk}
+        encrypt_file(path, target, key_id=KEY_ID, keystore=ring, **chunk)
     return copies
 
 
@@ -183,7 +193,8 @@ def benchmark(args: argparse.Namespace, numbers: Sequence[int], root: Path) -> d
     _log(f"TPC-H SF {args.scale:g}: tables and duckdb's answers in {prepared.seconds:.1f} s")
     ring = KeyRing({KEY_ID: os.urandom(32)})
     start = time.perf_counter()
-    encrypted = encrypt_tables(prepared.files, root / f"tpch-sf{args.scale:g}-tml", ring)
+    directory = root / f"tpch-sf{args.scale:g}-tml"
+    encrypted = encrypt_tables(prepared.files, directory, ring, args.log2_chunk)
     _log(f"encrypted the {len(encrypted)} tables in {time.perf_counter() - start:.1f} s")
     sizes = {
         table: {
@@ -277,6 +288,7 @@ def main(argv: Sequence[str]) -> int:
         "master": args.master,
         "engine": args.engine,
         "driver_memory": args.driver_memory,
+        "log2_chunk": args.log2_chunk,
         "spark_extra": SPARK_EXTRA,
         "goal_geomean_ratio": GOAL,
     }
