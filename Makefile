@@ -57,6 +57,8 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(PY) -m bench spark_overhead
 	$(PY) -m bench encrypted_io
+	$(PY) -m bench tpch
+	$(PY) -m bench ml --only lenet
 	$(PY) -m bench cluster
 
 clean:
