@@ -1,6 +1,6 @@
 """On a standalone cluster: wait for the executors, read an encrypted CSV in several
-partitions through the key broker, write it back encrypted, and say which workers
-read it.
+partitions through the key broker (with the Python data source, then with the tml file
+system's key agents), write it back encrypted, and say which workers read it.
 
 usage: cluster_keys.py ENCRYPTED_CSV OUTPUT_DIR KEY_ID EXECUTORS
 """
@@ -33,8 +33,17 @@ try:
     read = df.rdd.mapPartitions(
         lambda rows: [(os.environ.get("TRUSTEDML_WORKER", "?"), sum(1 for _ in rows))]
     ).collect()
+    # The same file through the tml file system (the write below takes it too): each
+    # executor JVM's key agent attests with its worker's evidence for the data keys.
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "65536")
+    jvm = read_encrypted(spark, src, "csv", keystore=keys, header=True, engine="jvm")
+    jvm_read = jvm.rdd.mapPartitions(
+        lambda rows: [(os.environ.get("TRUSTEDML_WORKER", "?"), sum(1 for _ in rows))]
+    ).collect()
     write_encrypted(df, out, "csv", key_id, keystore=keys, header=True)
     print("rows:", sum(n for _, n in read), "partitions:", len(read))
     print("workers:", ",".join(sorted({w for w, _ in read})))
+    print("jvm rows:", sum(n for _, n in jvm_read), "partitions:", len(jvm_read))
+    print("jvm workers:", ",".join(sorted({w for w, n in jvm_read if n})))
 finally:
     spark.stop()

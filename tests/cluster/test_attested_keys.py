@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -137,6 +138,13 @@ def test_executors_attest_per_worker_and_a_worker_not_allowed_fails_the_job(
     assert f"launcher master: {setup.cluster.master_url}" in ran.stdout
     assert f"rows: {ROWS} partitions: 5" in ran.stdout
     assert "workers: worker-1@127.0.0.1,worker-2@127.0.0.1" in ran.stdout
+    # Through the tml file system: every row, read by both workers' executor JVMs, whose
+    # key agents attested (their attestations are among those counted per worker below).
+    jvm_rows = re.search(r"^jvm rows: (\d+) partitions: (\d+)$", ran.stdout, re.M)
+    assert jvm_rows is not None, ran.stdout
+    assert int(jvm_rows[1]) == ROWS
+    assert int(jvm_rows[2]) >= 2
+    assert "jvm workers: worker-1@127.0.0.1,worker-2@127.0.0.1" in ran.stdout
     outputs = [p for p in out.rglob("*") if p.is_file() and p.name[0] not in "._"]
     assert outputs
     assert all(p.read_bytes().startswith(MAGIC) for p in outputs)
