@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bench._report import positive_int
+from bench._report import positive_int, print_table
 
 TABLES = ("customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier")
 QUERIES = tuple(range(1, 23))
@@ -292,3 +292,33 @@ def parse_queries(text: str) -> tuple[int, ...]:
     if not numbers:
         raise ValueError(f"expected query numbers like 1,3,5-7, got {text!r}")
     return tuple(numbers)
+
+
+def print_queries(
+    title: str, rows: Sequence[dict[str, Any]], variant: str, geomean: float, goal: float
+) -> None:
+    """The per-query table (plain vs ``variant`` seconds, ratio, answers compared) and the
+    geometric mean of the ratios against ``goal``."""
+    print_table(
+        title,
+        ("query", "plain s", f"{variant} s", f"{variant}/plain", "rows", "same answers"),
+        [
+            (
+                f"Q{r['query']}",
+                f"{r['plain_seconds']:.2f}",
+                f"{r[f'{variant}_seconds']:.2f}",
+                f"{r['ratio']:.3f}",
+                r["rows"],
+                "yes" if r[f"{variant}_vs_plain"] is None else f"NO: {r[f'{variant}_vs_plain']}",
+            )
+            for r in rows
+        ],
+    )
+    verdict = "meets" if geomean <= goal else "misses"
+    print(f"geometric mean {variant}/plain: {geomean:.3f} ({verdict} the goal <= {goal})")
+
+
+def print_duckdb_differences(rows: Sequence[dict[str, Any]]) -> None:
+    for r in rows:
+        if r["plain_vs_duckdb"] is not None:
+            print(f"Q{r['query']}: Spark's answer differs from duckdb's: {r['plain_vs_duckdb']}")

@@ -197,28 +197,15 @@ def _cluster_masters(
 
 def _print_tpch(args: argparse.Namespace, result: dict[str, Any]) -> None:
     rows = result["rows"]
-    print_table(
+    _tpch.print_queries(
         f"{NAME}: TPC-H SF {args.sf:g}, {_where(args)}, {args.rounds} round(s)",
-        ("query", "plain s", "secure s", "secure/plain", "rows", "same answers"),
-        [
-            (
-                f"Q{r['query']}",
-                f"{r['plain_seconds']:.2f}",
-                f"{r['secure_seconds']:.2f}",
-                f"{r['ratio']:.3f}",
-                r["rows"],
-                "yes" if r["secure_vs_plain"] is None else f"NO: {r['secure_vs_plain']}",
-            )
-            for r in rows
-        ],
+        rows,
+        "secure",
+        result["geomean_ratio"],
+        GOAL,
     )
-    geomean = result["geomean_ratio"]
-    verdict = "meets" if geomean <= GOAL else "misses"
-    print(f"geometric mean secure/plain: {geomean:.3f} ({verdict} the goal <= {GOAL})")
     print("published anchors: SGX PySpark under SCONE +22% on TPC-H; Opaque SQL ~13.9x (SF1)")
-    for r in rows:
-        if r["plain_vs_duckdb"] is not None:
-            print(f"Q{r['query']}: Spark's answer differs from duckdb's: {r['plain_vs_duckdb']}")
+    _tpch.print_duckdb_differences(rows)
 
 
 def _print_lenet(result: dict[str, Any]) -> None:

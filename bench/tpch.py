@@ -31,7 +31,7 @@ from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 
 from bench import _tpch
-from bench._report import print_table, write_results
+from bench._report import write_results
 from bench._session import secure_session
 from trustedml import KeyRing, TrustedMLError, encrypt_file
 from trustedml.spark import read_encrypted
@@ -164,27 +164,15 @@ def run_queries(
 
 
 def _print(args: argparse.Namespace, rows: Sequence[dict[str, Any]], geomean: float) -> None:
-    print_table(
+    _tpch.print_queries(
         f"{NAME}: TPC-H SF {args.scale:g}, {args.master}, .tml Parquet (engine={args.engine})"
         f" vs plain Parquet, median of {args.rounds} (seconds)",
-        ("query", "plain s", "tml s", "tml/plain", "rows", "same answers"),
-        [
-            (
-                f"Q{r['query']}",
-                f"{r['plain_seconds']:.2f}",
-                f"{r['tml_seconds']:.2f}",
-                f"{r['ratio']:.3f}",
-                r["rows"],
-                "yes" if r["tml_vs_plain"] is None else f"NO: {r['tml_vs_plain']}",
-            )
-            for r in rows
-        ],
+        rows,
+        "tml",
+        geomean,
+        GOAL,
     )
-    verdict = "meets" if geomean <= GOAL else "misses"
-    print(f"geometric mean tml/plain: {geomean:.3f} ({verdict} the goal <= {GOAL})")
-    for r in rows:
-        if r["plain_vs_duckdb"] is not None:
-            print(f"Q{r['query']}: Spark's answer differs from duckdb's: {r['plain_vs_duckdb']}")
+    _tpch.print_duckdb_differences(rows)
 
 
 def benchmark(args: argparse.Namespace, numbers: Sequence[int], root: Path) -> dict[str, Any]:
