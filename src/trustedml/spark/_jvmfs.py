@@ -183,7 +183,7 @@ def _driver_source(spark: SparkSession) -> _KeySource:
 
 def agent_options(store: _ExecutorStore, python: str) -> dict[str, str]:
     """The read/write options that make each executor JVM start a key agent (``python -m
-    trustedml.spark._keyagent``) attesting for ``store``'s keys: nothing secret."""
+    trustedml._keyagent``) attesting for ``store``'s keys: nothing secret."""
     descriptor = {
         "url": store.url,
         "ca": store.ca.decode("ascii") if store.ca is not None else None,
