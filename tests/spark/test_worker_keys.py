@@ -67,8 +67,16 @@ def test_a_brokered_job_keystore_decrypts_in_spark_workers(
     assert isinstance(store, AttestedKeyStore)
     # The driver's session covers both keys; the workers get only what they read.
     assert store.unwrap_data_key(other, foreign.wrapped) == foreign.plaintext
-    df = read_encrypted(spark, encrypted, "csv", keystore=store, header=True, inferSchema=True)
+    # The Python data source: what its workers are handed is checked below.
+    df = read_encrypted(
+        spark, encrypted, "csv", keystore=store, header=True, inferSchema=True, engine="python"
+    )
     assert sorted((r["name"], r["age"]) for r in df.collect()) == sorted(ROWS)
+    # The tml file system: the driver JVM's keys come from the same attested session.
+    jvm = read_encrypted(
+        spark, encrypted, "csv", keystore=store, header=True, inferSchema=True, engine="jvm"
+    )
+    assert sorted((r["name"], r["age"]) for r in jvm.collect()) == sorted(ROWS)
     registered = spark._trustedml_keystore
     assert f"key_ids={[data]!r}" in repr(registered)
     assert f"key_ids={sorted([data, other])!r}" in repr(store.client.for_workers())
@@ -103,19 +111,26 @@ def test_a_brokered_job_keystore_decrypts_in_spark_workers(
 
 
 def test_each_read_and_write_hands_the_workers_only_its_keys(spark: Any, tmp_path: Path) -> None:
+    # What the Python data source ships to its workers (the JVM engine ships no key to
+    # Python workers; its per-store key source is tested in tests/spark/test_jvm_matrix.py).
+    python = {"engine": "python"}
     ring = KeyRing({"a": b"\x0a" * 32, "b": b"\x0b" * 32, "unused": b"\x0c" * 32})
     plain = _plain_csv(tmp_path / "people.csv")
     for key_id in "ab":
         encrypt_file(plain, tmp_path / f"{key_id}.csv.tml", key_id=key_id, keystore=ring)
-    read_a = read_encrypted(spark, tmp_path / "a.csv.tml", "csv", keystore=ring, header=True)
+    read_a = read_encrypted(
+        spark, tmp_path / "a.csv.tml", "csv", keystore=ring, header=True, **python
+    )
     assert spark._trustedml_keystore.key_ids() == ["a"]
-    read_b = read_encrypted(spark, tmp_path / "b.csv.tml", "csv", keystore=ring, header=True)
+    read_b = read_encrypted(
+        spark, tmp_path / "b.csv.tml", "csv", keystore=ring, header=True, **python
+    )
     assert spark._trustedml_keystore.key_ids() == ["b"]
     # A frame read under the earlier registration still runs with its own keys.
     assert read_a.count() == read_b.count() == len(ROWS)
-    write_encrypted(read_a.select("name"), tmp_path / "out", "text", "b", keystore=ring)
+    write_encrypted(read_a.select("name"), tmp_path / "out", "text", "b", keystore=ring, **python)
     assert spark._trustedml_keystore.key_ids() == ["b"]
-    back = read_encrypted(spark, tmp_path / "out", "text", keystore=ring)
+    back = read_encrypted(spark, tmp_path / "out", "text", keystore=ring, **python)
     assert sorted(r.value for r in back.collect()) == sorted(name for name, _ in ROWS)
 
 
