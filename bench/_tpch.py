@@ -9,10 +9,12 @@ duckdb's automatic extension install and load turned off.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import math
 import re
 import statistics
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -322,3 +324,12 @@ def print_duckdb_differences(rows: Sequence[dict[str, Any]]) -> None:
     for r in rows:
         if r["plain_vs_duckdb"] is not None:
             print(f"Q{r['query']}: Spark's answer differs from duckdb's: {r['plain_vs_duckdb']}")
+
+
+def work_root(stack: contextlib.ExitStack, work: Path | None) -> Path:
+    """``work`` (made if missing), or a temporary directory removed when ``stack`` closes."""
+    if work is None:
+        return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="trustedml-tpch-")))
+    root = work.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root

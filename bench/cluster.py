@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import secrets
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -269,11 +268,7 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as exc:
         _parser().error(str(exc))
     with contextlib.ExitStack() as stack:
-        if args.work is None:
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="trustedml-tpch-")))
-        else:
-            root = args.work.resolve()
-            root.mkdir(parents=True, exist_ok=True)
+        root = _tpch.work_root(stack, args.work)
         try:
             tpch_result, lenet_result = _run_parts(args, numbers, root)
         except (_tpch.TpchError, BenchError, TrustedMLError) as exc:

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -253,11 +252,7 @@ def main(argv: Sequence[str]) -> int:
     if load_before[0] >= 1.0:
         _log(f"warning: load average {load_before[0]:.1f} before start: timings will be noisy")
     with contextlib.ExitStack() as stack:
-        if args.work is None:
-            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="trustedml-tpch-")))
-        else:
-            root = args.work.resolve()
-            root.mkdir(parents=True, exist_ok=True)
+        root = _tpch.work_root(stack, args.work)
         try:
             result = benchmark(args, numbers, root)
         except (_tpch.TpchError, BenchError, TrustedMLError) as exc:
