@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= spark,ml,server,test,bench
+EXTRAS ?= spark,ml,server,k8s,test,bench
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit bench clean venv

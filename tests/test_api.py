@@ -40,6 +40,7 @@ PUBLIC_API = [
     "KeyRing",
     "KeyStore",
     "KeyStoreError",
+    "KubernetesError",
     "LaunchError",
     "LaunchPlan",
     "LocalKeyStore",

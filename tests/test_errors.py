@@ -44,6 +44,7 @@ def test_the_tree() -> None:
         "UnsealError": "IntegrityError",
         "AuditLogError": "IntegrityError",
         "KeyStoreError": "TrustedMLError",
+        "KubernetesError": "TrustedMLError",
         "KeyNotFoundError": "IntegrityError",
         "KeyBrokerError": "KeyStoreError",
         "BrokerRefusedError": "KeyBrokerError",

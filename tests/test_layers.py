@@ -35,11 +35,13 @@ LAYERS: dict[str, frozenset[str]] = {
     "ml": frozenset({"runtime", "spark"}),
     "jobs": frozenset({"spark", "tee", "keys", "data"}),
     "cluster": frozenset({"spark", "tee", "keys", "data"}),
-    "_doctor": frozenset({"spark", "broker", "cluster"}),
+    # Spark on Kubernetes: manifests and conf rendered from the secure Spark settings.
+    "k8s": frozenset({"spark", "tee", "keys", "data"}),
+    "_doctor": frozenset({"spark", "broker", "cluster", "k8s"}),
     # The executor JVM's key agent process: the attested store (runtime) served over the
     # tml file system's frames (spark).
     "_keyagent": frozenset({"runtime", "spark"}),
-    "trustedml": frozenset({"ml", "jobs", "runtime", "_doctor", "cluster"}),
+    "trustedml": frozenset({"ml", "jobs", "runtime", "_doctor", "cluster", "k8s"}),
     "cli": frozenset({"trustedml"}),
     "__main__": frozenset({"cli"}),
 }

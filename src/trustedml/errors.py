@@ -35,6 +35,7 @@ __all__ = [
     "KeyDirectoryExistsError",
     "KeyNotFoundError",
     "KeyStoreError",
+    "KubernetesError",
     "LaunchError",
     "NotEncryptedError",
     "PolicyError",
@@ -110,6 +111,11 @@ class ClusterError(TrustedMLError):
 
 class ClusterStateError(ClusterError):
     """A cluster directory's state file is missing, corrupt, unsafe or not trusted-ml's."""
+
+
+class KubernetesError(TrustedMLError):
+    """Spark-on-Kubernetes manifests could not be rendered, checked or applied (an API
+    server's refusal names the object and the status, never Secret data)."""
 
 
 class AttestationError(TrustedMLError):
