@@ -2,6 +2,8 @@
 
 from trustedml.spark._conf_policy import ConfRefusal, conf_refusal
 from trustedml.spark._config import (
+    KUBERNETES_RPC_TLS_ENV,
+    KUBERNETES_SECRET_ENV,
     DeployMode,
     PlainSparkConfig,
     SecureSparkConfig,
@@ -9,6 +11,7 @@ from trustedml.spark._config import (
     auth_secret_for,
     check_secure_conf,
     cluster_secret,
+    kubernetes_security_conf,
     mode_for_master,
     properties_text,
 )
@@ -51,6 +54,8 @@ __all__ = [
     "ALLOW_PLAINTEXT_COLLECTIVES",
     "FS_CLASS",
     "IGNORE_SSL",
+    "KUBERNETES_RPC_TLS_ENV",
+    "KUBERNETES_SECRET_ENV",
     "LINT_RULES",
     "MACHINE_LOCAL_KEYS",
     "ConfRefusal",
@@ -72,6 +77,7 @@ __all__ = [
     "fs_conf",
     "fs_jar",
     "is_literal_secret",
+    "kubernetes_security_conf",
     "lint_conf_files",
     "lint_finding",
     "lint_properties",

@@ -434,31 +434,7 @@ class SecureSparkConfig(_Common):
         return {key: self.extra[key] for key in sorted(self.allow_insecure)}
 
     def _security_conf(self) -> dict[str, str]:
-        conf = {
-            "spark.authenticate": "true",
-            "spark.network.crypto.enabled": "true",
-            # The default AES/CTR is unauthenticated (CVE-2025-55039).
-            "spark.network.crypto.cipher": "AES/GCM/NoPadding",
-            "spark.network.crypto.authEngineVersion": "2",
-            "spark.network.crypto.saslFallback": "false",
-            "spark.authenticate.enableSaslEncryption": "false",
-            "spark.io.encryption.enabled": "true",
-            "spark.io.encryption.keySizeBits": "256",
-            "spark.ssl.enabled": "true",
-            "spark.ssl.protocol": "TLSv1.3",
-            "spark.ssl.keyStore": str(self.keystore),
-            "spark.ssl.keyStoreType": "PKCS12",
-            "spark.ssl.keyStorePassword": "${env:" + ENV_KEYSTORE_PASSWORD + "}",
-            "spark.ssl.keyPassword": "${env:" + ENV_KEYSTORE_PASSWORD + "}",
-            "spark.ssl.trustStore": str(self.truststore),
-            "spark.ssl.trustStoreType": "PKCS12",
-            "spark.ssl.trustStorePassword": "${env:" + ENV_TRUSTSTORE_PASSWORD + "}",
-            "spark.ssl.rpc.enabled": "true" if self.rpc_tls else "false",
-            "spark.redaction.regex": REDACTION_REGEX,
-            # Without it, rows sent to Python workers cross loopback TCP in plaintext.
-            "spark.python.unix.domain.socket.enabled": "true",
-            "spark.ui.killEnabled": "false",
-        }
+        conf = _security_properties(str(self.keystore), str(self.truststore), self.rpc_tls)
         if self.mode is DeployMode.STANDALONE:
             # Spark insists the property exists in standalone mode, but reads the
             # value from _SPARK_AUTH_SECRET first; this placeholder is never used.
@@ -484,6 +460,68 @@ class SecureSparkConfig(_Common):
             env[ENV_RPC_KEY_PASSWORD] = self.keystore_password.reveal_text()
             env[ENV_RPC_TRUSTSTORE_PASSWORD] = self.truststore_password.reveal_text()
         return env
+
+
+def _security_properties(keystore: str, truststore: str, rpc_tls: bool) -> dict[str, str]:
+    return {
+        "spark.authenticate": "true",
+        "spark.network.crypto.enabled": "true",
+        # The default AES/CTR is unauthenticated (CVE-2025-55039).
+        "spark.network.crypto.cipher": "AES/GCM/NoPadding",
+        "spark.network.crypto.authEngineVersion": "2",
+        "spark.network.crypto.saslFallback": "false",
+        "spark.authenticate.enableSaslEncryption": "false",
+        "spark.io.encryption.enabled": "true",
+        "spark.io.encryption.keySizeBits": "256",
+        "spark.ssl.enabled": "true",
+        "spark.ssl.protocol": "TLSv1.3",
+        "spark.ssl.keyStore": keystore,
+        "spark.ssl.keyStoreType": "PKCS12",
+        "spark.ssl.keyStorePassword": "${env:" + ENV_KEYSTORE_PASSWORD + "}",
+        "spark.ssl.keyPassword": "${env:" + ENV_KEYSTORE_PASSWORD + "}",
+        "spark.ssl.trustStore": truststore,
+        "spark.ssl.trustStoreType": "PKCS12",
+        "spark.ssl.trustStorePassword": "${env:" + ENV_TRUSTSTORE_PASSWORD + "}",
+        "spark.ssl.rpc.enabled": "true" if rpc_tls else "false",
+        "spark.redaction.regex": REDACTION_REGEX,
+        # Without it, rows sent to Python workers cross loopback TCP in plaintext.
+        "spark.python.unix.domain.socket.enabled": "true",
+        "spark.ui.killEnabled": "false",
+    }
+
+
+# The in-pod environment variables of a Kubernetes job that carry secrets, each filled
+# from a Secret key by Spark's secretKeyRef (name -> the key of the TLS Secret).
+KUBERNETES_SECRET_ENV = {
+    ENV_KEYSTORE_PASSWORD: "keystore-password",
+    ENV_TRUSTSTORE_PASSWORD: "truststore-password",
+}
+KUBERNETES_RPC_TLS_ENV = {
+    ENV_RPC_KEYSTORE_PASSWORD: "keystore-password",
+    ENV_RPC_KEY_PASSWORD: "keystore-password",
+    ENV_RPC_TRUSTSTORE_PASSWORD: "truststore-password",
+}
+
+
+def kubernetes_security_conf(
+    *, keystore: str, truststore: str, auth_secret_file: str, rpc_tls: bool = False
+) -> dict[str, str]:
+    """The security properties of a Spark-on-Kubernetes job (the same protections as
+    :class:`SecureSparkConfig`), with in-pod paths: ``keystore``/``truststore`` and
+    ``auth_secret_file`` are where the job's Secrets are mounted. Spark reads the auth
+    secret from that file on the driver and the executors, so it never becomes a pod
+    env value; the passwords are ``${env:NAME}`` references the pods fill from a Secret
+    (:data:`KUBERNETES_SECRET_ENV`, plus :data:`KUBERNETES_RPC_TLS_ENV` with ``rpc_tls``)."""
+    for name, path in (
+        ("keystore", keystore),
+        ("truststore", truststore),
+        ("auth_secret_file", auth_secret_file),
+    ):
+        if not path.startswith("/"):
+            raise SparkConfigError(f"{name}: expected an absolute in-pod path, got {path!r}")
+    conf = _security_properties(keystore, truststore, rpc_tls)
+    conf["spark.authenticate.secret.file"] = auth_secret_file
+    return conf
 
 
 def properties_text(conf: Mapping[str, str]) -> str:

@@ -1,0 +1,60 @@
+"""Trusted Spark on Kubernetes: driver and executors in TEE pods, secrets only through
+Kubernetes Secrets, every manifest generated (and checkable offline)."""
+
+from trustedml.k8s._manifests import (
+    APP_DIR,
+    AUTH_DIR,
+    AUTH_KEY,
+    CONTAINER,
+    LABEL_APP,
+    LABEL_ROLE,
+    LABEL_TEE,
+    SIM_DIR,
+    SIM_KEY,
+    TLS_DIR,
+    TLS_KEYS,
+    TRUST_DIR,
+)
+from trustedml.k8s._options import (
+    CVM_RUNTIME_CLASSES,
+    DEFAULT_IMAGE,
+    K8S_TEES,
+    KubernetesOptions,
+    Toleration,
+    parse_toleration,
+)
+from trustedml.k8s._render import (
+    FILES,
+    IMAGE_PYTHON,
+    RenderedApp,
+    SecretBundle,
+    render,
+    secret_bundle,
+)
+
+__all__ = [
+    "APP_DIR",
+    "AUTH_DIR",
+    "AUTH_KEY",
+    "CONTAINER",
+    "CVM_RUNTIME_CLASSES",
+    "DEFAULT_IMAGE",
+    "FILES",
+    "IMAGE_PYTHON",
+    "K8S_TEES",
+    "LABEL_APP",
+    "LABEL_ROLE",
+    "LABEL_TEE",
+    "SIM_DIR",
+    "SIM_KEY",
+    "TLS_DIR",
+    "TLS_KEYS",
+    "TRUST_DIR",
+    "KubernetesOptions",
+    "RenderedApp",
+    "SecretBundle",
+    "Toleration",
+    "parse_toleration",
+    "render",
+    "secret_bundle",
+]
