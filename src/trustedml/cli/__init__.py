@@ -12,6 +12,7 @@ from trustedml.cli.cluster import cluster_group
 from trustedml.cli.data import decrypt_command, encrypt_command
 from trustedml.cli.doctor import doctor_command
 from trustedml.cli.jobs import run_command, submit_command
+from trustedml.cli.k8s import k8s_group
 from trustedml.cli.keys import keys_group
 from trustedml.cli.measure import measure_command
 from trustedml.cli.ml import example_command
@@ -34,6 +35,7 @@ cli.add_command(measure_command)
 cli.add_command(broker_group)
 cli.add_command(doctor_command)
 cli.add_command(cluster_group)
+cli.add_command(k8s_group)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from trustedml.cli._common import (
     passphrase_options,
     stacked,
 )
+from trustedml.cli.k8s import k8s_options, refuse_k8s_only, submit_on_kubernetes
 from trustedml.jobs import JobOptions, parse_conf, prepare_job
 from trustedml.tee import (
     BACKEND_NAMES,
@@ -41,7 +42,10 @@ INSECURE_BANNER = (
 
 spark_options = stacked(
     click.option(
-        "--master", default="local[2]", show_default=True, help="local[N] or spark://HOST:PORT."
+        "--master",
+        default="local[2]",
+        show_default=True,
+        help="local[N], spark://HOST:PORT, or (submit) k8s://https://HOST:PORT.",
     ),
     click.option(
         "--driver-host",
@@ -254,7 +258,7 @@ def show_plan(evidence_out: Path | None) -> Callable[[LaunchPlan], None]:
 
 
 def job_command(
-    name: str, *, py_files: bool = False, short_help: str | None = None
+    name: str, *, py_files: bool = False, k8s: bool = False, short_help: str | None = None
 ) -> Callable[[F], Command]:
     """A job command: everything after its target goes to the job, and it takes the
     Spark and TEE options (and --py-files for an application Spark ships)."""
@@ -264,7 +268,7 @@ def job_command(
         short_help=short_help,
         context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
     )
-    extra = (PY_FILES,) if py_files else ()
+    extra = ((PY_FILES,) if py_files else ()) + ((k8s_options,) if k8s else ())
     return lambda func: command(stacked(spark_options, tee_options, *extra)(func))
 
 
@@ -277,7 +281,7 @@ PY_FILES = click.option(
 )
 
 
-@job_command("submit", py_files=True)
+@job_command("submit", py_files=True, k8s=True)
 @click.argument("app", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.argument("app_args", nargs=-1, type=click.UNPROCESSED)
 def submit_command(
@@ -285,8 +289,14 @@ def submit_command(
 ) -> None:
     """Run the PySpark application APP with every Spark protection on.
 
-    Options after APP are passed to the application. The exit code is the app's.
+    Options after APP are passed to the application. The exit code is the app's. With
+    --master k8s://https://HOST:PORT the driver and executors run in TEE pods of that
+    cluster (--tee gramine, cvm or sim; the Kubernetes options below; --dry-run only
+    renders and prints the spark-submit command line).
     """
+    if options["master"].startswith("k8s://"):
+        _exit(submit_on_kubernetes(options, app, app_args, py_files), app.name)
+    refuse_k8s_only(options)
     _exit(launch(options, submit, app, app_args, py_files=py_files), app.name)
 
 

@@ -1,6 +1,7 @@
 """Trusted Spark on Kubernetes: driver and executors in TEE pods, secrets only through
 Kubernetes Secrets, every manifest generated (and checkable offline)."""
 
+from trustedml.k8s._apply import AppliedObject, ApplyResult, apply, delete
 from trustedml.k8s._manifests import (
     APP_DIR,
     AUTH_DIR,
@@ -31,6 +32,7 @@ from trustedml.k8s._render import (
     render,
     secret_bundle,
 )
+from trustedml.k8s._submit import submission_argv, submission_environment, submit_kubernetes
 
 __all__ = [
     "APP_DIR",
@@ -50,11 +52,18 @@ __all__ = [
     "TLS_DIR",
     "TLS_KEYS",
     "TRUST_DIR",
+    "AppliedObject",
+    "ApplyResult",
     "KubernetesOptions",
     "RenderedApp",
     "SecretBundle",
     "Toleration",
+    "apply",
+    "delete",
     "parse_toleration",
     "render",
     "secret_bundle",
+    "submission_argv",
+    "submission_environment",
+    "submit_kubernetes",
 ]

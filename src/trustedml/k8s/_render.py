@@ -13,6 +13,7 @@ from typing import Any
 from trustedml._fs import write_private
 from trustedml._secret import Secret
 from trustedml._version import __version__
+from trustedml.attestation import SimKey
 from trustedml.errors import ConfigError, KubernetesError, LaunchError
 from trustedml.k8s._manifests import (
     APP_DIR,
@@ -327,6 +328,9 @@ def secret_bundle(
         if rendered.options.tee == "sim":
             if sim_key is None:
                 raise ConfigError("--tee sim: expected a sim key file for the pods, got none")
+            # The pods sign sim evidence with this installation's key (made if missing),
+            # so a broker that trusts it for development trusts them too.
+            SimKey.load_or_create(Path(sim_key))
             data[f"{app}-sim"] = {SIM_KEY: Secret(Path(sim_key).read_bytes())}
     except OSError as exc:
         raise KubernetesError(f"cannot read a file for the Secrets: {exc.strerror}") from exc

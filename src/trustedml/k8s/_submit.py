@@ -1,0 +1,86 @@
+"""Submit a rendered application to a Kubernetes cluster: apply, spark-submit, clean up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from trustedml._env import JOB_ENV
+from trustedml.errors import LaunchError
+from trustedml.k8s._apply import apply, delete
+from trustedml.k8s._render import RenderedApp, SecretBundle
+from trustedml.spark import spark_home
+
+__all__ = ["submission_argv", "submission_environment", "submit_kubernetes"]
+
+# Spark's and trusted-ml's variables that carry secrets or redirect Spark: none of them
+# has a place in the submitting client (the pods get theirs from Secrets).
+_SCRUBBED = (
+    "PYSPARK_SUBMIT_ARGS",
+    "SPARK_CONF_DIR",
+    "SPARK_HOME",
+    "_SPARK_AUTH_SECRET",
+    "_SPARK_SSL_RPC_KEY_STORE_PASSWORD",
+    "_SPARK_SSL_RPC_KEY_PASSWORD",
+    "_SPARK_SSL_RPC_TRUST_STORE_PASSWORD",
+    *JOB_ENV,
+)
+
+
+def submission_argv(rendered: RenderedApp, *, context: str | None = None) -> list[str]:
+    """The spark-submit command line of ``rendered`` (no secret in it: the Spark conf is
+    the render's properties file, which holds none)."""
+    argv = list(rendered.argv)
+    if context is not None:
+        # Which kubeconfig context Spark's client uses: a name, not a credential.
+        at = argv.index("--properties-file")
+        argv[at:at] = ["--conf", f"spark.kubernetes.context={context}"]
+    return argv
+
+
+def submission_environment(
+    base: Mapping[str, str] | None = None, *, kubeconfig: Path | None = None
+) -> dict[str, str]:
+    """The environment of the submitting spark-submit: the caller's minus every variable
+    that carries a secret or redirects Spark, with ``KUBECONFIG`` when given."""
+    env = dict(os.environ if base is None else base)
+    for name in _SCRUBBED:
+        env.pop(name, None)
+    for name in list(env):
+        if name.startswith("TRUSTEDML_"):
+            env.pop(name)
+    env["SPARK_HOME"] = str(spark_home())
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(Path(kubeconfig).resolve())
+    return env
+
+
+def submit_kubernetes(
+    rendered: RenderedApp,
+    bundle: SecretBundle,
+    *,
+    kubeconfig: Path | None = None,
+    context: str | None = None,
+    keep: bool = False,
+) -> int:
+    """Run ``rendered`` on its cluster: apply its objects (Secrets filled from
+    ``bundle``), run spark-submit in cluster mode and wait for the application, then
+    delete what was applied (``keep`` leaves it for inspection). Returns spark-submit's
+    exit status."""
+    rendered.write()
+    apply(rendered, bundle, kubeconfig=kubeconfig, context=context)
+    try:
+        try:
+            done = subprocess.run(
+                submission_argv(rendered, context=context),
+                env=submission_environment(kubeconfig=kubeconfig),
+                check=False,
+            )
+        except OSError as exc:
+            raise LaunchError(f"spark-submit could not start: {exc.strerror}") from exc
+        return int(done.returncode)
+    finally:
+        if not keep:
+            delete(rendered.name, rendered.namespace, kubeconfig=kubeconfig, context=context)
