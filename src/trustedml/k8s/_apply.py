@@ -61,6 +61,7 @@ class RenderedObjects(Protocol):
 
 
 SecretData = Mapping[str, Mapping[str, "bytes | Secret"]]
+Action = Literal["created", "replaced", "recreated"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class AppliedObject:
 
     kind: str
     name: str
-    action: Literal["created", "replaced", "recreated"]
+    action: Action
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def _server_message(exc: Any, forms: Sequence[str]) -> str:
 
 def _failure(exc: Exception, doing: str, host: str, forms: Sequence[str]) -> KubernetesError:
     """One KubernetesError for a client failure, naming the request, never its body."""
-    from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped,unused-ignore]
+    from kubernetes.client.exceptions import ApiException
 
     if isinstance(exc, ApiException) and exc.status:
         message = f"Kubernetes refused to {doing}: HTTP {exc.status} {exc.reason}"
@@ -222,7 +223,7 @@ def _api_client(kubeconfig: Path | None, context: str | None) -> Iterator[Any]:
 
     where = str(kubeconfig) if kubeconfig is not None else "the default kubeconfig"
     try:
-        client = kube_config.new_client_from_config(
+        client = kube_config.new_client_from_config(  # type: ignore[no-untyped-call,unused-ignore]
             config_file=str(kubeconfig) if kubeconfig is not None else None,
             context=context,
             persist_config=False,  # never write the user's kubeconfig back
@@ -256,7 +257,7 @@ def _call(api: Any, method: str, *args: Any, **kwargs: Any) -> None:
             getattr(response, step)()
 
 
-def _apply_one(apis: Mapping[str, Any], item: _Planned, namespace: str) -> str:
+def _apply_one(apis: Mapping[str, Any], item: _Planned, namespace: str) -> Action:
     """Create ``item``, or replace it when it exists: PUT for most kinds, delete and
     create for an immutable one (the server refuses to change its data)."""
     from kubernetes.client.exceptions import ApiException
@@ -326,7 +327,7 @@ def apply(
             finally:
                 progress.finish()
             _log.info("%s %s %s/%s", action, item.kind, namespace, item.name)
-            done.append(AppliedObject(item.kind, item.name, action))  # type: ignore[arg-type]
+            done.append(AppliedObject(item.kind, item.name, action))
     return ApplyResult(rendered.name, namespace, tuple(done))
 
 

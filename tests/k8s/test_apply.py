@@ -1,0 +1,458 @@
+"""Applying a render with the official Kubernetes client, against a stand-in API server.
+
+No cluster can be reached from here, so the client talks (plain HTTP, 127.0.0.1 only)
+to a small server in a thread that answers like the API server for the requests apply
+and delete make: POST 201 echoing the object, 409 when it exists, PUT 200, DELETE of
+one object or of a labelled collection, 403 for objects it is told to refuse (with a
+message that repeats the request, as a careless server might), 422 when an immutable
+object's data would change. It records every request; the kubeconfig is a real file
+the client loads, with a bearer token the server checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import secrets
+import socket
+import threading
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.conftest import PASSPHRASE
+from tests.k8s.conftest import Render
+from tests.secret_scan import hits
+from trustedml import KeyDirectory, Secret
+from trustedml.errors import KubernetesError
+from trustedml.k8s import RenderedApp, SecretBundle, secret_bundle
+from trustedml.k8s._apply import APPLY_ORDER, apply, delete
+
+App = tuple[RenderedApp, SecretBundle]
+TOKEN = "standin-token-" + "0" * 8
+# The plural of each kind apply may touch, and the API prefix it lives under.
+PLURALS = {
+    "serviceaccounts": "/api/v1",
+    "roles": "/apis/rbac.authorization.k8s.io/v1",
+    "rolebindings": "/apis/rbac.authorization.k8s.io/v1",
+    "networkpolicies": "/apis/networking.k8s.io/v1",
+    "configmaps": "/api/v1",
+    "secrets": "/api/v1",
+}
+KIND_OF = {
+    "serviceaccounts": "ServiceAccount",
+    "roles": "Role",
+    "rolebindings": "RoleBinding",
+    "networkpolicies": "NetworkPolicy",
+    "configmaps": "ConfigMap",
+    "secrets": "Secret",
+}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: dict[str, Any] | None
+    raw: bytes
+
+
+@dataclass
+class StandIn:
+    """The stand-in API server's state: objects by (namespace, plural, name)."""
+
+    url: str = ""
+    requests: list[Request] = field(default_factory=list)
+    objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    forbidden: set[tuple[str, str]] = field(default_factory=set)
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.objects.clear()
+        self.forbidden.clear()
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+def _handler(state: StandIn) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+        def _answer(self, code: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _handle(self) -> None:
+            url = urlsplit(self.path)
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.loads(raw) if raw else None
+            state.requests.append(Request(self.command, url.path, parse_qs(url.query), body, raw))
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                return self._answer(401, _status(401, "Unauthorized", "Unauthorized"))
+            parts = url.path.strip("/").split("/")
+            try:
+                at = parts.index("namespaces")
+                namespace, plural = parts[at + 1], parts[at + 2]
+            except (ValueError, IndexError):
+                return self._answer(404, _status(404, "NotFound", "not namespaced"))
+            if plural not in PLURALS or "/".join(parts[:at]) != PLURALS[plural].strip("/"):
+                return self._answer(404, _status(404, "NotFound", "unknown resource"))
+            name = parts[at + 3] if len(parts) > at + 3 else None
+            self._resource(namespace, plural, name, body, raw, parse_qs(url.query))
+            return None
+
+        def _resource(
+            self,
+            namespace: str,
+            plural: str,
+            name: str | None,
+            body: dict[str, Any] | None,
+            raw: bytes,
+            query: dict[str, list[str]],
+        ) -> None:
+            key_name = name or (body or {}).get("metadata", {}).get("name", "")
+            key = (namespace, plural, key_name)
+            if (plural, key_name) in state.forbidden:
+                # A careless server (or webhook) repeating the request in its refusal.
+                message = (
+                    f'{plural} "{key_name}" is forbidden: User "tester" cannot '
+                    f"{self.command.lower()} it; request was {raw.decode()}"
+                )
+                return self._answer(403, _status(403, "Forbidden", message))
+            if self.command == "POST" and name is None:
+                if key in state.objects:
+                    return self._answer(
+                        409, _status(409, "AlreadyExists", f'{plural} "{key_name}" already exists')
+                    )
+                state.objects[key] = body or {}
+                return self._answer(201, body or {})
+            if self.command == "PUT" and name is not None:
+                old = state.objects.get(key)
+                if old is None:
+                    return self._answer(404, _status(404, "NotFound", "not found"))
+                if old.get("immutable") and old.get("data") != (body or {}).get("data"):
+                    return self._answer(422, _status(422, "Invalid", "data: field is immutable"))
+                state.objects[key] = body or {}
+                return self._answer(200, body or {})
+            if self.command == "DELETE" and name is not None:
+                if state.objects.pop(key, None) is None:
+                    return self._answer(404, _status(404, "NotFound", "not found"))
+                return self._answer(200, {"kind": "Status", "status": "Success"})
+            if self.command == "DELETE":
+                label, _, value = query.get("labelSelector", [""])[0].partition("=")
+                gone = [
+                    k
+                    for k, obj in state.objects.items()
+                    if k[:2] == (namespace, plural)
+                    and obj.get("metadata", {}).get("labels", {}).get(label) == value
+                ]
+                items = [state.objects.pop(k) for k in gone]
+                return self._answer(200, {"kind": KIND_OF[plural] + "List", "items": items})
+            return self._answer(405, _status(405, "MethodNotAllowed", "not here"))
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+    return Handler
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[StandIn]:
+    state = StandIn()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def api(server: StandIn) -> StandIn:
+    server.reset()
+    return server
+
+
+def _kubeconfig(path: Path, server_url: str) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "standin", "cluster": {"server": server_url}}],
+                "users": [{"name": "tester", "user": {"token": TOKEN}}],
+                "contexts": [
+                    {"name": "standin", "context": {"cluster": "standin", "user": "tester"}}
+                ],
+                "current-context": "standin",
+            }
+        )
+    )
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path, api: StandIn) -> Path:
+    return _kubeconfig(tmp_path / "kubeconfig", api.url)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What apply reads of a render (for renders a test alters)."""
+
+    name: str
+    namespace: str
+    objects: tuple[dict[str, Any], ...]
+
+
+@pytest.fixture
+def app(render_for: Render, session_keys: KeyDirectory, tmp_path: Path) -> App:
+    """A fresh render for --tee sim (three Secrets) and its Secrets' data."""
+    sim_key = tmp_path / "sim-key.pem"  # created by the bundle
+    rendered = render_for("sim")
+    return rendered, secret_bundle(rendered, session_keys, Secret(PASSPHRASE), sim_key=sim_key)
+
+
+def _values(bundle: SecretBundle) -> dict[str, bytes]:
+    return {f"{name}/{key}": value.reveal() for name, data in bundle.items()
+            for key, value in data.items()}  # fmt: skip
+
+
+def _assert_clean(texts: dict[str, str | bytes], bundle: SecretBundle) -> None:
+    blobs = {where: t.encode() if isinstance(t, str) else t for where, t in texts.items()}
+    assert hits(blobs, _values(bundle)) == []
+
+
+def test_apply_creates_every_object_in_order_with_secrets_from_the_bundle(
+    app: App, api: StandIn, kubeconfig: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rendered, bundle = app
+    caplog.set_level(logging.DEBUG)
+
+    result = apply(rendered, bundle, kubeconfig=kubeconfig)
+
+    plurals = [r.path.split("/")[-1] for r in api.requests]
+    assert [r.method for r in api.requests] == ["POST"] * len(rendered.objects)
+    assert [KIND_OF[p] for p in plurals] == [
+        "ServiceAccount", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy",
+        "ConfigMap", "ConfigMap", "Secret", "Secret", "Secret",
+    ]  # fmt: skip
+    for request, plural in zip(api.requests, plurals, strict=True):
+        assert request.path == f"{PLURALS[plural]}/namespaces/ml-jobs/{plural}"
+    assert [(o.kind, o.name, o.action) for o in result.objects] == [
+        (obj["kind"], obj["metadata"]["name"], "created") for obj in rendered.objects
+    ]
+    # The server got the render's objects; the Secrets filled from the bundle, immutable.
+    for request, obj in zip(api.requests, rendered.objects, strict=True):
+        got = dict(request.body or {})
+        if obj["kind"] == "Secret":
+            data = {k: base64.b64decode(v) for k, v in got.pop("data").items()}
+            wanted = bundle[obj["metadata"]["name"]]
+            assert data == {k: v.reveal() for k, v in wanted.items()}
+            assert got.pop("immutable") is True
+        assert got == obj
+    # No secret value outside the Secrets' own requests, nor in the logs.
+    plain = {f"{r.method} {r.path}": r.raw for r in api.requests if "/secrets" not in r.path}
+    _assert_clean({**plain, "log": caplog.text, "result": repr(result)}, bundle)
+    assert f"created Secret ml-jobs/{rendered.name}-auth" in caplog.text
+
+
+def test_a_second_apply_replaces_and_recreates_the_immutable_objects(
+    app: App, api: StandIn, kubeconfig: Path
+) -> None:
+    rendered, bundle = app
+    apply(rendered, bundle, kubeconfig=kubeconfig)
+    api.requests.clear()
+    # New data (a fresh auth secret): the server refuses to change an immutable Secret.
+    fresh = {name: {k: Secret(secrets.token_bytes(16)) for k in data}
+             for name, data in bundle.items()}  # fmt: skip
+
+    result = apply(rendered, fresh, kubeconfig=kubeconfig)
+
+    actions = {(o.kind, o.name): o.action for o in result.objects}
+    assert actions == {
+        (obj["kind"], obj["metadata"]["name"]): "recreated"
+        if obj["kind"] in ("ConfigMap", "Secret") else "replaced"
+        for obj in rendered.objects
+    }  # fmt: skip
+    methods = [(r.method, r.path.rsplit("/", 2)[-2]) for r in api.requests if r.method != "POST"]
+    assert ("PUT", "roles") in methods
+    assert ("DELETE", "secrets") in methods
+    assert ("PUT", "secrets") not in methods
+    stored = api.objects[("ml-jobs", "secrets", f"{rendered.name}-auth")]
+    assert base64.b64decode(stored["data"]["spark-auth-secret"]) == (
+        fresh[f"{rendered.name}-auth"]["spark-auth-secret"].reveal()
+    )
+
+
+def test_a_refusal_names_the_object_and_status_but_no_secret_data(
+    app: App, api: StandIn, kubeconfig: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rendered, bundle = app
+    api.forbidden.add(("secrets", f"{rendered.name}-tls"))
+    caplog.set_level(logging.DEBUG)
+
+    with pytest.raises(KubernetesError) as caught:
+        apply(rendered, bundle, kubeconfig=kubeconfig)
+
+    message = str(caught.value)
+    assert f"apply Secret ml-jobs/{rendered.name}-tls: HTTP 403 Forbidden" in message
+    assert "withheld" in message  # the server's message repeated the request
+    # The server did get the data (the refusal echoes it): the scan can find it.
+    assert hits({"403": api.requests[-1].raw}, _values(bundle))
+    chain = "".join(traceback.format_exception(caught.value))
+    _assert_clean(
+        {"message": message, "repr": repr(caught.value), "traceback": chain, "log": caplog.text},
+        bundle,
+    )
+
+
+def test_a_body_the_client_rejects_is_named_without_its_data(
+    app: App, api: StandIn, kubeconfig: Path
+) -> None:
+    rendered, bundle = app
+    # The client validates a body before sending it; its own message would repeat it.
+    odd = tuple({**o, "type": 5} if o["kind"] == "Secret" else o for o in rendered.objects)
+    with pytest.raises(
+        KubernetesError, match=r"refused to apply Secret .*: invalid body"
+    ) as caught:
+        apply(Rendered(rendered.name, "ml-jobs", odd), bundle, kubeconfig=kubeconfig)
+    assert not any("/secrets" in r.path for r in api.requests)
+    chain = "".join(traceback.format_exception(caught.value))
+    _assert_clean({"traceback": chain}, bundle)
+
+
+def test_a_refusal_of_a_plain_object_carries_the_servers_message(
+    app: App, api: StandIn, kubeconfig: Path
+) -> None:
+    rendered, bundle = app
+    api.forbidden.add(("roles", f"{rendered.name}-driver"))
+
+    with pytest.raises(
+        KubernetesError, match=r"apply Role ml-jobs/\S+-driver: HTTP 403 Forbidden: .*cannot post"
+    ):
+        apply(rendered, bundle, kubeconfig=kubeconfig)
+    # Nothing after the refused object was sent: no Secret reached the server.
+    assert [r.path.split("/")[-1] for r in api.requests] == ["serviceaccounts"] * 2 + ["roles"]
+
+
+def test_a_secret_whose_keys_differ_from_the_bundle_is_refused_before_any_request(
+    app: App, api: StandIn, kubeconfig: Path
+) -> None:
+    rendered, bundle = app
+    tls = f"{rendered.name}-tls"
+    short = {**bundle, tls: {k: v for k, v in bundle[tls].items() if k != "truststore.p12"}}
+    with pytest.raises(KubernetesError, match=rf"Secret {tls}: the render lists keys"):
+        apply(rendered, short, kubeconfig=kubeconfig)
+    more = {**bundle, "other": {"k": Secret(b"v" * 16)}}
+    with pytest.raises(KubernetesError, match="bundle has Secrets the render does not"):
+        apply(rendered, more, kubeconfig=kubeconfig)
+    filled = [{**o, "data": {"k": "dg=="}} if o["kind"] == "Secret" else o
+              for o in rendered.objects]  # fmt: skip
+    with pytest.raises(KubernetesError, match="the render holds data; expected a shell"):
+        apply(Rendered(rendered.name, "ml-jobs", tuple(filled)), bundle, kubeconfig=kubeconfig)
+    assert api.requests == []
+
+
+def test_objects_apply_must_not_create_are_refused_before_any_request(
+    app: App, api: StandIn, kubeconfig: Path
+) -> None:
+    rendered, _ = app
+    role = rendered.of_kind("Role")[0]
+    bad_objects = {
+        "apply creates only": {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}},
+        "kind 'ClusterRole'": {**role, "kind": "ClusterRole"},
+        "expected namespace 'ml-jobs'": {
+            **role,
+            "metadata": {**role["metadata"], "namespace": "kube-system"},
+        },
+        "expected label trustedml.io/app": {**role, "metadata": {"name": role["metadata"]["name"]}},
+        "kind 'Pod'": rendered.driver_template,
+    }
+    for expected, bad in bad_objects.items():
+        with pytest.raises(KubernetesError, match=re.escape(expected)):
+            apply(Rendered(rendered.name, "ml-jobs", (bad,)), {}, kubeconfig=kubeconfig)
+    assert api.requests == []
+
+
+def test_a_malformed_kubeconfig_is_one_clear_error(app: App, tmp_path: Path) -> None:
+    rendered, bundle = app
+    bad = tmp_path / "bad"
+    bad.write_text("users:\n- user: {token: hunter2-token\n")
+    with pytest.raises(
+        KubernetesError, match=r"bad: not a valid kubeconfig: bad YAML \(line"
+    ) as caught:
+        apply(rendered, bundle, kubeconfig=bad)
+    assert "hunter2" not in str(caught.value)
+    empty = tmp_path / "empty"
+    empty.write_text("apiVersion: v1\nkind: Config\n")
+    with pytest.raises(KubernetesError, match="empty: not a usable kubeconfig"):
+        apply(rendered, bundle, kubeconfig=empty)
+    with pytest.raises(KubernetesError, match="missing: not a usable kubeconfig"):
+        delete(rendered.name, "ml-jobs", kubeconfig=tmp_path / "missing")
+
+
+def test_an_unreachable_server_is_one_clear_error(app: App, tmp_path: Path) -> None:
+    rendered, bundle = app
+    with socket.socket() as free:  # a port nothing listens on once closed
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}")
+    with pytest.raises(
+        KubernetesError,
+        match=rf"could not reach the Kubernetes API server at http://127.0.0.1:{port} "
+        r"to apply ServiceAccount ml-jobs/",
+    ):
+        apply(rendered, bundle, kubeconfig=kubeconfig)
+
+
+def test_delete_removes_the_applications_objects_by_label(
+    app: App, render_for: Render, api: StandIn, kubeconfig: Path
+) -> None:
+    rendered, bundle = app
+    other = render_for("cvm")
+    apply(rendered, bundle, kubeconfig=kubeconfig)
+    stand_in_bundle = {name: {k: Secret(b"x" * 16) for k in keys}
+                       for name, keys in other.secrets.items()}  # fmt: skip
+    apply(other, stand_in_bundle, kubeconfig=kubeconfig)
+    api.requests.clear()
+
+    kinds = delete(rendered.name, "ml-jobs", kubeconfig=kubeconfig)
+
+    assert kinds == tuple(reversed(APPLY_ORDER))  # Secrets first
+    assert [r.method for r in api.requests] == ["DELETE"] * len(APPLY_ORDER)
+    assert {r.query["labelSelector"][0] for r in api.requests} == {
+        f"trustedml.io/app={rendered.name}"
+    }
+    # The other application's objects stay.
+    assert sorted(k[2] for k in api.objects) == sorted(o["metadata"]["name"] for o in other.objects)
+    with pytest.raises(KubernetesError, match="expected a DNS-1123 label"):
+        delete("x,trustedml.io/app!=y", "ml-jobs", kubeconfig=kubeconfig)
