@@ -22,6 +22,7 @@ from trustedml.spark._encrypted import (
     write_encrypted,
     write_encrypted_pandas,
 )
+from trustedml.spark._javac import compiled_jar
 from trustedml.spark._jvmfs import FS_CLASS, fs_conf, fs_jar, tml_uri
 from trustedml.spark._keyagent import run_key_agent
 from trustedml.spark._lint import (
@@ -72,6 +73,7 @@ __all__ = [
     "check_secure_conf",
     "child_environment",
     "cluster_secret",
+    "compiled_jar",
     "conf_refusal",
     "driver_address",
     "fs_conf",
