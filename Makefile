@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	$(PY) -c 'from trustedml.spark._pme import kms_client_jar; kms_client_jar()'
 	$(PY) -c 'from trustedml.spark._jvmfs import fs_jar; fs_jar()'
 	$(PY) -c 'from trustedml.spark._preflight import preflight_archive; preflight_archive()'
+	# Spark's own Kubernetes submission code checks rendered K8s jobs (trustedml.k8s).
+	$(PY) -c 'from trustedml.k8s._sparkcheck import pod_specs_jar; pod_specs_jar()'
 	# Cluster workers preload a bind shim built with the machine's C compiler (a worker
 	# start without one says so; the rest of trusted-ml does not need it).
 	$(PY) -c 'from trustedml.cluster._bindaddr import bind_shim; bind_shim()' \
