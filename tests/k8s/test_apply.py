@@ -201,15 +201,21 @@ def api(server: StandIn) -> StandIn:
 
 
 def _kubeconfig(path: Path, server_url: str) -> Path:
+    """A kubeconfig whose current context is the stand-in; context "elsewhere" names a
+    port nothing listens on."""
     path.write_text(
         json.dumps(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
-                "clusters": [{"name": "standin", "cluster": {"server": server_url}}],
+                "clusters": [
+                    {"name": "standin", "cluster": {"server": server_url}},
+                    {"name": "elsewhere", "cluster": {"server": "http://127.0.0.1:9"}},
+                ],
                 "users": [{"name": "tester", "user": {"token": TOKEN}}],
                 "contexts": [
-                    {"name": "standin", "context": {"cluster": "standin", "user": "tester"}}
+                    {"name": name, "context": {"cluster": name, "user": "tester"}}
+                    for name in ("standin", "elsewhere")
                 ],
                 "current-context": "standin",
             }
@@ -222,6 +228,22 @@ def _kubeconfig(path: Path, server_url: str) -> Path:
 @pytest.fixture
 def kubeconfig(tmp_path: Path, api: StandIn) -> Path:
     return _kubeconfig(tmp_path / "kubeconfig", api.url)
+
+
+@dataclass
+class Recorder:
+    """A Progress that records its calls."""
+
+    events: list[str] = field(default_factory=list)
+
+    def start(self, description: str, total: int | None) -> None:
+        self.events.append(f"start {description}")
+
+    def advance(self, amount: int) -> None:
+        self.events.append(f"advance {amount}")
+
+    def finish(self) -> None:
+        self.events.append("finish")
 
 
 @dataclass(frozen=True)
@@ -257,9 +279,15 @@ def test_apply_creates_every_object_in_order_with_secrets_from_the_bundle(
     rendered, bundle = app
     caplog.set_level(logging.DEBUG)
 
-    result = apply(rendered, bundle, kubeconfig=kubeconfig)
+    progress = Recorder()
+    result = apply(rendered, bundle, kubeconfig=kubeconfig, progress=progress)
 
     plurals = [r.path.split("/")[-1] for r in api.requests]
+    assert progress.events == [
+        e
+        for o in rendered.objects
+        for e in (f"start {o['kind']} {o['metadata']['name']}", "finish")
+    ]
     assert [r.method for r in api.requests] == ["POST"] * len(rendered.objects)
     assert [KIND_OF[p] for p in plurals] == [
         "ServiceAccount", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy",
@@ -416,8 +444,19 @@ def test_a_malformed_kubeconfig_is_one_clear_error(app: App, tmp_path: Path) -> 
     empty.write_text("apiVersion: v1\nkind: Config\n")
     with pytest.raises(KubernetesError, match="empty: not a usable kubeconfig"):
         apply(rendered, bundle, kubeconfig=empty)
-    with pytest.raises(KubernetesError, match="missing: not a usable kubeconfig"):
+    with pytest.raises(KubernetesError, match="missing: not a usable kubeconfig: no such file"):
         delete(rendered.name, "ml-jobs", kubeconfig=tmp_path / "missing")
+
+
+def test_the_context_chooses_the_cluster(app: App, api: StandIn, kubeconfig: Path) -> None:
+    rendered, bundle = app
+    with pytest.raises(KubernetesError, match=r"not a usable kubeconfig: .*nowhere"):
+        apply(rendered, bundle, kubeconfig=kubeconfig, context="nowhere")
+    with pytest.raises(KubernetesError, match=r"could not reach .* at http://127\.0\.0\.1:9 "):
+        delete(rendered.name, "ml-jobs", kubeconfig=kubeconfig, context="elsewhere")
+    assert api.requests == []
+    assert delete(rendered.name, "ml-jobs", kubeconfig=kubeconfig, context="standin")
+    assert len(api.requests) == len(APPLY_ORDER)
 
 
 def test_an_unreachable_server_is_one_clear_error(app: App, tmp_path: Path) -> None:

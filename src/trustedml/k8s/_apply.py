@@ -222,6 +222,8 @@ def _api_client(kubeconfig: Path | None, context: str | None) -> Iterator[Any]:
     from kubernetes import config as kube_config
 
     where = str(kubeconfig) if kubeconfig is not None else "the default kubeconfig"
+    if kubeconfig is not None and not Path(kubeconfig).is_file():
+        raise KubernetesError(f"{where}: not a usable kubeconfig: no such file")
     try:
         client = kube_config.new_client_from_config(  # type: ignore[no-untyped-call,unused-ignore]
             config_file=str(kubeconfig) if kubeconfig is not None else None,
@@ -238,8 +240,6 @@ def _api_client(kubeconfig: Path | None, context: str | None) -> Iterator[Any]:
         raise KubernetesError(f"{where}: not a usable kubeconfig: {detail}") from exc
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise KubernetesError(f"{where}: not a usable kubeconfig ({type(exc).__name__})") from exc
-    # Request logging of the client (debug) would print bodies: Secret data.
-    client.configuration.debug = False
     try:
         yield client
     finally:
