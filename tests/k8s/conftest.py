@@ -14,7 +14,10 @@ from trustedml.k8s import KubernetesOptions, RenderedApp, render
 MASTER = "k8s://https://198.18.0.1:6443"
 BROKER = "https://198.18.0.2:8443"
 PCCS = "https://198.18.0.3:8081"
-APP_TEXT = "from pyspark.sql import SparkSession\nprint(SparkSession.builder.getOrCreate().range(10).count())\n"
+APP_TEXT = (
+    "from pyspark.sql import SparkSession\n"
+    "print(SparkSession.builder.getOrCreate().range(10).count())\n"
+)
 
 Render = Callable[..., RenderedApp]
 
