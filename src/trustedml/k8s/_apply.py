@@ -231,7 +231,7 @@ def _api_client(kubeconfig: Path | None, context: str | None) -> Iterator[Any]:
             persist_config=False,  # never write the user's kubeconfig back
         )
     except yaml.YAMLError as exc:
-        # A YAML error quotes the offending line, which may hold a token.
+        # Only the position: a YAML error may quote the offending line (a token).
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise KubernetesError(f"{where}: not a valid kubeconfig: bad YAML{at}") from exc
