@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import kubernetes_validate
 import pytest
 
 from tests.conftest import PASSPHRASE
@@ -110,6 +111,9 @@ def _handler(state: StandIn) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             body = json.loads(raw) if raw else None
             state.requests.append(Request(self.command, url.path, parse_qs(url.query), body, raw))
+            # As the API server: no Content-Type means JSON, its first media type.
+            if self.headers.get("Content-Type", "application/json") != "application/json":
+                return self._answer(415, _status(415, "UnsupportedMediaType", "json only"))
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 return self._answer(401, _status(401, "Unauthorized", "Unauthorized"))
             parts = url.path.strip("/").split("/")
@@ -305,6 +309,8 @@ def test_apply_creates_every_object_in_order_with_secrets_from_the_bundle(
             data = {k: base64.b64decode(v) for k, v in got.pop("data").items()}
             wanted = bundle[obj["metadata"]["name"]]
             assert data == {k: v.reveal() for k, v in wanted.items()}
+            # What the server got is a valid Secret (data and immutable included).
+            kubernetes_validate.validate(request.body, "1.30.0", strict=True)
             assert got.pop("immutable") is True
         assert got == obj
     # No secret value outside the Secrets' own requests, nor in the logs.
