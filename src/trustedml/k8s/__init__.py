@@ -32,6 +32,7 @@ from trustedml.k8s._render import (
     render,
     secret_bundle,
 )
+from trustedml.k8s._sparkcheck import SparkPodSpecs, pod_specs_jar, spark_pod_specs
 from trustedml.k8s._submit import submission_argv, submission_environment, submit_kubernetes
 
 __all__ = [
@@ -57,12 +58,15 @@ __all__ = [
     "KubernetesOptions",
     "RenderedApp",
     "SecretBundle",
+    "SparkPodSpecs",
     "Toleration",
     "apply",
     "delete",
     "parse_toleration",
+    "pod_specs_jar",
     "render",
     "secret_bundle",
+    "spark_pod_specs",
     "submission_argv",
     "submission_environment",
     "submit_kubernetes",

@@ -180,6 +180,9 @@ def spark_pod_specs(
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.splitlines() if ln.startswith(_ERROR_PREFIX)]
         detail = lines[-1].removeprefix(_ERROR_PREFIX) if lines else done.stderr.strip()[-500:]
+        for source, submit in submits:
+            # The JVM names the argv file it read; a made one means its properties file.
+            detail = detail.replace(str(submit), str(source))
         raise KubernetesError(f"Spark's Kubernetes code refused the configuration: {detail}")
     answers = done.stdout.splitlines()
     if len(answers) != len(submits):

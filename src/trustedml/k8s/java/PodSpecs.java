@@ -124,7 +124,8 @@ public final class PodSpecs {
     for (Path submit : submits) {
       try {
         lines.add(JSON.writeValueAsString(specs(readArgv(submit), authFile)));
-      } catch (RuntimeException exc) {
+      } catch (Exception exc) {
+        // Scala code throws checked exceptions (SparkException) undeclared.
         throw new Refused(submit + ": " + describe(exc));
       }
     }
@@ -136,13 +137,13 @@ public final class PodSpecs {
   private static String[] readArgv(Path submit) throws IOException {
     JsonNode node = JSON.readTree(submit.toFile());
     if (node == null || !node.isArray() || node.size() < 2) {
-      throw new Refused(submit + ": expected a JSON list (the spark-submit argv)");
+      throw new Refused("expected a JSON list (the spark-submit argv)");
     }
     List<String> args = new ArrayList<>();
     // The first item is the program (spark-submit); SparkSubmit parses what follows.
     for (int i = 1; i < node.size(); i++) {
       if (!node.get(i).isTextual()) {
-        throw new Refused(submit + ": item " + i + " of the argv is not a string");
+        throw new Refused("item " + i + " of the argv is not a string");
       }
       args.add(node.get(i).asText());
     }
