@@ -1,0 +1,99 @@
+"""What trusted-ml's Spark pods run (``python -m trustedml.k8s.entrypoint``, the image's
+ENTRYPOINT): Spark's ``driver ...`` or ``executor`` inside the pod's TEE.
+
+- ``driver --properties-file F --class C local:///APP [ARGS]``: measure the job from
+  private copies and run ``spark-submit --deploy-mode client`` on them through the TEE
+  backend (``TRUSTEDML_TEE``); the application's ``job_keystore()`` attests to the
+  broker with that pod's evidence;
+- ``executor``: Spark's executor JVM from the pod's ``SPARK_*`` variables, with the
+  pod's evidence for the key agents that attest for its data keys;
+- ``measure-executor``: print the executor measurement of this image (for a broker
+  policy);
+- with ``TRUSTEDML_TEE=gramine`` the entrypoint first enters the image's signed enclave
+  and does the above inside it.
+
+Every fault is one line on stderr: exit 2 for what the pod was given (a missing
+``SPARK_*`` variable, an unexpected argument), 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from trustedml.errors import ConfigError, TrustedMLError
+from trustedml.k8s._pod_gramine import enclave_launch, in_enclave, pod_argv
+from trustedml.k8s._pod_tee import PodLaunch, driver_launch, executor_launch, executor_measurement
+from trustedml.tee import ENV_TEE
+
+__all__ = ["TINI", "exec_command", "launch", "main"]
+
+TINI = "/usr/bin/tini"
+_USAGE = "expected driver ARGS..., executor or measure-executor"
+
+
+def launch(argv: Sequence[str], env: Mapping[str, str]) -> PodLaunch:
+    """The process this pod's entrypoint execs for ``argv`` (without the program name)."""
+    if not argv:
+        raise ConfigError(f"no command: {_USAGE}")
+    if env.get(ENV_TEE) == "gramine" and not in_enclave():
+        return enclave_launch(argv, env)
+    mode, rest = argv[0], list(argv[1:])
+    if mode == "driver":
+        return driver_launch(rest, env)
+    if mode == "executor":
+        if rest:
+            raise ConfigError(f"executor: unexpected arguments {rest!r} (Spark passes none)")
+        return executor_launch(env)
+    raise ConfigError(f"unknown command {mode!r}: {_USAGE}")
+
+
+def exec_command(plan: PodLaunch) -> list[str]:
+    """The argv to exec: under tini (the pod's PID 1 reaps Spark's children, as in
+    Spark's own image) when the image has it."""
+    argv = list(plan.argv)
+    return [TINI, "-s", "--", *argv] if os.access(TINI, os.X_OK) else argv
+
+
+def _run(argv: Sequence[str]) -> int:
+    if list(argv[:1]) == ["measure-executor"]:
+        print(executor_measurement().hex)
+        return 0
+    env: Mapping[str, str] = os.environ
+    if env.get(ENV_TEE) == "gramine" and in_enclave():
+        # Inside the enclave, the role and arguments come in from the pod (see
+        # _pod_gramine); the enclave's own argv is fixed by its manifest.
+        argv = pod_argv(env)
+    plan = launch(argv, env)
+    if plan.banner:
+        print(plan.banner, file=sys.stderr)
+    for note in plan.notes:
+        print(f"trustedml: {note}", file=sys.stderr)
+    for check in plan.checks:
+        check()
+    command = exec_command(plan)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if not os.access(command[0], os.X_OK):
+        raise ConfigError(f"{command[0]}: not found in this image")
+    # The pod's process becomes the command (its signals, its exit status), as in
+    # Spark's own image; argv is a list, never a shell line.
+    os.execve(command[0], command, dict(plan.env))  # noqa: S606
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the pod's command; returns an exit code only when it could not start it."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(args)
+    except ConfigError as exc:
+        print(f"trustedml entrypoint: {exc}", file=sys.stderr)
+        return 2
+    except (TrustedMLError, OSError) as exc:
+        print(f"trustedml entrypoint: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
