@@ -323,17 +323,23 @@ class ExecutorKeyStore:
             return store
 
 
+# Masters whose executors run in other TEEs (a standalone cluster's workers, or
+# Kubernetes pods, each attesting with its own evidence).
+_REMOTE_EXECUTOR_MASTERS = ("spark://", "k8s://")
+
+
 def on_standalone_cluster() -> bool:
-    """Whether this driver's executors run on a Spark standalone cluster's workers: the
-    launcher said so (``TRUSTEDML_SPARK_MASTER``, set by ``trustedml submit/run
-    --master spark://...``), or this process's active SparkContext runs on a
-    ``spark://`` master (an in-process session)."""
-    if os.environ.get(ENV_SPARK_MASTER, "").startswith("spark://"):
+    """Whether this driver's executors run on a Spark standalone cluster's workers or in
+    Kubernetes executor pods: the launcher said so (``TRUSTEDML_SPARK_MASTER``, set by
+    ``trustedml submit/run --master spark://...``), or this process's active
+    SparkContext runs on a ``spark://`` or ``k8s://`` master (an in-process session, or
+    the driver of a Kubernetes pod)."""
+    if os.environ.get(ENV_SPARK_MASTER, "").startswith(_REMOTE_EXECUTOR_MASTERS):
         return True
     # Only a process that already imported pyspark can have an active context.
     pyspark = sys.modules.get("pyspark")
     context = getattr(getattr(pyspark, "SparkContext", None), "_active_spark_context", None)
-    return str(getattr(context, "master", "") or "").startswith("spark://")
+    return str(getattr(context, "master", "") or "").startswith(_REMOTE_EXECUTOR_MASTERS)
 
 
 def this_worker() -> str:

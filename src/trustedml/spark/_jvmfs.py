@@ -205,7 +205,8 @@ def hand_keys(spark: SparkSession, keystore: KeyStore, key_ids: Collection[str])
     """
     ids = sorted(set(key_ids))
     workers = keystore.for_workers(ids)
-    standalone = str(spark.sparkContext.master or "").startswith("spark://")
+    # Executors in other TEEs (a standalone cluster's workers, Kubernetes pods).
+    standalone = str(spark.sparkContext.master or "").startswith(("spark://", "k8s://"))
     options: dict[str, str] = {}
     if standalone:
         if not isinstance(workers, _ExecutorStore):
