@@ -2,6 +2,8 @@
 Kubernetes Secrets, every manifest generated (and checkable offline)."""
 
 from trustedml.k8s._apply import AppliedObject, ApplyResult, apply, delete
+from trustedml.k8s._lint import lint_manifests
+from trustedml.k8s._lint_rules import K8S_LINT_RULES
 from trustedml.k8s._manifests import (
     APP_DIR,
     AUTH_DIR,
@@ -44,6 +46,7 @@ __all__ = [
     "DEFAULT_IMAGE",
     "FILES",
     "IMAGE_PYTHON",
+    "K8S_LINT_RULES",
     "K8S_TEES",
     "LABEL_APP",
     "LABEL_ROLE",
@@ -62,6 +65,7 @@ __all__ = [
     "Toleration",
     "apply",
     "delete",
+    "lint_manifests",
     "parse_toleration",
     "pod_specs_jar",
     "render",
