@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -22,6 +23,7 @@ from trustedml.cli._common import (
 )
 from trustedml.cluster import lint_cluster
 from trustedml.errors import TrustedMLError
+from trustedml.k8s import lint_manifests
 from trustedml.runtime import ENV_BROKER_CA, ENV_BROKER_URL
 from trustedml.spark import Finding, Severity, lint_conf_files
 from trustedml.tee import ENV_SIM_KEY, ENV_TSM_ROOT
@@ -33,7 +35,7 @@ _SEVERITY_STYLE = {Severity.HIGH: "bold red", Severity.MEDIUM: "yellow", Severit
 @click.command(
     "doctor",
     cls=Command,
-    short_help="Check this machine, or lint a Spark conf or cluster.",
+    short_help="Check this machine, or lint a Spark conf, cluster or K8s render.",
 )
 @stacked(
     *(
@@ -47,6 +49,7 @@ _SEVERITY_STYLE = {Severity.HIGH: "bold red", Severity.MEDIUM: "yellow", Severit
         for flag, dest, text in (
             ("--conf", "conf_files", "Lint this Spark properties file (spark-defaults.conf)"),
             ("--cluster", "cluster_dirs", "Lint the running cluster of this cluster directory"),
+            ("--k8s", "k8s_dirs", "Lint this folder of Kubernetes manifests (a render's --out)"),
         )
     )
 )
@@ -74,6 +77,7 @@ _SEVERITY_STYLE = {Severity.HIGH: "bold red", Severity.MEDIUM: "yellow", Severit
 def doctor_command(
     conf_files: tuple[Path, ...],
     cluster_dirs: tuple[Path, ...],
+    k8s_dirs: tuple[Path, ...],
     keys_dir: Path | None,
     broker_url: str | None,
     broker_ca: Path | None,
@@ -84,12 +88,13 @@ def doctor_command(
 
     Exits 1 when a check fails (a job of that kind cannot run here), else 0.
 
-    With --conf or --cluster, lint Spark properties files or running clusters
-    instead (docs/doctor.md): each finding has an id, a severity and the fix. Exits 1
-    when a finding is high, 2 when an input cannot be read, else 0.
+    With --conf, --cluster or --k8s, lint Spark properties files, running clusters
+    or folders of Spark-on-Kubernetes manifests instead (docs/doctor.md): each finding
+    has an id, a severity and the fix. Exits 1 when a finding is high, 2 when an input
+    cannot be read, else 0.
     """
-    if conf_files or cluster_dirs:
-        _lint(conf_files, cluster_dirs, as_json)
+    if conf_files or cluster_dirs or k8s_dirs:
+        _lint(conf_files, cluster_dirs, k8s_dirs, as_json)
         return
     tsm = env_path(ENV_TSM_ROOT)
     sim_key = env_path(ENV_SIM_KEY) or default_sim_key_path()
@@ -118,11 +123,22 @@ def doctor_command(
         raise SystemExit(1)
 
 
-def _lint(conf_files: Sequence[Path], cluster_dirs: Sequence[Path], as_json: bool) -> None:
+def _lint(
+    conf_files: Sequence[Path],
+    cluster_dirs: Sequence[Path],
+    k8s_dirs: Sequence[Path],
+    as_json: bool,
+) -> None:
     try:
         findings = lint_conf_files(conf_files) if conf_files else []
         if cluster_dirs:
             findings += lint_cluster(cluster_dirs)
+        for folder in k8s_dirs:
+            found = lint_manifests(folder)
+            if len(k8s_dirs) > 1:
+                # The places are file names inside the folder: say which folder.
+                found = [replace(f, where=f"{folder}: {f.where}") for f in found]
+            findings += found
     except TrustedMLError as exc:
         # An input that cannot be read is the user's to fix, like a bad option.
         raise CommandError(str(exc), 2) from exc

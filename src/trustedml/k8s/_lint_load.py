@@ -34,6 +34,16 @@ class _Map(dict[Any, Any]):
         self.line: int | None = None
 
 
+class _Seq(list[Any]):
+    """A YAML sequence that remembers the line it starts on."""
+
+    __slots__ = ("line",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.line: int | None = None
+
+
 def as_map(value: Any) -> Mapping[str, Any]:
     """``value`` if it is a mapping, else an empty one (a malformed field is skipped)."""
     return value if isinstance(value, Mapping) else {}
@@ -45,15 +55,19 @@ def as_list(value: Any) -> list[Any]:
 
 
 def as_str(value: Any) -> str:
-    """``value`` as text: a YAML scalar (``true``, ``8``) as Kubernetes would read it."""
+    """``value`` as text: a YAML scalar (``true``, ``8``) as Kubernetes would read it;
+    a list or mapping (malformed there) as empty."""
     if isinstance(value, bool):
         return str(value).lower()
-    return value if isinstance(value, str) else "" if value is None else str(value)
+    if isinstance(value, int | float):
+        return str(value)
+    # Not str() of a list or mapping: YAML aliases can make one huge to print.
+    return value if isinstance(value, str) else ""
 
 
 def line_of(value: Any) -> int | None:
-    """The line a YAML mapping starts on (None for JSON and other values)."""
-    return value.line if isinstance(value, _Map) else None
+    """The line a YAML mapping or sequence starts on (None for JSON and scalars)."""
+    return value.line if isinstance(value, _Map | _Seq) else None
 
 
 @dataclass(frozen=True)
@@ -118,8 +132,15 @@ def _loader() -> Any:
         yield data
         data.update(loader.construct_mapping(node))
 
+    def construct_seq(loader: Any, node: Any) -> Iterator[_Seq]:
+        data = _Seq()
+        data.line = node.start_mark.line + 1
+        yield data
+        data.extend(loader.construct_sequence(node))
+
     loader: Any = type("ManifestLoader", (base,), {})
     loader.add_constructor("tag:yaml.org,2002:map", construct_map)
+    loader.add_constructor("tag:yaml.org,2002:seq", construct_seq)
     return yaml, loader
 
 

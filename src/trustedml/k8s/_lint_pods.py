@@ -163,13 +163,13 @@ def _privileges(pod: PodView) -> list[Finding]:
         if added:
             escalation.append("capabilities added: " + ", ".join(added))
         if escalation:
-            out.append(k8s_finding("TML-K008", f"{cname}: " + "; ".join(escalation), where))
+            out.append(k8s_finding("TML-K008", "; ".join(escalation), where))
         user = sc.get("runAsUser", pod_sc.get("runAsUser"))
         non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
         if user == 0 and not isinstance(user, bool):
-            out.append(k8s_finding("TML-K009", f"{cname}: runAsUser: 0", where))
+            out.append(k8s_finding("TML-K009", "runAsUser: 0", where))
         elif non_root is not True:
-            out.append(k8s_finding("TML-K009", f"{cname}: runAsNonRoot not true", where))
+            out.append(k8s_finding("TML-K009", "runAsNonRoot not true", where))
         weak = []
         if "ALL" not in [as_str(c).upper() for c in as_list(caps.get("drop"))]:
             weak.append("capabilities not dropped (drop: [ALL])")
@@ -179,7 +179,7 @@ def _privileges(pod: PodView) -> list[Finding]:
         if sc.get("readOnlyRootFilesystem") is not True:
             weak.append("root file system writable")
         if weak:
-            out.append(k8s_finding("TML-K018", f"{cname}: " + "; ".join(weak), where))
+            out.append(k8s_finding("TML-K018", "; ".join(weak), where))
     return out
 
 
