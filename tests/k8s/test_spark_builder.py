@@ -219,9 +219,12 @@ def test_the_driver_runs_sparks_own_command(checked: Checked, tee: str) -> None:
     assert spec.executor_container["args"] == ["executor"]
     assert spec.driver_container["name"] == "spark-driver"
     assert spec.executor_container["name"] == "spark-executor"
-    assert (
-        spec.executor_pod["spec"]["serviceAccountName"] == f"{checked.renders[tee].name}-executor"
-    )
+    app = checked.renders[tee].name
+    # Only the driver holds an API token (it creates the executors).
+    assert spec.driver_pod["spec"]["serviceAccountName"] == f"{app}-driver"
+    assert spec.driver_pod["spec"]["automountServiceAccountToken"] is True
+    assert spec.executor_pod["spec"]["serviceAccountName"] == f"{app}-executor"
+    assert spec.executor_pod["spec"]["automountServiceAccountToken"] is False
 
 
 def test_no_secret_value_in_any_pod_conf_or_argv(checked: Checked) -> None:

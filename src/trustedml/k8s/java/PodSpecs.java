@@ -55,6 +55,7 @@ import org.apache.spark.resource.ResourceProfile$;
 import org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBuilder;
 import scala.Option;
 import scala.Tuple4;
+import scala.collection.immutable.Seq;
 import scala.jdk.javaapi.CollectionConverters;
 
 /**
@@ -153,8 +154,9 @@ public final class PodSpecs {
   private static ObjectNode specs(String[] args, Path authFile) throws IOException {
     SparkSubmit submit = new SparkSubmit();
     SparkSubmitArguments parsed = submit.parseArguments(args);
-    Tuple4<scala.collection.immutable.Seq<String>, scala.collection.immutable.Seq<String>, SparkConf, String>
-        env = submit.prepareSubmitEnvironment(parsed, Option.empty());
+    // (child args, child classpath, conf, child main class), as spark-submit computes them.
+    Tuple4<Seq<String>, Seq<String>, SparkConf, String> env =
+        submit.prepareSubmitEnvironment(parsed, Option.empty());
     if (!K8S_SUBMIT_CLASS.equals(env._4())) {
       throw new Refused(
           "spark-submit would run "
@@ -175,7 +177,8 @@ public final class PodSpecs {
             client.proxyUser());
     Path tmp = Files.createTempDirectory("trustedml-podspecs-");
     try (KubernetesClient k8s = offlineClient(driverConf.namespace())) {
-      KubernetesDriverSpec driver = new KubernetesDriverBuilder().buildFromFeatures(driverConf, k8s);
+      KubernetesDriverSpec driver =
+          new KubernetesDriverBuilder().buildFromFeatures(driverConf, k8s);
       ObjectNode out = JSON.createObjectNode();
       Pod driverPod = driverNode(out.putObject("driver"), driverConf, driver);
       executorNode(out.putObject("executor"), conf, driver, driverPod, appId, k8s, tmp, authFile);
@@ -186,8 +189,8 @@ public final class PodSpecs {
   }
 
   /** The driver as Client.run would create it (its conf ConfigMap mounted). */
-  private static Pod driverNode(ObjectNode out, KubernetesDriverConf conf, KubernetesDriverSpec spec)
-      throws IOException {
+  private static Pod driverNode(
+      ObjectNode out, KubernetesDriverConf conf, KubernetesDriverSpec spec) throws IOException {
     Constants$ names = Constants$.MODULE$;
     String configMapName = KubernetesClientUtils.configMapNameDriver();
     scala.collection.immutable.Map<String, String> files =
@@ -215,7 +218,8 @@ public final class PodSpecs {
             .addNewVolume()
             .withName(names.SPARK_CONF_VOLUME_DRIVER())
             .withNewConfigMap()
-            .withItems(KubernetesClientUtils.buildKeyToPathObjectsJava(CollectionConverters.asJava(files)))
+            .withItems(
+                KubernetesClientUtils.buildKeyToPathObjectsJava(CollectionConverters.asJava(files)))
             .withName(configMapName)
             .endConfigMap()
             .endVolume()
@@ -223,7 +227,8 @@ public final class PodSpecs {
             .build();
     out.set("pod", model(pod));
     out.set("container", model(container));
-    out.set("systemProperties", JSON.valueToTree(new TreeMap<>(spec.getSystemPropertiesAsJavaMap())));
+    Map<String, String> properties = new TreeMap<>(spec.getSystemPropertiesAsJavaMap());
+    out.set("systemProperties", JSON.valueToTree(properties));
     out.set("preResources", models(spec.getDriverPreKubernetesResourcesAsJavaList()));
     out.set("resources", models(spec.getDriverKubernetesResourcesAsJavaList()));
     out.set("confMap", model(confMap));
@@ -244,19 +249,23 @@ public final class PodSpecs {
     // The driver runs with the submit conf plus the system properties Spark gave it.
     SparkConf conf = submitConf.clone();
     driver.getSystemPropertiesAsJavaMap().forEach(conf::set);
-    conf.set("spark.app.id", appId);
     localExecutorTemplate(conf, driver, tmp);
+    ResourceProfile$ profiles = ResourceProfile$.MODULE$;
     KubernetesExecutorConf executorConf =
         KubernetesConf.createExecutorConf(
-            conf, "1", appId, Option.apply(driverPod), ResourceProfile$.MODULE$.DEFAULT_RESOURCE_PROFILE_ID());
+            conf, "1", appId, Option.apply(driverPod), profiles.DEFAULT_RESOURCE_PROFILE_ID());
     SecurityManager security = driverSecurity(conf, tmp, authFile);
     KubernetesExecutorSpec spec =
         new KubernetesExecutorBuilder()
             .buildFromFeatures(
-                executorConf, security, k8s, ResourceProfile$.MODULE$.getOrCreateDefaultProfile(conf));
+                executorConf, security, k8s, profiles.getOrCreateDefaultProfile(conf));
     SparkPod pod = spec.pod();
     Pod withContainer =
-        new PodBuilder(pod.pod()).editOrNewSpec().addToContainers(pod.container()).endSpec().build();
+        new PodBuilder(pod.pod())
+            .editOrNewSpec()
+            .addToContainers(pod.container())
+            .endSpec()
+            .build();
     out.set("pod", model(withContainer));
     out.set("container", model(pod.container()));
     out.set("resources", models(CollectionConverters.asJava(spec.executorKubernetesResources())));
@@ -285,18 +294,22 @@ public final class PodSpecs {
         }
       }
     }
-    List<HasMetadata> resources = new ArrayList<>(driver.getDriverPreKubernetesResourcesAsJavaList());
+    List<HasMetadata> resources =
+        new ArrayList<>(driver.getDriverPreKubernetesResourcesAsJavaList());
     resources.addAll(driver.getDriverKubernetesResourcesAsJavaList());
     for (HasMetadata resource : resources) {
       String dataKey = keyOfMap.get(resource.getMetadata().getName());
-      if (resource instanceof ConfigMap map && dataKey != null && map.getData().containsKey(dataKey)) {
+      if (resource instanceof ConfigMap map
+          && dataKey != null
+          && map.getData().containsKey(dataKey)) {
         Path local = tmp.resolve(name);
         Files.writeString(local, map.getData().get(dataKey), StandardCharsets.UTF_8);
         conf.set(key, local.toString());
         return;
       }
     }
-    throw new Refused("the executor pod template " + conf.get(key) + " is in no ConfigMap Spark made");
+    throw new Refused(
+        "the executor pod template " + conf.get(key) + " is in no ConfigMap Spark made");
   }
 
   /**
@@ -316,14 +329,17 @@ public final class PodSpecs {
       Path file = authFile;
       if (file == null) {
         file = tmp.resolve("auth-secret");
-        Files.createFile(file, PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-------")));
+        Files.createFile(
+            file,
+            PosixFilePermissions.asFileAttribute(PosixFilePermissions.fromString("rw-------")));
         byte[] secret = new byte[32];
         new SecureRandom().nextBytes(secret);
         Files.writeString(file, HexFormat.of().formatHex(secret), StandardCharsets.US_ASCII);
       }
       copy.set("spark.authenticate.secret.driver.file", file.toAbsolutePath().toString());
     }
-    SecurityManager security = new SecurityManager(copy, Option.empty(), config.AUTH_SECRET_FILE_DRIVER());
+    SecurityManager security =
+        new SecurityManager(copy, Option.empty(), config.AUTH_SECRET_FILE_DRIVER());
     security.initializeAuth();
     return security;
   }
@@ -414,7 +430,10 @@ public final class PodSpecs {
         continue;
       }
       String message = t.getMessage();
-      String part = t instanceof Refused ? message : t.getClass().getSimpleName() + (message == null ? "" : ": " + message);
+      String part =
+          t instanceof Refused
+              ? message
+              : t.getClass().getSimpleName() + (message == null ? "" : ": " + message);
       if (line.indexOf(part) < 0) {
         line.append(line.length() == 0 ? "" : " <- ").append(part);
       }
