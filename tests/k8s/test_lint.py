@@ -355,6 +355,26 @@ def test_project_render_passes(renders: dict[str, Path], tee: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("tee", "extra"),
+    [
+        ("gramine", {"rpc_tls": True, "enclave_size": "16G", "node_selector": {"pool": "sgx"}}),
+        ("cvm", {"runtime_class": "kata-qemu-snp", "rpc_tls": True}),
+        ("cvm", {"broker_url": None, "master": "k8s://https://api.example.com:6443"}),
+    ],
+)
+def test_project_render_variants_pass(
+    render_for: Render, k8s_app: Path, tee: str, extra: dict[str, Any]
+) -> None:
+    # Code files named like secrets are code, not secrets; a zip is binaryData.
+    helper = k8s_app.parent / "password_utils.py"
+    helper.write_text("TOKEN_HEADER = 'x-token'\n")
+    deps = k8s_app.parent / "deps.zip"
+    deps.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+    rendered = render_for(tee, py_files=(helper, deps), **extra)
+    assert lint_manifests(rendered.out) == []
+
+
+@pytest.mark.parametrize(
     ("rule", "tee", "file", "edit", "also"),
     CASES,
     ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(CASES)],
