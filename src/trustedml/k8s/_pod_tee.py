@@ -183,7 +183,7 @@ def _launch(
         )
     )
     # The backend calls any measurement the job's; an executor's is the pod's own.
-    notes = (f"{role} measurement {measurement.hex}",)
+    notes: tuple[str, ...] = (f"{role} measurement {measurement.hex}",)
     notes += tuple(n for n in plan.notes if not n.startswith("job measurement"))
     return PodLaunch(plan.argv, plan.env, plan.banner, notes, plan.checks)
 
