@@ -66,10 +66,15 @@ class _Conf:
             for prop in props:
                 self.values[prop.key] = (prop.value, f"{name}:{prop.line}")
         argv = folder.argv or []
-        for i, arg in enumerate(argv[:-1]):
-            if arg in ("--conf", "-c"):
-                key, _, value = argv[i + 1].partition("=")
-                self.values[key] = (value, ARGV_FILE)
+        for i, arg in enumerate(argv):
+            if arg in ("--conf", "-c") and i + 1 < len(argv):
+                setting = argv[i + 1]
+            elif arg.startswith("--conf="):
+                setting = arg.removeprefix("--conf=")
+            else:
+                continue
+            key, _, value = setting.partition("=")
+            self.values[key] = (value, ARGV_FILE)
 
     def get(self, key: str) -> str:
         return self.values.get(key, ("", ""))[0].strip()
