@@ -163,13 +163,13 @@ def _launch(
     conf_dir: Path,
     **job: object,
 ) -> PodLaunch:
+    notes: tuple[str, ...] = (f"{role} measurement {measurement.hex}",)
     if tee == "gramine":
         # Already inside the enclave (the image's signed manifest): its evidence is the
         # enclave's own; the job measurement goes into report_data when it attests.
         inside = {k: v for k, v in env.items() if k not in JOB_ENV}
         inside[ENV_TEE] = tee
         inside[ENV_JOB_MEASUREMENT] = measurement.hex
-        notes = (f"{role} measurement {measurement.hex}",)
         return PodLaunch(tuple(argv), inside, notes=notes, checks=(measurement.verify_files,))
     plan = _backend(tee, env).prepare(
         Job(
@@ -183,7 +183,6 @@ def _launch(
         )
     )
     # The backend calls any measurement the job's; an executor's is the pod's own.
-    notes: tuple[str, ...] = (f"{role} measurement {measurement.hex}",)
     notes += tuple(n for n in plan.notes if not n.startswith("job measurement"))
     return PodLaunch(plan.argv, plan.env, plan.banner, notes, plan.checks)
 
