@@ -143,3 +143,24 @@ def test_apply_needs_a_passphrase_and_writes_the_render_first(
     assert result.exit_code == 2, result.output
     assert "a passphrase is needed" in result.stderr
     assert (out / "secrets.yaml").is_file()
+
+
+def test_spark_check_builds_the_pods_with_sparks_own_code(
+    app: Path, session_keys: KeyDirectory, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    rendered = invoke(
+        "k8s", "render", str(app), "--master", MASTER, "--keys", str(session_keys.path),
+        "--tee", "cvm", "--out", str(out), "--name", "tml-check",
+    )  # fmt: skip
+    assert rendered.exit_code == 0, rendered.output
+    result = invoke("k8s", "spark-check", str(out))
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stdout.split())
+    assert "Spark built driver pod tml-check-driver and executor pod tml-check-exec-1" in said
+    assert (
+        "from Secrets: TRUSTEDML_SSL_KEYSTORE_PASSWORD, TRUSTEDML_SSL_TRUSTSTORE_PASSWORD" in said
+    )
+    missing = invoke("k8s", "spark-check", str(tmp_path / "nothing"))
+    assert missing.exit_code != 0
+    assert "Traceback" not in missing.output

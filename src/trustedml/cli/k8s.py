@@ -31,6 +31,7 @@ from trustedml.k8s import (
     parse_toleration,
     render,
     secret_bundle,
+    spark_pod_specs,
     submit_kubernetes,
 )
 from trustedml.tee import ENV_SIM_KEY
@@ -318,3 +319,33 @@ def delete_command(name: str, namespace: str, kubeconfig: Path | None, context: 
     """Delete the objects `k8s render --apply` created for application NAME."""
     kinds = delete(name, namespace, kubeconfig=kubeconfig, context=context)
     err_console.print(f"deleted {', '.join(kinds) or 'nothing'} of {namespace}/{name}")
+
+
+@k8s_group.command("spark-check", short_help="Build the pods with Spark's own code, offline.")
+@click.argument(
+    "renders", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path)
+)
+@click.option("--json", "as_json", is_flag=True, help="Print everything Spark built.")
+def spark_check_command(renders: tuple[Path, ...], as_json: bool) -> None:
+    """Run Spark's own Kubernetes submission code on each render folder with no cluster
+    (its client refuses every request): the driver and executor pods and the objects
+    Spark would create, after Spark merged its parts into the pod templates. A conf
+    Spark refuses exits 1 with Spark's reason."""
+    specs = spark_pod_specs(renders)
+    if as_json:
+        out_console.print_json(json.dumps([dict(spec.document) for spec in specs]))
+        return
+    for spec in specs:
+        objects = [*spec.pre_resources, *spec.resources]
+        made = ", ".join(f"{o['kind']} {o['metadata']['name']}" for o in objects)
+        refs = sorted(
+            env["name"]
+            for env in spec.driver_container.get("env", [])
+            if "secretKeyRef" in env.get("valueFrom", {})
+        )
+        out_console.print(
+            f"{spec.source}: Spark built driver pod {spec.driver_pod['metadata']['name']} "
+            f"and executor pod {spec.executor_pod['metadata']['name']}; "
+            f"from Secrets: {', '.join(refs) or 'nothing'}; it would also create: {made}",
+            soft_wrap=True,
+        )
