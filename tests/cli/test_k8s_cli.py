@@ -162,5 +162,5 @@ def test_spark_check_builds_the_pods_with_sparks_own_code(
         "from Secrets: TRUSTEDML_SSL_KEYSTORE_PASSWORD, TRUSTEDML_SSL_TRUSTSTORE_PASSWORD" in said
     )
     missing = invoke("k8s", "spark-check", str(tmp_path / "nothing"))
-    assert missing.exit_code != 0
+    assert missing.exit_code == 2
     assert "Traceback" not in missing.output

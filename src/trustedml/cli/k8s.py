@@ -323,7 +323,10 @@ def delete_command(name: str, namespace: str, kubeconfig: Path | None, context: 
 
 @k8s_group.command("spark-check", short_help="Build the pods with Spark's own code, offline.")
 @click.argument(
-    "renders", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path)
+    "renders",
+    nargs=-1,
+    required=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
 )
 @click.option("--json", "as_json", is_flag=True, help="Print everything Spark built.")
 def spark_check_command(renders: tuple[Path, ...], as_json: bool) -> None:
