@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.conftest import PASSPHRASE
+from tests.conftest import EXAMPLES, PASSPHRASE, ROOT
 from tests.k8s.conftest import BROKER, MASTER
 from tests.secret_scan import hits
 from trustedml import KeyDirectory, Secret
@@ -164,3 +166,43 @@ def test_spark_check_builds_the_pods_with_sparks_own_code(
     missing = invoke("k8s", "spark-check", str(tmp_path / "nothing"))
     assert missing.exit_code == 2
     assert "Traceback" not in missing.output
+
+
+def _readme_commands() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Running on Kubernetes", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("trustedml "):
+                commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def test_the_readme_walkthrough_runs_as_written(
+    session_keys: KeyDirectory, session_passphrase_file: Path, tmp_path: Path
+) -> None:
+    # The walkthrough's own commands, with this machine's key directory and folders; the
+    # submit is a --dry-run (no cluster here) and needs no kubeconfig.
+    local = {
+        "~/keys": str(session_keys.path),
+        "~/pp": str(session_passphrase_file),
+        "out/": str(tmp_path / "out"),
+        "examples/pi.py": str(EXAMPLES / "pi.py"),
+    }
+    commands = _readme_commands()
+    assert [c[:2] for c in commands] == [
+        ["k8s", "render"],
+        ["doctor", "--k8s"],
+        ["submit", "--master"],
+    ]
+    for args in commands:
+        args = [local.get(arg, arg) for arg in args]
+        if args[0] == "submit":
+            at = args.index("--kubeconfig")
+            args[at : at + 2] = ["--dry-run"]
+        result = invoke(*args)
+        assert result.exit_code == 0, (args, result.output)
+    assert json.loads((tmp_path / "out" / "render.json").read_text())["namespace"] == "ml-jobs"
