@@ -33,7 +33,7 @@ from tests.secret_scan import hits
 from trustedml import KeyDirectory, Secret
 from trustedml.attestation import SimProvider
 from trustedml.errors import ConfigError
-from trustedml.k8s import SparkPodSpecs, secret_bundle, spark_pod_specs
+from trustedml.k8s import RenderedApp, SparkPodSpecs, secret_bundle, spark_pod_specs
 from trustedml.k8s._pod import EXECUTOR_CLASS, EXECUTOR_ENV, PYTHON_RUNNER
 from trustedml.k8s._pod_gramine import (
     ENV_POD_ARGV,
@@ -64,7 +64,13 @@ class Pods:
     """Two submissions of one sim render through Spark's own code (one JVM), the
     render's Secret data, and a sim key file standing for the mounted Secret."""
 
-    def __init__(self, specs: list[SparkPodSpecs], secrets: dict[str, dict[str, Secret]]) -> None:
+    def __init__(
+        self,
+        rendered: RenderedApp,
+        specs: list[SparkPodSpecs],
+        secrets: dict[str, dict[str, Secret]],
+    ) -> None:
+        self.rendered = rendered
         self.specs = specs
         self.secrets = secrets
 
@@ -86,7 +92,7 @@ def pods(
         rendered, session_keys, Secret(PASSPHRASE), sim_key=scratch / "sim-key.pem"
     )
     specs = spark_pod_specs([rendered, rendered], app=APP, app_args=ARGS)
-    return Pods(specs, {name: dict(bundle[name]) for name in bundle})
+    return Pods(rendered, specs, {name: dict(bundle[name]) for name in bundle})
 
 
 def pod_env(
@@ -312,10 +318,13 @@ def test_the_driver_runs_sparks_client_mode_submit_on_measured_private_copies(
 
 
 @pytest.mark.spark
-def test_the_same_render_measures_the_same_on_every_submission(pods: Pods, tmp_path: Path) -> None:
+def test_the_same_render_measures_the_same_on_every_submission(
+    pods: Pods, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Spark adds ids, times, names and addresses per submission: left out, so a broker
-    policy can pin the job's digest; the application, its arguments and the security
-    properties stay in."""
+    policy can pin the job's digest (``measure-driver`` gives it from the render, before
+    any submission); the application, its arguments and the security properties stay
+    in."""
     first = [
         driver_launch(*driver_pod(pods, n, tmp_path / str(n), "print(1)\n")).env[
             "TRUSTEDML_JOB_MEASUREMENT"
@@ -334,6 +343,13 @@ def test_the_same_render_measures_the_same_on_every_submission(pods: Pods, tmp_p
     assert measured["spark.network.crypto.enabled"] == "true"
     assert "spark.app.id" not in measured
     assert "spark.driver.host" not in measured
+
+    # Before any submission, from the render's own spark.properties: the same digest.
+    args, env = driver_pod(pods, 0, tmp_path / "render", "print(1)\n")
+    args[1] = str(pods.rendered.out / "spark.properties")
+    monkeypatch.setenv("TRUSTEDML_POD_WORK", env["TRUSTEDML_POD_WORK"])
+    assert main(["measure-driver", *args]) == 0
+    assert capsys.readouterr().out.strip() == first[0]
 
     other_code = driver_launch(*driver_pod(pods, 0, tmp_path / "code", "print(2)\n"))
     args, env = driver_pod(pods, 0, tmp_path / "args", "print(1)\n")

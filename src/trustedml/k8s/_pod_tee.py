@@ -11,6 +11,7 @@ Python workers attest with that pod's evidence, binding the driver's job measure
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from trustedml._fs import write_private
 from trustedml._version import __version__
 from trustedml.errors import ConfigError
 from trustedml.k8s._pod import (
+    DriverArgs,
     driver_command,
     executor_command,
     local_path,
@@ -52,6 +54,7 @@ __all__ = [
     "SUBMISSION_KEYS",
     "PodLaunch",
     "driver_launch",
+    "driver_measurement",
     "executor_launch",
     "executor_measurement",
     "pod_conf",
@@ -62,11 +65,12 @@ DEFAULT_SIM_KEY = Path("/etc/trustedml/sim/sim-key.pem")
 # Where the driver keeps the measured copies (the gramine image makes it an encrypted
 # mount sealed to the enclave; elsewhere a private directory of the pod's /tmp).
 ENV_POD_WORK = "TRUSTEDML_POD_WORK"
-# What Spark's submission client and the driver pod add to the conf for each run (ids,
-# names, times, the driver's address, the submitting machine's paths): left out of
-# the measurement so that the same render measures the same on every run. What they
-# protect is measured elsewhere (the conf's security properties, the pod templates'
-# content is not code that runs in the TEE).
+# What Spark's submission client and the driver pod add to the conf (ids, names, times,
+# the driver's address, the submitting machine's paths, the resource type the .py
+# application implies): left out of the measurement so that the same render measures
+# the same on every run, and the same as its spark.properties. What they decide is
+# measured elsewhere (the application, the security properties) or is not code that
+# runs in the TEE (the pod templates).
 SUBMISSION_KEYS = frozenset(
     {
         "spark.app.id",
@@ -81,6 +85,7 @@ SUBMISSION_KEYS = frozenset(
         "spark.kubernetes.submitInDriver",
         "spark.kubernetes.memoryOverheadFactor",
         "spark.kubernetes.driver.podTemplateFile",
+        "spark.kubernetes.resource.type",
         "spark.kubernetes.executor.podTemplateFile",
         "spark.submit.deployMode",
     }
@@ -125,11 +130,15 @@ class _PodSettings:
 
 
 def pod_conf(conf: Mapping[str, str]) -> dict[str, str]:
-    """``conf`` less what Spark's submission adds per run (:data:`SUBMISSION_KEYS`)."""
+    """``conf`` less what Spark's submission adds (:data:`SUBMISSION_KEYS`, and the
+    empty ``spark.submit.pyFiles`` it writes for a job without py-files): the render's
+    own properties and the pod's measure the same."""
     return {
         k: v
         for k, v in conf.items()
-        if k not in SUBMISSION_KEYS and not k.startswith(_SUBMISSION_PREFIXES)
+        if k not in SUBMISSION_KEYS
+        and not k.startswith(_SUBMISSION_PREFIXES)
+        and not (k == "spark.submit.pyFiles" and not v.strip())
     }
 
 
@@ -206,6 +215,42 @@ def _work_dir(env: Mapping[str, str]) -> Path:
     return Path(tempfile.mkdtemp(prefix="trustedml-driver-", dir=base))
 
 
+@dataclass(frozen=True)
+class _DriverJob:
+    """The driver's job as measured: its private copies, conf and measurement."""
+
+    args: DriverArgs
+    work: Path
+    properties_file: Path
+    app: Path
+    py_files: tuple[Path, ...]
+    settings: _PodSettings
+    measurement: JobMeasurement
+
+
+def _driver_job(parsed: DriverArgs, env: Mapping[str, str]) -> _DriverJob:
+    work = _work_dir(env)
+    props = _private_copy(parsed.properties_file, work)
+    conf = {p.key: p.value for p in read_properties(props)}
+    app = _private_copy(local_path(parsed.resource), work)
+    py_uris = [u.strip() for u in conf.get("spark.submit.pyFiles", "").split(",") if u.strip()]
+    py_files = tuple(_private_copy(local_path(u), work) for u in py_uris)
+    settings = _PodSettings(conf)
+    measurement = measure_job(
+        app, parsed.app_args, py_files, settings, launcher="submit", java=java_binary(env)
+    )
+    return _DriverJob(parsed, work, props, app, py_files, settings, measurement)
+
+
+def driver_measurement(args: Sequence[str], env: Mapping[str, str]) -> JobMeasurement:
+    """The job measurement a driver pod given ``args`` takes (no TEE, nothing run):
+    ``args`` may name the render's ``spark.properties``, which measures the same as the
+    conf Spark's submission mounts in the pod (its additions are left out)."""
+    job = _driver_job(parse_driver_args(args), env)
+    shutil.rmtree(job.work, ignore_errors=True)
+    return job.measurement
+
+
 def driver_launch(args: Sequence[str], env: Mapping[str, str]) -> PodLaunch:
     """The driver pod's launch: Spark's ``driver`` arguments parsed, the properties
     file, application and py-files copied to a private directory and measured there,
@@ -214,20 +259,14 @@ def driver_launch(args: Sequence[str], env: Mapping[str, str]) -> PodLaunch:
     tee = _tee(env)
     bind = require(env, "SPARK_DRIVER_BIND_ADDRESS", _SPARK_WHY)
     home = Path(env["SPARK_HOME"]) if env.get("SPARK_HOME") else spark_home()
-    work = _work_dir(env)
-    props = _private_copy(parsed.properties_file, work)
-    conf = {p.key: p.value for p in read_properties(props)}
-    app = _private_copy(local_path(parsed.resource), work)
-    py_uris = [u.strip() for u in conf.get("spark.submit.pyFiles", "").split(",") if u.strip()]
-    py_files = [_private_copy(local_path(u), work) for u in py_uris]
-    settings = _PodSettings(conf)
-    measurement = measure_job(
-        app, parsed.app_args, py_files, settings, launcher="submit", java=java_binary(env)
-    )
-    argv = driver_command(home, bind, parsed, properties_file=props, app=app, py_files=py_files)
+    job = _driver_job(parsed, env)
+    argv = driver_command(
+        home, bind, job.args, properties_file=job.properties_file, app=job.app,
+        py_files=job.py_files,
+    )  # fmt: skip
     return _launch(
-        tee, "driver", argv, env, measurement, settings, work,
-        app=app, args=parsed.app_args, py_files=tuple(py_files),
+        tee, "driver", argv, env, job.measurement, job.settings, job.work,
+        app=job.app, args=job.args.app_args, py_files=job.py_files,
     )  # fmt: skip
 
 

@@ -7,8 +7,10 @@ ENTRYPOINT): Spark's ``driver ...`` or ``executor`` inside the pod's TEE.
   broker with that pod's evidence;
 - ``executor``: Spark's executor JVM from the pod's ``SPARK_*`` variables, with the
   pod's evidence for the key agents that attest for its data keys;
-- ``measure-executor``: print the executor measurement of this image (for a broker
-  policy);
+- ``measure-executor``: print the executor measurement of this image, and
+  ``measure-driver --properties-file RENDER/spark.properties --class C local:///APP
+  [ARGS]``: the job measurement a driver pod of this image will take (for a broker
+  policy, before the job runs);
 - with ``TRUSTEDML_TEE=gramine`` the entrypoint first enters the image's signed enclave
   and does the above inside it.
 
@@ -24,13 +26,19 @@ from collections.abc import Mapping, Sequence
 
 from trustedml.errors import ConfigError, TrustedMLError
 from trustedml.k8s._pod_gramine import enclave_launch, in_enclave, pod_argv
-from trustedml.k8s._pod_tee import PodLaunch, driver_launch, executor_launch, executor_measurement
+from trustedml.k8s._pod_tee import (
+    PodLaunch,
+    driver_launch,
+    driver_measurement,
+    executor_launch,
+    executor_measurement,
+)
 from trustedml.tee import ENV_TEE
 
 __all__ = ["TINI", "exec_command", "launch", "main"]
 
 TINI = "/usr/bin/tini"
-_USAGE = "expected driver ARGS..., executor or measure-executor"
+_USAGE = "expected driver ARGS..., executor, measure-driver ARGS... or measure-executor"
 
 
 def launch(argv: Sequence[str], env: Mapping[str, str]) -> PodLaunch:
@@ -57,10 +65,13 @@ def exec_command(plan: PodLaunch) -> list[str]:
 
 
 def _run(argv: Sequence[str]) -> int:
+    env: Mapping[str, str] = os.environ
     if list(argv[:1]) == ["measure-executor"]:
         print(executor_measurement().hex)
         return 0
-    env: Mapping[str, str] = os.environ
+    if list(argv[:1]) == ["measure-driver"]:
+        print(driver_measurement(argv[1:], env).hex)
+        return 0
     if env.get(ENV_TEE) == "gramine" and in_enclave():
         # Inside the enclave, the role and arguments come in from the pod (see
         # _pod_gramine); the enclave's own argv is fixed by its manifest.
