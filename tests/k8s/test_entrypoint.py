@@ -45,12 +45,13 @@ from trustedml.k8s._pod_gramine import (
 )
 from trustedml.k8s._pod_tee import (
     SUBMISSION_KEYS,
+    PodLaunch,
     driver_launch,
     executor_launch,
     executor_measurement,
     pod_conf,
 )
-from trustedml.k8s.entrypoint import main
+from trustedml.k8s.entrypoint import TINI, exec_command, main
 from trustedml.runtime import on_standalone_cluster
 from trustedml.spark import measured_conf, parse_properties, spark_home
 from trustedml.tee import GramineRuntime, java_binary, job_evidence_provider
@@ -427,6 +428,13 @@ def test_the_gramine_image_manifest_trusts_the_image_and_passes_only_names_in(
     assert f"file:{site}/" in trusted
     assert "file:/opt/trustedml/app/" in sgx["allowed_files"]
     assert not any(t.startswith("file:/opt/trustedml/app") for t in trusted)
+
+
+def test_the_pods_command_runs_under_tini_outside_an_enclave() -> None:
+    plan = PodLaunch(("/opt/java/bin/java", "-version"), {})
+    assert exec_command(plan, enclave=True) == ["/opt/java/bin/java", "-version"]
+    under = [TINI, "-s", "--"] if os.access(TINI, os.X_OK) else []
+    assert exec_command(plan) == [*under, "/opt/java/bin/java", "-version"]
 
 
 def test_inside_the_enclave_the_pods_arguments_come_from_one_variable(tmp_path: Path) -> None:

@@ -169,6 +169,8 @@ def image_manifest(
         runtime=runtime,
         enclave_size=enclave_size,
         max_threads=max_threads,
+        # The driver runs bin/spark-submit, a bash script: the shell tools are trusted.
+        shell_tools=True,
     )
     site = Path(sysconfig.get_path("purelib"))
     manifest["sgx"]["trusted_files"] += [f"file:{site}/", f"file:{cache}/"]

@@ -57,22 +57,26 @@ def launch(argv: Sequence[str], env: Mapping[str, str]) -> PodLaunch:
     raise ConfigError(f"unknown command {mode!r}: {_USAGE}")
 
 
-def exec_command(plan: PodLaunch) -> list[str]:
+def exec_command(plan: PodLaunch, *, enclave: bool = False) -> list[str]:
     """The argv to exec: under tini (the pod's PID 1 reaps Spark's children, as in
-    Spark's own image) when the image has it."""
+    Spark's own image) when the image has it; inside an enclave as is (the tini outside
+    already reaps gramine-sgx's children)."""
     argv = list(plan.argv)
-    return [TINI, "-s", "--", *argv] if os.access(TINI, os.X_OK) else argv
+    if enclave or not os.access(TINI, os.X_OK):
+        return argv
+    return [TINI, "-s", "--", *argv]
 
 
 def _run(argv: Sequence[str]) -> int:
     env: Mapping[str, str] = os.environ
+    enclave = env.get(ENV_TEE) == "gramine" and in_enclave()
     if list(argv[:1]) == ["measure-executor"]:
         print(executor_measurement().hex)
         return 0
     if list(argv[:1]) == ["measure-driver"]:
         print(driver_measurement(argv[1:], env).hex)
         return 0
-    if env.get(ENV_TEE) == "gramine" and in_enclave():
+    if enclave:
         # Inside the enclave, the role and arguments come in from the pod (see
         # _pod_gramine); the enclave's own argv is fixed by its manifest.
         argv = pod_argv(env)
@@ -83,7 +87,7 @@ def _run(argv: Sequence[str]) -> int:
         print(f"trustedml: {note}", file=sys.stderr)
     for check in plan.checks:
         check()
-    command = exec_command(plan)
+    command = exec_command(plan, enclave=enclave)
     sys.stdout.flush()
     sys.stderr.flush()
     if not os.access(command[0], os.X_OK):
