@@ -30,9 +30,9 @@ from tests.broker.conftest import (  # noqa: F401 (fixtures)
 from tests.conftest import PASSPHRASE, ROOT, cli_env
 from tests.k8s.conftest import Render
 from tests.secret_scan import hits
-from trustedml import KeyDirectory, Secret
+from trustedml import KeyDirectory, Secret, runtime
 from trustedml.attestation import SimProvider
-from trustedml.errors import ConfigError
+from trustedml.errors import BrokerRefusedError, ConfigError
 from trustedml.k8s import RenderedApp, SparkPodSpecs, secret_bundle, spark_pod_specs
 from trustedml.k8s._pod import EXECUTOR_CLASS, EXECUTOR_ENV, PYTHON_RUNNER
 from trustedml.k8s._pod_gramine import (
@@ -52,7 +52,7 @@ from trustedml.k8s._pod_tee import (
     pod_conf,
 )
 from trustedml.k8s.entrypoint import TINI, exec_command, main
-from trustedml.runtime import on_standalone_cluster
+from trustedml.runtime import ExecutorKeyStore, on_standalone_cluster
 from trustedml.spark import measured_conf, parse_properties, spark_home
 from trustedml.tee import GramineRuntime, java_binary, job_evidence_provider
 
@@ -201,6 +201,39 @@ def test_the_executor_runs_what_sparks_entrypoint_would_with_the_pods_evidence(
     provider = job_evidence_provider(plan.env)
     assert isinstance(provider, SimProvider)
     assert provider.measurement == measurement.digest
+
+
+@pytest.mark.spark
+def test_an_executor_pod_attests_for_its_own_keys_bound_to_the_job(
+    pods: Pods,
+    broker: Broker,  # noqa: F811 (the fixture)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the executor's key agent does with the environment the entrypoint gave the
+    JVM: attest with the pod's evidence, binding the job the driver handed it."""
+    env = executor_env(pods, tmp_path)
+    env["TRUSTEDML_SIM_KEY"] = str(save_sim_private_key(broker.sim_key, tmp_path / "b.pem"))
+    plan = executor_launch(env)
+    for name in ("TRUSTEDML_TEE", "TRUSTEDML_JOB_MEASUREMENT", "TRUSTEDML_SIM_KEY"):
+        monkeypatch.setenv(name, plan.env[name])
+    monkeypatch.setenv("TRUSTEDML_WORKER", plan.env["TRUSTEDML_WORKER"])
+    job, other_job = bytes.fromhex("44" * 48), bytes.fromhex("55" * 48)
+    pod = plan.env["TRUSTEDML_JOB_MEASUREMENT"]
+    allow = {"type": "sim", "measurement": pod, "job_measurement": job.hex()}
+    key_id = broker.new_key({"allow_simulated": True, "allow": [allow]})
+    ca = broker.ca.read_bytes()
+    try:
+        key = ExecutorKeyStore(broker.url, ca, job, [key_id]).generate_data_key(key_id)
+        assert len(key.plaintext.reveal()) == 32
+        with pytest.raises(BrokerRefusedError, match="worker executor-1@tml-count-exec-1: "):
+            ExecutorKeyStore(broker.url, ca, other_job, [key_id]).generate_data_key(key_id)
+    finally:
+        with runtime._STORE_LOCK:
+            made = [k for k in runtime._EXECUTOR_STORES if k[0] == broker.url]
+            stores = [runtime._EXECUTOR_STORES.pop(k) for k in made]
+        for store in stores:
+            store.client.close()
 
 
 def test_the_executor_measurement_is_one_per_image_and_not_a_workers() -> None:
