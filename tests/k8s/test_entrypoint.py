@@ -33,12 +33,13 @@ from tests.secret_scan import hits
 from trustedml import KeyDirectory, Secret, runtime
 from trustedml.attestation import SimProvider
 from trustedml.errors import BrokerRefusedError, ConfigError
-from trustedml.k8s import RenderedApp, SparkPodSpecs, secret_bundle, spark_pod_specs
-from trustedml.k8s._pod import EXECUTOR_CLASS, EXECUTOR_ENV, PYTHON_RUNNER
+from trustedml.k8s import RenderedApp, SparkPodSpecs, _pod_gramine, secret_bundle, spark_pod_specs
+from trustedml.k8s._pod import EXECUTOR_CLASS, EXECUTOR_ENV, PYTHON_RUNNER, executor_command
 from trustedml.k8s._pod_gramine import (
     ENV_POD_ARGV,
     PASSTHROUGH_ENV,
     SEALED_DIR,
+    enclave_launch,
     image_manifest,
     in_enclave,
     pod_argv,
@@ -468,6 +469,32 @@ def test_the_pods_command_runs_under_tini_outside_an_enclave() -> None:
     assert exec_command(plan, enclave=True) == ["/opt/java/bin/java", "-version"]
     under = [TINI, "-s", "--"] if os.access(TINI, os.X_OK) else []
     assert exec_command(plan) == [*under, "/opt/java/bin/java", "-version"]
+
+
+def test_the_executors_class_path_follows_sparks_image() -> None:
+    home = Path("/spark")
+    env = {"SPARK_CLASSPATH": "/x.jar", "SPARK_EXTRA_CLASSPATH": "/e.jar"}
+    env |= {name: "1" for name, _ in EXECUTOR_ENV} | {"SPARK_EXECUTOR_MEMORY": "1g"}
+    argv = executor_command(env, Path("/java"), home)
+    assert argv[argv.index("-cp") + 1] == "/spark/conf:/x.jar:/spark/jars/*:/e.jar"
+    env |= {"SPARK_CONF_DIR": "/c", "HADOOP_CONF_DIR": "/h", "SPARK_DIST_CLASSPATH": "/d"}
+    argv = executor_command(env, Path("/java"), home)
+    assert argv[argv.index("-cp") + 1] == "/c:/h:/x.jar:/spark/jars/*:/e.jar:/d"
+
+
+def test_outside_the_enclave_the_pod_enters_the_images_signed_enclave(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loader = tmp_path / "gramine-sgx"
+    loader.write_text("#!/bin/sh\n")
+    loader.chmod(0o755)
+    monkeypatch.setattr(_pod_gramine, "GRAMINE_DIR", tmp_path)
+    with pytest.raises(ConfigError, match="built unsigned"):
+        enclave_launch(["executor"], {"PATH": str(tmp_path)})
+    (tmp_path / "trustedml-pod.manifest.sgx").write_text("signed")
+    plan = enclave_launch(["driver", "--class", PYTHON_RUNNER], {"PATH": str(tmp_path)})
+    assert plan.argv == (str(loader), str(tmp_path / "trustedml-pod"))
+    assert pod_argv(plan.env) == ["driver", "--class", PYTHON_RUNNER]
 
 
 def test_inside_the_enclave_the_pods_arguments_come_from_one_variable(tmp_path: Path) -> None:

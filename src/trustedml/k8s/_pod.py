@@ -68,11 +68,12 @@ def java_options(env: Mapping[str, str]) -> list[str]:
 
 
 def _classpath(env: Mapping[str, str], spark_home: Path) -> str:
-    # bin/spark-class's order in Spark's image: the conf directory, the user's extra
-    # class path (spark.executor.extraClassPath arrives as SPARK_CLASSPATH), Spark's jars.
-    parts = [env.get("SPARK_CONF_DIR", ""), env.get("SPARK_CLASSPATH", "")]
-    parts += [f"{spark_home}/jars/*", env.get("SPARK_EXTRA_CLASSPATH", "")]
-    parts.append(env.get("SPARK_DIST_CLASSPATH", ""))
+    # The order of Spark's image: the conf directory, Hadoop's, the user's class path
+    # (spark.executor.extraClassPath arrives as SPARK_CLASSPATH), Spark's jars, then
+    # SPARK_EXTRA_CLASSPATH and SPARK_DIST_CLASSPATH.
+    parts = [env.get("SPARK_CONF_DIR") or f"{spark_home}/conf", env.get("HADOOP_CONF_DIR", "")]
+    parts += [env.get("SPARK_CLASSPATH", ""), f"{spark_home}/jars/*"]
+    parts += [env.get("SPARK_EXTRA_CLASSPATH", ""), env.get("SPARK_DIST_CLASSPATH", "")]
     return ":".join(p for p in parts if p)
 
 
