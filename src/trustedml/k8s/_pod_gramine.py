@@ -1,12 +1,12 @@
-"""The gramine image's enclave: its manifest (made and signed at image build) and the
-step from the pod's entrypoint into it.
+"""The gramine image's enclave: its manifest, and the pod's step into it.
 
-The manifest is fixed per image, so its MRENCLAVE is what a broker policy pins: the
-Python and Java runtimes, the venv (trusted-ml, pyspark and their dependencies) and the
-compiled jars are trusted files. Which role runs, with which arguments, is the pod's
-choice (Spark's): the entrypoint outside the enclave hands them in through one
-variable, and inside the enclave the job is measured (code, conf, arguments) before
-anything of it runs, the digest bound into every quote's report_data.
+The manifest is made and signed at image build and fixed per image, so its MRENCLAVE
+is what a broker policy pins: the Python and Java runtimes, the venv (trusted-ml,
+pyspark and their dependencies) and the compiled jars are trusted files. Which role
+runs, with which arguments, is the pod's choice (Spark's): the entrypoint outside the
+enclave hands them in through one variable, and inside the enclave the job is measured
+(code, conf, arguments) before anything of it runs, the digest bound into every
+quote's report_data.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""What trusted-ml's Spark pods run (``python -m trustedml.k8s.entrypoint``, the image's
-ENTRYPOINT): Spark's ``driver ...`` or ``executor`` inside the pod's TEE.
+"""The images' ENTRYPOINT: Spark's ``driver ...`` or ``executor`` inside the pod's TEE.
+
+Run as ``python -m trustedml.k8s.entrypoint`` by every trusted-ml Spark pod:
 
 - ``driver --properties-file F --class C local:///APP [ARGS]``: measure the job from
   private copies and run ``spark-submit --deploy-mode client`` on them through the TEE
