@@ -460,6 +460,9 @@ def test_the_gramine_image_manifest_trusts_the_image_and_passes_only_names_in(
     trusted = {t["uri"] if isinstance(t, dict) else t for t in sgx["trusted_files"]}
     site = next(p for p in sys.path if p.endswith("site-packages"))
     assert f"file:{site}/" in trusted
+    assert f"file:{tmp_path / 'cache'}/" in trusted
+    # Each file once: no package file listed again inside a trusted directory.
+    assert not [t for t in trusted if t.startswith(f"file:{site}/") and t != f"file:{site}/"]
     assert "file:/opt/trustedml/app/" in sgx["allowed_files"]
     assert not any(t.startswith("file:/opt/trustedml/app") for t in trusted)
 

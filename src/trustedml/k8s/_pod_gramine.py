@@ -172,8 +172,13 @@ def image_manifest(
         # The driver runs bin/spark-submit, a bash script: the shell tools are trusted.
         shell_tools=True,
     )
-    site = Path(sysconfig.get_path("purelib"))
-    manifest["sgx"]["trusted_files"] += [f"file:{site}/", f"file:{cache}/"]
+    # Whole directories (every dependency an application may import, the jars): one
+    # entry each, in place of the package files build_manifest listed one by one.
+    dirs = [f"file:{Path(sysconfig.get_path('purelib'))}/", f"file:{cache}/"]
+    sgx = manifest["sgx"]
+    sgx["trusted_files"] = [
+        t for t in sgx["trusted_files"] if not _uri(t).startswith(tuple(dirs))
+    ] + dirs
     manifest["fs"]["mounts"].append(
         {"path": str(SEALED_DIR), "uri": f"file:{SEALED_DIR}", "type": "encrypted",
          "key_name": "_sgx_mrenclave"}
@@ -181,6 +186,10 @@ def image_manifest(
     for name in PASSTHROUGH_ENV:
         manifest["loader"]["env"][name] = {"passthrough": True}
     return manifest
+
+
+def _uri(entry: str | Mapping[str, str]) -> str:
+    return entry if isinstance(entry, str) else entry["uri"]
 
 
 def _default_runtime() -> GramineRuntime:
