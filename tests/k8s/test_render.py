@@ -341,3 +341,15 @@ def test_bad_options_are_refused_saying_what_was_expected(
 def test_a_bad_toleration_is_refused() -> None:
     with pytest.raises(ConfigError, match="expected an effect"):
         Toleration("tee", "Sometimes")
+
+
+def test_the_same_name_renders_the_same_measured_conf(render_for: Render) -> None:
+    # The README's walkthrough measures one render and submits another with the same
+    # --name: everything the driver pod measures must match (the folders differ).
+    from trustedml.k8s._pod_tee import pod_conf
+
+    first, second = render_for("cvm", name="pi"), render_for("cvm", name="pi")
+    assert first.out != second.out
+    assert pod_conf(first.conf) == pod_conf(second.conf)
+    other = render_for("cvm", name="pi", executors=3)
+    assert pod_conf(other.conf) != pod_conf(first.conf)
