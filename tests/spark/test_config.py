@@ -125,7 +125,7 @@ def test_mode_for_master() -> None:
     assert mode_for_master("local[*]") is DeployMode.LOCAL
     assert mode_for_master("local") is DeployMode.LOCAL
     assert mode_for_master("spark://a:1,b:2") is DeployMode.STANDALONE
-    with pytest.raises(SparkConfigError, match="Kubernetes is not supported yet"):
+    with pytest.raises(SparkConfigError, match=r"Kubernetes: `trustedml submit --master k8s://"):
         mode_for_master("k8s://https://x")
     with pytest.raises(SparkConfigError, match="got 'local\\\\n'"):
         mode_for_master("local\n")

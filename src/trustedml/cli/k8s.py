@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -215,16 +216,21 @@ def submit_on_kubernetes(
     keys = _keys(given)
     out = Path(tempfile.mkdtemp(prefix=f"trustedml-{options.app_name}-"))
     rendered = render(options, keys, out, broker_ca=given.get("broker_ca"))
-    rendered.write()
-    _show(rendered)
     if given.get("dry_run"):
+        rendered.write()
+        _show(rendered)
         out_console.print(json.dumps(list(rendered.argv)), soft_wrap=True)
         return 0
-    passphrase = get_passphrase(given["passphrase_file"], given["prompt"])
-    bundle = secret_bundle(rendered, keys, passphrase, sim_key=_sim_key(given))
-    return submit_kubernetes(
-        rendered, bundle, kubeconfig=given.get("kubeconfig"), context=given.get("context")
-    )
+    try:
+        passphrase = get_passphrase(given["passphrase_file"], given["prompt"])
+        bundle = secret_bundle(rendered, keys, passphrase, sim_key=_sim_key(given))
+        _show(rendered)
+        return submit_kubernetes(
+            rendered, bundle, kubeconfig=given.get("kubeconfig"), context=given.get("context")
+        )
+    finally:
+        # The render holds no secret, but is this submission's alone.
+        shutil.rmtree(out, ignore_errors=True)
 
 
 @click.group("k8s", cls=Group, short_help="Spark on Kubernetes: render and apply a job.")

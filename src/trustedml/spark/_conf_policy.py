@@ -150,7 +150,8 @@ _LOGS = ConfRefusal(
 _CLUSTER = ConfRefusal(
     "cluster manager",
     "it changes where and how the job is deployed, or configures cluster daemons",
-    "--master chooses local[N] or spark://HOST:PORT; Kubernetes and YARN are not supported yet",
+    "--master chooses local[N], spark://HOST:PORT or (submit) k8s://, whose settings trusted-ml "
+    "renders itself (trustedml k8s render options); YARN is not supported",
 )
 _STORAGE = ConfRefusal(
     "Hadoop/Parquet",

@@ -67,7 +67,7 @@ def mode_for_master(master: str) -> DeployMode:
         return DeployMode.STANDALONE
     raise SparkConfigError(
         f"master: expected local[N] or spark://HOST:PORT, got {master!r} "
-        "(Kubernetes is not supported yet)"
+        "(Kubernetes: `trustedml submit --master k8s://...` or `trustedml k8s render`)"
     )
 
 
