@@ -1,36 +1,27 @@
-"""Applying a render with the official Kubernetes client, against a stand-in API server.
-
-No cluster can be reached from here, so the client talks (plain HTTP, 127.0.0.1 only)
-to a small server in a thread that answers like the API server for the requests apply
-and delete make: POST 201 echoing the object, 409 when it exists, PUT 200, DELETE of
-one object or of a labelled collection, 403 for objects it is told to refuse (with a
-message that repeats the request, as a careless server might), 422 when an immutable
-object's data would change. It records every request; the kubeconfig is a real file
-the client loads, with a bearer token the server checks.
+"""Applying a render with the official Kubernetes client, against a stand-in API server
+(tests/k8s/standin.py: it records every request; the kubeconfig is a real file the
+client loads, with a bearer token the server checks).
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import re
 import secrets
-import socket
-import threading
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import kubernetes_validate
 import pytest
 
 from tests.conftest import PASSPHRASE
 from tests.k8s.conftest import Render
+from tests.k8s.standin import KIND_OF, PLURALS, StandIn, free_port, serve
+from tests.k8s.standin import kubeconfig as make_kubeconfig
 from tests.secret_scan import hits
 from trustedml import KeyDirectory, Secret
 from trustedml.errors import KubernetesError
@@ -38,164 +29,12 @@ from trustedml.k8s import RenderedApp, SecretBundle, secret_bundle
 from trustedml.k8s._apply import APPLY_ORDER, apply, delete
 
 App = tuple[RenderedApp, SecretBundle]
-TOKEN = "standin-token-" + "0" * 8
-# The plural of each kind apply may touch, and the API prefix it lives under.
-PLURALS = {
-    "serviceaccounts": "/api/v1",
-    "roles": "/apis/rbac.authorization.k8s.io/v1",
-    "rolebindings": "/apis/rbac.authorization.k8s.io/v1",
-    "networkpolicies": "/apis/networking.k8s.io/v1",
-    "configmaps": "/api/v1",
-    "secrets": "/api/v1",
-}
-KIND_OF = {
-    "serviceaccounts": "ServiceAccount",
-    "roles": "Role",
-    "rolebindings": "RoleBinding",
-    "networkpolicies": "NetworkPolicy",
-    "configmaps": "ConfigMap",
-    "secrets": "Secret",
-}
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    body: dict[str, Any] | None
-    raw: bytes
-
-
-@dataclass
-class StandIn:
-    """The stand-in API server's state: objects by (namespace, plural, name)."""
-
-    url: str = ""
-    requests: list[Request] = field(default_factory=list)
-    objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
-    forbidden: set[tuple[str, str]] = field(default_factory=set)
-
-    def reset(self) -> None:
-        self.requests.clear()
-        self.objects.clear()
-        self.forbidden.clear()
-
-
-def _status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-
-
-def _handler(state: StandIn) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # quiet
-            pass
-
-        def _answer(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _handle(self) -> None:
-            url = urlsplit(self.path)
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = json.loads(raw) if raw else None
-            state.requests.append(Request(self.command, url.path, parse_qs(url.query), body, raw))
-            # As the API server: no Content-Type means JSON, its first media type.
-            if self.headers.get("Content-Type", "application/json") != "application/json":
-                return self._answer(415, _status(415, "UnsupportedMediaType", "json only"))
-            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                return self._answer(401, _status(401, "Unauthorized", "Unauthorized"))
-            parts = url.path.strip("/").split("/")
-            try:
-                at = parts.index("namespaces")
-                namespace, plural = parts[at + 1], parts[at + 2]
-            except (ValueError, IndexError):
-                return self._answer(404, _status(404, "NotFound", "not namespaced"))
-            if plural not in PLURALS or "/".join(parts[:at]) != PLURALS[plural].strip("/"):
-                return self._answer(404, _status(404, "NotFound", "unknown resource"))
-            name = parts[at + 3] if len(parts) > at + 3 else None
-            self._resource(namespace, plural, name, body, raw, parse_qs(url.query))
-            return None
-
-        def _resource(
-            self,
-            namespace: str,
-            plural: str,
-            name: str | None,
-            body: dict[str, Any] | None,
-            raw: bytes,
-            query: dict[str, list[str]],
-        ) -> None:
-            key_name = name or (body or {}).get("metadata", {}).get("name", "")
-            key = (namespace, plural, key_name)
-            if (plural, key_name) in state.forbidden:
-                # A careless server (or webhook) repeating the request in its refusal.
-                message = (
-                    f'{plural} "{key_name}" is forbidden: User "tester" cannot '
-                    f"{self.command.lower()} it; request was {raw.decode()}"
-                )
-                return self._answer(403, _status(403, "Forbidden", message))
-            if self.command == "POST" and name is None:
-                if key in state.objects:
-                    return self._answer(
-                        409, _status(409, "AlreadyExists", f'{plural} "{key_name}" already exists')
-                    )
-                state.objects[key] = body or {}
-                return self._answer(201, body or {})
-            if self.command == "PUT" and name is not None:
-                old = state.objects.get(key)
-                if old is None:
-                    return self._answer(404, _status(404, "NotFound", "not found"))
-                if old.get("immutable") and old.get("data") != (body or {}).get("data"):
-                    return self._answer(422, _status(422, "Invalid", "data: field is immutable"))
-                state.objects[key] = body or {}
-                return self._answer(200, body or {})
-            if self.command == "DELETE" and name is not None:
-                if state.objects.pop(key, None) is None:
-                    return self._answer(404, _status(404, "NotFound", "not found"))
-                return self._answer(200, {"kind": "Status", "status": "Success"})
-            if self.command == "DELETE":
-                label, _, value = query.get("labelSelector", [""])[0].partition("=")
-                gone = [
-                    k
-                    for k, obj in state.objects.items()
-                    if k[:2] == (namespace, plural)
-                    and obj.get("metadata", {}).get("labels", {}).get(label) == value
-                ]
-                items = [state.objects.pop(k) for k in gone]
-                return self._answer(200, {"kind": KIND_OF[plural] + "List", "items": items})
-            return self._answer(405, _status(405, "MethodNotAllowed", "not here"))
-
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
-
-    return Handler
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[StandIn]:
-    state = StandIn()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    try:
+    with serve() as state:
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
 
 
 @pytest.fixture
@@ -204,34 +43,9 @@ def api(server: StandIn) -> StandIn:
     return server
 
 
-def _kubeconfig(path: Path, server_url: str) -> Path:
-    """A kubeconfig whose current context is the stand-in; context "elsewhere" names a
-    port nothing listens on."""
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {"name": "standin", "cluster": {"server": server_url}},
-                    {"name": "elsewhere", "cluster": {"server": "http://127.0.0.1:9"}},
-                ],
-                "users": [{"name": "tester", "user": {"token": TOKEN}}],
-                "contexts": [
-                    {"name": name, "context": {"cluster": name, "user": "tester"}}
-                    for name in ("standin", "elsewhere")
-                ],
-                "current-context": "standin",
-            }
-        )
-    )
-    path.chmod(0o600)
-    return path
-
-
 @pytest.fixture
 def kubeconfig(tmp_path: Path, api: StandIn) -> Path:
-    return _kubeconfig(tmp_path / "kubeconfig", api.url)
+    return make_kubeconfig(tmp_path / "kubeconfig", api.url)
 
 
 @dataclass
@@ -467,10 +281,8 @@ def test_the_context_chooses_the_cluster(app: App, api: StandIn, kubeconfig: Pat
 
 def test_an_unreachable_server_is_one_clear_error(app: App, tmp_path: Path) -> None:
     rendered, bundle = app
-    with socket.socket() as free:  # a port nothing listens on once closed
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}")
+    port = free_port()
+    kubeconfig = make_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}")
     with pytest.raises(
         KubernetesError,
         match=rf"could not reach the Kubernetes API server at http://127.0.0.1:{port} "
