@@ -252,9 +252,12 @@ class _Server(ThreadingHTTPServer):
     def finish_request(self, request: Any, client_address: Any) -> None:
         # The TLS handshake in the request's own thread: a slow client never holds
         # up the accepting one.
-        if self.tls is not None:
-            request = self.tls.wrap_socket(request, server_side=True)
-        super().finish_request(request, client_address)
+        if self.tls is None:
+            return super().finish_request(request, client_address)
+        # The wrapped socket takes over the connection: it is the one to close.
+        with self.tls.wrap_socket(request, server_side=True) as wrapped:
+            super().finish_request(wrapped, client_address)
+        return None
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that hangs up (or rejects the certificate) is no test failure

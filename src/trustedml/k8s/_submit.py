@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 from trustedml._env import JOB_ENV
-from trustedml.errors import LaunchError
+from trustedml.errors import KubernetesError, LaunchError
 from trustedml.k8s._apply import apply, delete
 from trustedml.k8s._render import RenderedApp, SecretBundle
 from trustedml.spark import spark_home
@@ -27,6 +30,32 @@ _SCRUBBED = (
     "_SPARK_SSL_RPC_TRUST_STORE_PASSWORD",
     *JOB_ENV,
 )
+
+
+# How Spark's Kubernetes client (fabric8) reports the API server's refusal of a request.
+_REFUSAL = re.compile(
+    rb"KubernetesClientException: Failure executing: (?P<method>[A-Z]+) at: \S*/pods\. "
+    rb"Message: (?P<message>.*?)\. Received status: Status\(.*?\bcode=(?P<code>\d+)"
+)
+_MAX_MESSAGE = 300
+
+
+def _relay(stream: IO[bytes]) -> str | None:
+    """Copy spark-submit's stderr to ours as it comes; return the API server's refusal
+    of the driver pod (status and message) when Spark's client reported one."""
+    refusal = None
+    sink: IO[bytes] | None = getattr(sys.stderr, "buffer", None)
+    for line in iter(stream.readline, b""):
+        if sink is not None:
+            sink.write(line)
+            sink.flush()
+        else:  # a text-only stderr (a test runner's)
+            sys.stderr.write(line.decode("utf-8", "replace"))
+        found = _REFUSAL.search(line)
+        if found and refusal is None:
+            message = found["message"].decode("utf-8", "replace")[:_MAX_MESSAGE]
+            refusal = f"HTTP {found['code'].decode()}: {message}"
+    return refusal
 
 
 def submission_argv(rendered: RenderedApp, *, context: str | None = None) -> list[str]:
@@ -68,19 +97,30 @@ def submit_kubernetes(
     """Run ``rendered`` on its cluster: apply its objects (Secrets filled from
     ``bundle``), run spark-submit in cluster mode and wait for the application, then
     delete what was applied (``keep`` leaves it for inspection). Returns spark-submit's
-    exit status."""
+    exit status; raises :class:`KubernetesError` naming the driver pod when the API
+    server refused it (spark-submit's own output, passed through, has the details)."""
     rendered.write()
     apply(rendered, bundle, kubeconfig=kubeconfig, context=context)
     try:
         try:
-            done = subprocess.run(
+            child = subprocess.Popen(
                 submission_argv(rendered, context=context),
                 env=submission_environment(kubeconfig=kubeconfig),
-                check=False,
+                stderr=subprocess.PIPE,
             )
         except OSError as exc:
             raise LaunchError(f"spark-submit could not start: {exc.strerror}") from exc
-        return int(done.returncode)
+        with child:
+            assert child.stderr is not None
+            refusal = _relay(child.stderr)
+        if child.returncode and refusal:
+            # Spark's account is a page of JVM stack trace; this is the line that matters.
+            pod = rendered.conf.get("spark.kubernetes.driver.pod.name", "")
+            raise KubernetesError(
+                f"Kubernetes refused the driver pod {rendered.namespace}/{pod} "
+                f"(spark-submit exited {child.returncode}): {refusal}"
+            )
+        return int(child.returncode)
     finally:
         if not keep:
             delete(rendered.name, rendered.namespace, kubeconfig=kubeconfig, context=context)
