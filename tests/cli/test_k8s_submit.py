@@ -10,6 +10,7 @@ what the command printed, and the argv and environment of every process it start
 from __future__ import annotations
 
 import base64
+import io
 import re
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from tests.k8s.standin import NO_PODS, Request, serve, server_tls
 from tests.k8s.standin import kubeconfig as make_kubeconfig
 from tests.secret_scan import hits
 from trustedml import KeyDirectory, Secret
+from trustedml.k8s._submit import _relay
 
 pytestmark = pytest.mark.slow
 
@@ -301,3 +303,25 @@ def _cmdline(name: str) -> bytes:
         return Path(f"/proc/{name.split()[1].rstrip(':')}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_only_a_refused_pod_becomes_the_error_line(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    """Spark's stderr passes through whole; the refusal of the pod is read from it, and
+    any other failure (a certificate the client rejects) leaves spark-submit's status."""
+    refused = (
+        b'26/12/04 23:56:15 ERROR Client: Please check "kubectl auth can-i create pod" first.\n'
+        b'Exception in thread "main" io.fabric8.kubernetes.client.KubernetesClientException: '
+        b"Failure executing: POST at: https://127.0.0.1:1/api/v1/namespaces/ns/pods. Message: "
+        b'pods "x-driver" is forbidden: quota. Received status: Status(apiVersion=v1, code=403, '
+        b"details=null, kind=Status, message=...).\n\tat io.fabric8.Some.frame(Some.java:1)\n"
+    )
+    other = (
+        b'Exception in thread "main" io.fabric8.kubernetes.client.KubernetesClientException: '
+        b"An error has occurred.\nCaused by: javax.net.ssl.SSLHandshakeException: PKIX path "
+        b"building failed\n"
+    )
+    assert _relay(io.BytesIO(refused)) == 'HTTP 403: pods "x-driver" is forbidden: quota'
+    assert _relay(io.BytesIO(other)) is None
+    assert capsysbinary.readouterr().err == refused + other

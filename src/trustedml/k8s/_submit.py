@@ -31,10 +31,9 @@ _SCRUBBED = (
     *JOB_ENV,
 )
 
-
-# How Spark's Kubernetes client (fabric8) reports the API server's refusal of a request.
+# How Spark's Kubernetes client (fabric8) reports the API server's refusal of the pod.
 _REFUSAL = re.compile(
-    rb"KubernetesClientException: Failure executing: (?P<method>[A-Z]+) at: \S*/pods\. "
+    rb"KubernetesClientException: Failure executing: POST at: \S*/pods\. "
     rb"Message: (?P<message>.*?)\. Received status: Status\(.*?\bcode=(?P<code>\d+)"
 )
 _MAX_MESSAGE = 300
@@ -112,7 +111,11 @@ def submit_kubernetes(
             raise LaunchError(f"spark-submit could not start: {exc.strerror}") from exc
         with child:
             assert child.stderr is not None
-            refusal = _relay(child.stderr)
+            try:
+                refusal = _relay(child.stderr)
+            except BaseException:
+                child.kill()  # as subprocess.run does: an interrupted submit ends here
+                raise
         if child.returncode and refusal:
             # Spark's account is a page of JVM stack trace; this is the line that matters.
             pod = rendered.conf.get("spark.kubernetes.driver.pod.name", "")
