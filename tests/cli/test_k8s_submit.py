@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -139,13 +141,16 @@ def submission(
             stderr=subprocess.PIPE,
             env=cli_env(TMPDIR=str(tmp / "tmp"), SPARK_LOCAL_IP="127.0.0.1"),
             cwd=tmp,
+            start_new_session=True,  # its own group: a timeout ends spark-submit too
         )
         watcher = threading.Thread(target=_watch, args=(proc, argv, environ), daemon=True)
         watcher.start()
         try:
             stdout, stderr = proc.communicate(timeout=120)
         finally:
-            proc.kill()  # only if the timeout hit: it has ended otherwise
+            if proc.poll() is None:  # the timeout hit
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             watcher.join(10)
         seconds = time.monotonic() - start
         yield Submission(
