@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,12 @@ from tests.secret_scan import hits
 from trustedml import KeyDirectory, Secret
 from trustedml.cli import cli  # noqa: TID251  (a test of the CLI itself)
 from trustedml.k8s import FILES
+
+
+@pytest.fixture(autouse=True)
+def _private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `submit --dry-run` keeps its render folder (the printed argv names it): in tmp_path.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 @pytest.fixture(scope="module")
