@@ -14,14 +14,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
-	# The Parquet KMS client, the tml:// file system and the cluster preflight are compiled
-	# once against the installed pyspark's jars; the preflight's self-test makes its JVM's
-	# class archive.
-	$(PY) -c 'from trustedml.spark._pme import kms_client_jar; kms_client_jar()'
-	$(PY) -c 'from trustedml.spark._jvmfs import fs_jar; fs_jar()'
-	$(PY) -c 'from trustedml.spark._preflight import preflight_archive; preflight_archive()'
-	# Spark's own Kubernetes submission code checks rendered K8s jobs (trustedml.k8s).
-	$(PY) -c 'from trustedml.k8s._sparkcheck import pod_specs_jar; pod_specs_jar()'
+	# The Java helpers (Parquet KMS client, tml:// file system, Kubernetes pod-spec check)
+	# are compiled once against the installed pyspark's jars, and the cluster preflight's
+	# class archive made, side by side.
+	$(PY) scripts/build_java_helpers.py
 	# Cluster workers preload a bind shim built with the machine's C compiler (a worker
 	# start without one says so; the rest of trusted-ml does not need it).
 	$(PY) -c 'from trustedml.cluster._bindaddr import bind_shim; bind_shim()' \
@@ -54,7 +50,13 @@ WORKERS ?= 3
 unit: $(STAMP)
 	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
-test: lint typecheck unit
+# mypy runs beside the tests (its report printed after theirs): about 15 s of one core
+# that the test workers, waiting on JVMs and daemons, leave idle anyway.
+test: lint $(STAMP)
+	@$(VENV)/bin/mypy > $(VENV)/mypy.log 2>&1 & typecheck=$$!; \
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder; \
+	tests=$$?; wait $$typecheck; typed=$$?; \
+	echo "mypy:"; cat $(VENV)/mypy.log; test $$tests -eq 0 && test $$typed -eq 0
 
 bench: $(STAMP)
 	$(PY) -m bench spark_overhead
