@@ -38,6 +38,8 @@ _EXTRAS = (
     ("starlette", "server", "`trustedml broker serve`"),
     ("uvicorn", "server", "`trustedml broker serve`"),
     ("httpx", "server", "the key broker client (`--broker`)"),
+    ("kubernetes", "k8s", "`trustedml k8s render --apply` and `submit --master k8s://`"),
+    ("PyYAML", "k8s", "`trustedml k8s render` and `doctor --k8s`"),
 )
 
 

@@ -9,6 +9,7 @@ import base64
 import logging
 import re
 import secrets
+import sys
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -313,3 +314,12 @@ def test_delete_removes_the_applications_objects_by_label(
     assert sorted(k[2] for k in api.objects) == sorted(o["metadata"]["name"] for o in other.objects)
     with pytest.raises(KubernetesError, match="expected a DNS-1123 label"):
         delete("x,trustedml.io/app!=y", "ml-jobs", kubeconfig=kubeconfig)
+
+
+def test_without_the_kubernetes_client_apply_says_which_extra(
+    app: App, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered, bundle = app
+    monkeypatch.setitem(sys.modules, "kubernetes", None)  # as if it were not installed
+    with pytest.raises(KubernetesError, match=re.escape("pip install 'trusted-ml[k8s]'")):
+        apply(rendered, bundle, kubeconfig=kubeconfig)

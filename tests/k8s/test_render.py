@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tests.conftest import PASSPHRASE
 from tests.k8s.conftest import BROKER, MASTER, Render, options_for
 from tests.secret_scan import encodings, hits
 from trustedml import ConfigError, KeyDirectory, Secret
+from trustedml.errors import KubernetesError
 from trustedml.k8s import (
     FILES,
     K8S_TEES,
@@ -353,3 +355,13 @@ def test_the_same_name_renders_the_same_measured_conf(render_for: Render) -> Non
     assert pod_conf(first.conf) == pod_conf(second.conf)
     other = render_for("cvm", name="pi", executors=3)
     assert pod_conf(other.conf) != pod_conf(first.conf)
+
+
+def test_without_the_k8s_extra_writing_says_which_extra(
+    render_for: Render, k8s_app: Path, session_keys: KeyDirectory, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    rendered = render(options_for(k8s_app, "cvm"), session_keys, tmp_path / "out")
+    monkeypatch.setitem(sys.modules, "yaml", None)  # as if pyyaml were not installed
+    with pytest.raises(KubernetesError, match=re.escape("pip install 'trusted-ml[k8s]'")):
+        rendered.write()

@@ -218,8 +218,13 @@ def _client_errors() -> tuple[type[Exception], ...]:
 @contextmanager
 def _api_client(kubeconfig: Path | None, context: str | None) -> Iterator[Any]:
     """An ApiClient for ``kubeconfig`` (default: $KUBECONFIG or ~/.kube/config)."""
-    import yaml
-    from kubernetes import config as kube_config
+    try:
+        import yaml
+        from kubernetes import config as kube_config
+    except ImportError as exc:
+        raise KubernetesError(
+            "applying needs the Kubernetes client: pip install 'trusted-ml[k8s]'"
+        ) from exc
 
     where = str(kubeconfig) if kubeconfig is not None else "the default kubeconfig"
     if kubeconfig is not None and not Path(kubeconfig).is_file():

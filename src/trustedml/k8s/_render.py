@@ -135,7 +135,12 @@ class RenderedApp:
 
     def write(self) -> list[Path]:
         """Write the render into ``out`` (created 0700 if missing; files 0600)."""
-        import yaml
+        try:
+            import yaml
+        except ImportError as exc:
+            raise KubernetesError(
+                "writing manifests needs pyyaml: pip install 'trusted-ml[k8s]'"
+            ) from exc
 
         class Dumper(yaml.SafeDumper):
             # Shared sub-dicts would become &anchors and *aliases: legal, but unreadable.
