@@ -312,6 +312,10 @@ def _import_and_load(entry: Entry, args: tuple[Any, ...]) -> tuple[Callable[...,
 def main() -> int:
     """The launcher: read the request, import and preload, wait for go, fork, reap."""
     mark_process_start("launcher-process-start")
+    # MKL's own memory manager is not fork-safe: a rank forked from a launcher that had
+    # used it was seen spinning forever in mkl_serv_allocate (its per-thread buffer list
+    # copied mid-update). Plain malloc instead; set before torch loads MKL.
+    os.environ["MKL_DISABLE_FAST_MM"] = "1"
     stdin = sys.stdin.buffer
     try:
         (size,) = _LENGTH.unpack(_read_exactly(stdin, _LENGTH.size))
