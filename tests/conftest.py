@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -155,13 +157,23 @@ def run_cli(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real `trustedml` command line in a child process."""
-    return subprocess.run(
+    """Run the real `trustedml` command line in a child process (its own process group:
+    on a timeout the whole group is killed, the JVMs and training ranks it started too,
+    not only the command)."""
+    with subprocess.Popen(
         [sys.executable, "-m", "trustedml", *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         env=env or cli_env(),
         cwd=cwd or (_WORKDIR[0] if _WORKDIR else ROOT),
-        check=False,
-    )
+        start_new_session=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
