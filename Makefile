@@ -50,13 +50,7 @@ WORKERS ?= 3
 unit: $(STAMP)
 	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
-# mypy runs beside the tests (its report printed after theirs): about 15 s of one core
-# that the test workers, waiting on JVMs and daemons, leave idle anyway.
-test: lint $(STAMP)
-	@$(VENV)/bin/mypy > $(VENV)/mypy.log 2>&1 & typecheck=$$!; \
-	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder; \
-	tests=$$?; wait $$typecheck; typed=$$?; \
-	echo "mypy:"; cat $(VENV)/mypy.log; test $$tests -eq 0 && test $$typed -eq 0
+test: lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) -m bench spark_overhead
