@@ -10,7 +10,7 @@ from typing import Any
 from trustedml.k8s._lint_load import Folder, Manifest, as_list, as_map, as_str
 from trustedml.k8s._lint_rules import KnownSecrets, k8s_finding, literal_secret, text_secret
 from trustedml.k8s._lint_rules import secretish_name as _secretish_name
-from trustedml.k8s._manifests import LABEL_APP, LABEL_ROLE, LABEL_TEE
+from trustedml.k8s._manifests import LABEL_APP, LABEL_ROLE, LABEL_TEE, SGX_RESOURCES
 from trustedml.spark import Finding
 
 # Where each kind keeps its pod template (metadata + spec); a Pod is its own.
@@ -25,7 +25,6 @@ _POD_TEMPLATE = {
     "Job": ("spec", "template"),
     "CronJob": ("spec", "jobTemplate", "spec", "template"),
 }
-SGX_RESOURCES = ("sgx.intel.com/epc", "sgx.intel.com/enclave", "sgx.intel.com/provision")
 _SPARK_ROLE = "spark-role"
 AUTH_SECRET_CONF = "spark.authenticate.secret"  # noqa: S105 (a key name)
 _CONF_FLAGS = ("--conf", "-c")

@@ -15,6 +15,7 @@ __all__ = [
     "LABEL_APP",
     "LABEL_ROLE",
     "LABEL_TEE",
+    "SGX_RESOURCES",
     "SIM_DIR",
     "SIM_KEY",
     "TLS_DIR",
@@ -47,6 +48,9 @@ SIM_KEY = "sim-key.pem"
 TLS_KEYS = ("keystore.p12", "truststore.p12", "keystore-password", "truststore-password")
 # Spark's image convention: a fixed non-root user.
 SPARK_UID = 185
+# The SGX device plugin's resources an enclave pod needs: EPC, /dev/sgx_enclave, and
+# /dev/sgx_provision for DCAP quotes.
+SGX_RESOURCES = ("sgx.intel.com/epc", "sgx.intel.com/enclave", "sgx.intel.com/provision")
 _AESMD = "/var/run/aesmd"
 _SGX_NODE_LABEL = "intel.feature.node.kubernetes.io/sgx"
 _KATA_NODE_LABEL = "katacontainers.io/kata-runtime"
@@ -302,8 +306,8 @@ def pod_template(options: KubernetesOptions, role: str) -> dict[str, Any]:
     }
     node_selector: dict[str, str] = {}
     if tee == "gramine":
-        sgx = {"sgx.intel.com/epc": options.epc, "sgx.intel.com/enclave": "1"}
-        sgx["sgx.intel.com/provision"] = "1"
+        epc, enclave, provision = SGX_RESOURCES
+        sgx = {epc: options.epc, enclave: "1", provision: "1"}
         container["resources"] = {"limits": dict(sgx), "requests": dict(sgx)}
         container["volumeMounts"].append({"name": "aesmd", "mountPath": _AESMD})
         volumes.append({"name": "aesmd", "hostPath": {"path": _AESMD, "type": "Directory"}})

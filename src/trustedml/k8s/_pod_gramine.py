@@ -26,6 +26,7 @@ import tomli_w
 from trustedml._fs import make_private_dir, write_private
 from trustedml._version import __version__
 from trustedml.errors import ConfigError
+from trustedml.k8s._manifests import APP_DIR
 from trustedml.k8s._pod_tee import ENV_POD_WORK, PodLaunch, executor_measurement
 from trustedml.spark import KUBERNETES_RPC_TLS_ENV, KUBERNETES_SECRET_ENV, spark_home
 from trustedml.tee import (
@@ -90,7 +91,7 @@ PASSTHROUGH_ENV = (
 # entrypoint), Spark's conf and pod template, the mounted Secrets and CAs, the
 # service account token, Spark's local dirs.
 _ALLOWED = (
-    Path("/opt/trustedml/app"),
+    Path(APP_DIR),
     Path("/opt/spark/conf"),
     Path("/opt/spark/pod-template"),
     Path("/etc/trustedml"),

@@ -21,6 +21,7 @@ from trustedml._env import ENV_WORKER
 from trustedml._fs import write_private
 from trustedml._version import __version__
 from trustedml.errors import ConfigError
+from trustedml.k8s._manifests import SIM_DIR, SIM_KEY
 from trustedml.k8s._pod import (
     DriverArgs,
     driver_command,
@@ -61,7 +62,7 @@ __all__ = [
 ]
 
 POD_TEES = ("gramine", "cvm", "sim")
-DEFAULT_SIM_KEY = Path("/etc/trustedml/sim/sim-key.pem")
+DEFAULT_SIM_KEY = Path(SIM_DIR) / SIM_KEY
 # Where the driver keeps the measured copies (the gramine image makes it an encrypted
 # mount sealed to the enclave; elsewhere a private directory of the pod's /tmp).
 ENV_POD_WORK = "TRUSTEDML_POD_WORK"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -10,26 +9,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from trustedml._env import JOB_ENV
 from trustedml.errors import KubernetesError, LaunchError
 from trustedml.k8s._apply import apply, delete
 from trustedml.k8s._render import RenderedApp, SecretBundle
-from trustedml.spark import spark_home
+from trustedml.spark import KUBERNETES_RPC_TLS_ENV, spark_environment
 
 __all__ = ["submission_argv", "submission_environment", "submit_kubernetes"]
 
-# Spark's and trusted-ml's variables that carry secrets or redirect Spark: none of them
-# has a place in the submitting client (the pods get theirs from Secrets).
-_SCRUBBED = (
-    "PYSPARK_SUBMIT_ARGS",
-    "SPARK_CONF_DIR",
-    "SPARK_HOME",
-    "_SPARK_AUTH_SECRET",
-    "_SPARK_SSL_RPC_KEY_STORE_PASSWORD",
-    "_SPARK_SSL_RPC_KEY_PASSWORD",
-    "_SPARK_SSL_RPC_TRUST_STORE_PASSWORD",
-    *JOB_ENV,
-)
 
 # How Spark's Kubernetes client (fabric8) reports the API server's refusal of the pod.
 _REFUSAL = re.compile(
@@ -72,14 +58,11 @@ def submission_environment(
     base: Mapping[str, str] | None = None, *, kubeconfig: Path | None = None
 ) -> dict[str, str]:
     """The environment of the submitting spark-submit: the caller's minus every variable
-    that carries a secret or redirects Spark, with ``KUBECONFIG`` when given."""
-    env = dict(os.environ if base is None else base)
-    for name in _SCRUBBED:
+    that carries a secret or redirects Spark, with ``KUBECONFIG`` when given. The pods
+    get theirs from Secrets: the client needs no trusted-ml variable at all."""
+    env = spark_environment(base)
+    for name in [*KUBERNETES_RPC_TLS_ENV, *(n for n in env if n.startswith("TRUSTEDML_"))]:
         env.pop(name, None)
-    for name in list(env):
-        if name.startswith("TRUSTEDML_"):
-            env.pop(name)
-    env["SPARK_HOME"] = str(spark_home())
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(Path(kubeconfig).resolve())
     return env

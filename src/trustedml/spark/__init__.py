@@ -46,6 +46,7 @@ from trustedml.spark._session import start_session
 from trustedml.spark._submit import (
     child_environment,
     run,
+    spark_environment,
     spark_home,
     submit,
     write_conf_dir,
@@ -97,6 +98,7 @@ __all__ = [
     "run",
     "run_key_agent",
     "shared_secret_findings",
+    "spark_environment",
     "spark_home",
     "start_session",
     "submit",

@@ -60,15 +60,22 @@ def _check_java(env: Mapping[str, str]) -> None:
         raise LaunchError("Java not found: Spark needs Java 17 or newer on PATH or JAVA_HOME")
 
 
-def child_environment(
-    settings: SparkSettings, base: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """The environment of a Spark child process: the caller's, minus variables that
-    would redirect Spark, plus what ``settings`` needs (secrets included)."""
+def spark_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment (or ``base``) minus the variables that would redirect
+    Spark or carry a job's secret, with ``SPARK_HOME`` the installed pyspark."""
     env = dict(os.environ if base is None else base)
     for name in _SCRUBBED:
         env.pop(name, None)
     env["SPARK_HOME"] = str(spark_home())
+    return env
+
+
+def child_environment(
+    settings: SparkSettings, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a Spark child process: :func:`spark_environment` plus what
+    ``settings`` needs (secrets included)."""
+    env = spark_environment(base)
     # `python` in the child resolves to the interpreter the job is configured with.
     interp_dir = str(Path(settings.conf()["spark.pyspark.python"]).parent)
     env["PATH"] = interp_dir + os.pathsep + env.get("PATH", "")
